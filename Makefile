@@ -1,0 +1,42 @@
+# dataloupe — one-command set-up, demo and tests.
+#   make demo   set up everything, then run the main job
+#   make test   set up everything, then run the test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
+PYTEST_ARGS ?=
+
+.PHONY: setup system-deps demo test test-all bench clean
+
+setup: $(STAMP) system-deps
+
+# Re-installs only when the pinned dependencies change (quick when already done).
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -c requirements.lock -e '.[test,timm]'
+	touch $(STAMP)
+
+# Debian packages the project uses: the Fashion-MNIST data (when we are root on Debian).
+system-deps:
+	@if [ -d $(FMNIST_DIR) ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian package dataset-fashion-mnist"; \
+		(apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+		 (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1)) || \
+		echo "could not install dataset-fashion-mnist; the demo will say how to get it"; \
+	else echo "Fashion-MNIST not found at $(FMNIST_DIR) (install Debian package dataset-fashion-mnist)"; fi
+
+demo: setup
+	$(PY) -m dataloupe demo
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-all: setup
+	$(PY) -m pytest -m "" $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) dataloupe-project
