@@ -1,0 +1,1 @@
+"""Command modules, one per stage; each exposes ``register(app)``."""
