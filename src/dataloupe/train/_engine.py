@@ -21,7 +21,7 @@ from dataloupe.models import create_model, load_pretrained
 from dataloupe.project import DataloupeError, Project
 from dataloupe.train import _runs
 from dataloupe.train._checkpoint import atomic_save, load_checkpoint, model_checkpoint
-from dataloupe.train._distributed import DistContext, init_distributed
+from dataloupe.train._distributed import DistContext, init_distributed, shutdown_distributed
 from dataloupe.train._dynamics import Dynamics
 from dataloupe.train._epoch import StepOptions, evaluate, train_one_epoch
 from dataloupe.train._inputs import TrainData, load_train_data
@@ -49,7 +49,7 @@ class Setup:
 
 
 def _small_input(recipe: Recipe) -> bool:
-    return recipe.small_input if recipe.small_input is not None else recipe.image_size <= 64
+    return recipe.small_input if recipe.small_input is not None else recipe.image_size <= 32
 
 
 def init_weights(project: Project, recipe: Recipe, model: nn.Module) -> None:
@@ -280,18 +280,19 @@ def train(project: Project, train_table: str, val_table: str, recipe: Recipe | d
     if isinstance(recipe, dict):
         recipe = build_recipe(recipe)
     ctx = init_distributed(recipe.device)
-    data = load_train_data(project, train_table, val_table)
-    if run is None:
-        if resume:
-            raise DataloupeError("--resume needs --run NAME")
-        run = ctx.broadcast_object(_runs.new_run_name(project, recipe.name) if ctx.is_primary() else None)
-    info = train_samples(project, data, recipe, run=run, resume=resume, force=force, ctx=ctx, tty=tty)
-    if recipe.collect and ctx.is_primary():
-        from dataloupe.train._collect import collect
+    try:
+        data = load_train_data(project, train_table, val_table)
+        if run is None:
+            if resume:
+                raise DataloupeError("--resume needs --run NAME")
+            run = ctx.broadcast_object(_runs.new_run_name(project, recipe.name) if ctx.is_primary() else None)
+        info = train_samples(project, data, recipe, run=run, resume=resume, force=force, ctx=ctx, tty=tty)
+        if recipe.collect and ctx.is_primary():
+            from dataloupe.train._collect import collect
 
-        for ref in (f"{data.train_table}@{data.train_revision}", f"{data.val_table}@{data.val_revision}"):
-            collect(project, run, ref)
-    ctx.barrier()
-    return info
-
-
+            for ref in (f"{data.train_table}@{data.train_revision}", f"{data.val_table}@{data.val_revision}"):
+                collect(project, run, ref)
+        ctx.barrier()
+        return info
+    finally:
+        shutdown_distributed(ctx)

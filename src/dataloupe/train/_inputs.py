@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from dataloupe.data import SampleSet, sample_set_from_table
 from dataloupe.project import DataloupeError, Project
+from dataloupe.tables import open_ref
 
 
 @dataclass(frozen=True)
@@ -25,14 +26,6 @@ class TrainData:
     train_revision: int
     val_table: str
     val_revision: int
-
-
-def open_ref(project: Project, ref: str):
-    """Open ``TABLE[@REV]`` (latest revision when no ``@REV``)."""
-    from dataloupe.tables import TableRef, open_table
-
-    r = TableRef.parse(ref)
-    return open_table(project, r.name, revision=r.revision)
 
 
 def check_classes(train_classes: list[str], val_classes: list[str], *, train_name: str, val_name: str) -> None:

@@ -43,7 +43,7 @@ class Recipe:
     # --- model
     model: str = "resnet18"  # dataloupe.models name (torchvision ResNet or timm name)
     pretrained: Optional[str] = None  # local weights file; never downloaded
-    small_input: Optional[bool] = None  # 3x3 stem without max-pool; None: image_size <= 64
+    small_input: Optional[bool] = None  # 3x3 stride-1 stem, no max-pool; None: image_size <= 32 (compute grows 16x)
     continue_from: Optional[str] = None  # run name whose best checkpoint initialises the model
     # --- data
     image_size: int = 128  # px, side of the square training/eval image
