@@ -28,7 +28,8 @@ def train_cmd(
     train: Annotated[Optional[str], typer.Option("--train", help="Training table TABLE[@REV].")] = None,
     val: Annotated[Optional[str], typer.Option("--val", help="Validation table TABLE[@REV].")] = None,
     recipe: Annotated[Optional[str], typer.Option("--recipe", help="Recipe name or YAML file.")] = None,
-    run: Annotated[Optional[str], typer.Option("--run", help="Run name (default: <recipe>-<n>).")] = None,
+    run: Annotated[Optional[str], typer.Option(
+        "--run", "--run-name", help="Run name (default: <recipe>-<n>). Under torchrun on Python 3.11 use --run-name.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue run --run from its last checkpoint.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Resume even if the tables changed.")] = False,
     project: ProjectOpt = None,

@@ -191,7 +191,7 @@ def train_samples(project: Project, data: TrainData, recipe: Recipe, *, run: str
         last = load_checkpoint(folder / "checkpoints" / "last.pt")
         s.raw.load_state_dict(last["model"])
         s.optimizer.load_state_dict(last["optimizer"])
-        s.schedule.load_state_dict(last["scheduler"])
+        s.schedule.resume(last["scheduler"], int(last["epoch"]) * len(s.train_loader))
         start_epoch, best = int(last["epoch"]) + 1, float(last.get("best_val_top1", -1.0))
         dyn = Dynamics.load(folder / "dynamics.npz", train_set.ids, recipe.epochs, upto=int(last["epoch"]))
         if primary:
@@ -199,7 +199,10 @@ def train_samples(project: Project, data: TrainData, recipe: Recipe, *, run: str
     elif resume and primary:
         _runs.truncate_history(folder, 0)
     if primary:
-        info = _runs.update_run(folder, status="running", resumed=_runs.now() if resume else None)
+        info = _runs.update_run(folder, status="running", epochs=recipe.epochs,
+                                resumed=_runs.now() if resume else None)
+        if resume:
+            save_recipe(recipe, folder / "recipe.yaml")
     k = len(data.classes)
     try:
         for epoch in range(start_epoch, recipe.epochs + 1):

@@ -115,7 +115,8 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(typ) if a is not type(None)]
         optional, typ = True, args[0]
-    if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~")):
+    nullish = isinstance(value, str) and value.lower() in ("null", "~", "none" if optional else "null")
+    if value is None or nullish:
         if optional:
             return None
         raise DataloupeError(f"recipe key {key!r} cannot be null")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import nn
@@ -38,6 +39,7 @@ class Schedule:
                  plateau_factor: float = 0.1, plateau_patience: int = 3):
         self.name = name
         total = max(1, epochs * steps_per_epoch)
+        self.total = total
         if name == "onecycle":
             self.sched = torch.optim.lr_scheduler.OneCycleLR(
                 optimizer, max_lr=lr, total_steps=total, pct_start=warmup_fraction,
@@ -69,9 +71,19 @@ class Schedule:
     def state_dict(self) -> dict:
         return self.sched.state_dict() if self.sched is not None else {}
 
-    def load_state_dict(self, state: dict) -> None:
-        if self.sched is not None and state:
+    def resume(self, state: dict, steps_done: int) -> None:
+        """Continue after ``steps_done`` optimizer steps.
+
+        Step-wise schedules are fast-forwarded on the current plan (so a resumed run may
+        change ``epochs``); the plateau schedule reloads its state.
+        """
+        if self.name == "plateau" and state:
             self.sched.load_state_dict(state)
+        elif self.name in ("onecycle", "cosine"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                for _ in range(min(steps_done, self.total)):
+                    self.sched.step()
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:
