@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -51,7 +52,7 @@ def train_cmd(
             raise DataloupeError("train needs --train TABLE, --val TABLE and --recipe RECIPE")
         r = load_recipe(recipe, overrides or [])
     info = train_fn(p, train, val, r, run=run, resume=resume, force=force)
-    if info:
+    if info and os.environ.get("RANK", "0") == "0":
         typer.echo(f"run {info['run']}: {info['status']}, best val top-1 {info.get('best_val_top1')}"
                    f" (epoch {info.get('best_epoch')})")
 

@@ -212,9 +212,9 @@ def train_samples(project: Project, data: TrainData, recipe: Recipe, *, run: str
             _runs.update_run(folder, status="failed")
         raise
     if primary:
-        info = _runs.update_run(folder, status="completed", finished=_runs.now())
+        _runs.update_run(folder, status="completed", finished=_runs.now())
     ctx.barrier()
-    return info
+    return _runs.read_run_at(folder)
 
 
 def _one_epoch(s: Setup, ctx: DistContext, recipe: Recipe, data: TrainData, folder, epoch: int, best: float,

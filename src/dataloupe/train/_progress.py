@@ -22,7 +22,7 @@ class Progress:
         self.total, self.desc, self.enabled, self.every = total, desc, enabled, every
         self.tty = sys.stderr.isatty() if tty is None else tty
         self.start = self.last = time.perf_counter()
-        self.done, self.images = 0, 0
+        self.done, self.images, self.last_loss = 0, 0, float("nan")
         self.bar = None
         if enabled and self.tty:
             from tqdm import tqdm
@@ -48,3 +48,7 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        elif self.enabled and self.done:
+            secs = time.perf_counter() - self.start
+            print(f"{self.desc} [{self.done}/{self.total}] done in {secs:.1f}s, {self.images / max(secs, 1e-9):.1f} img/s"
+                  " (ETA 0s)", file=sys.stderr, flush=True)
