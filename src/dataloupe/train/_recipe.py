@@ -132,6 +132,11 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
             raise bad
         return value
     if typ is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise bad from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
         return float(value)

@@ -1,0 +1,163 @@
+"""Training throughput: model-only vs our full engine vs a seed-style PIL loop.
+
+(a) model-only: train steps on synthetic tensors already on the device (the ceiling);
+(b) engine: ``dataloupe.train.train_samples`` on the cached chihuahua-muffin table
+    (decoded uint8 cache + per-sample v2 augmentation on tensors + normalisation +
+    per-sample margin bookkeeping), images/s of the training phase of the last epoch;
+(c) seed-style: ImageFolder-like PIL open + per-sample torchvision transforms
+    (RandomResizedCrop, flip, rotation, ColorJitter, ToTensor, Normalize), DataLoader
+    batch 16, num_workers 0, the same model and optimizer.
+All three in one run, same model (ResNet-18 by default), batch, optimizer and threads.
+
+CPU (the issue's table):
+    PYTHONPATH=src python bench/train_throughput.py --sizes 64 128
+GPU (ResNet-50 224 px bf16 + channels_last; synthetic and cached-decoded path):
+    PYTHONPATH=src python bench/train_throughput.py --device cuda --model resnet50 --sizes 224 \
+        --batch 256 --all-rows --skip-seed
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dataloupe.models import create_model
+from dataloupe.project import Project
+from dataloupe.tables import import_imagefolder, open_table
+from dataloupe.train import load_recipe, train_samples
+from dataloupe.train._distributed import DistContext
+from dataloupe.train._inputs import TrainData
+from dataloupe.data import SampleSet, sample_set_from_table
+
+CM_DIR = os.environ.get("DATALOUPE_CM_DIR", "/work/shared/datasets/chihuahua-muffin/train128")
+
+
+def _amp(device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def model_only(model_name, size, batch, device, steps, small_input):
+    torch.manual_seed(0)
+    m = create_model(model_name, 2, small_input=small_input).to(device)
+    if device.type == "cuda":
+        m = m.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    x = torch.randn(batch, 3, size, size, device=device)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 2, (batch,), device=device)
+    m.train()
+    for i in range(steps + 3):
+        if i == 3:
+            _sync(device)
+            t = time.perf_counter()
+        with _amp(device):
+            loss = F.cross_entropy(m(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    _sync(device)
+    return steps * batch / (time.perf_counter() - t)
+
+
+def engine(project, data, model_name, size, batch, device, epochs, small_input):
+    r = load_recipe("chihuahua-muffin-resnet18", [f"model={model_name}", f"image_size={size}", f"batch_size={batch}",
+                                                  f"epochs={epochs}", "collect=false", "scheduler=none",
+                                                  f"small_input={str(small_input).lower()}", "log_every=1e9",
+                                                  f"device={device.type}"])
+    run = f"bench-{model_name}-{size}-{time.time_ns()}"
+    ctx = DistContext(device=device)
+    train_samples(project, data, r, run=run, ctx=ctx, tty=False)
+    hist = [__import__("json").loads(x) for x in (project.runs_dir / run / "history.jsonl").read_text().splitlines()]
+    return hist[-1]["images_per_s"]
+
+
+def seed_style(root: Path, model_name, size, batch, device, max_batches, small_input):
+    from PIL import Image
+    from torchvision import transforms as T
+
+    tf = T.Compose([T.RandomResizedCrop(size, scale=(0.8, 1.0), ratio=(0.9, 1.1)), T.RandomHorizontalFlip(),
+                    T.RandomRotation(15), T.ColorJitter(0.2, 0.2, 0.2, 0.02), T.ToTensor(),
+                    T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    files = [(p, i) for i, c in enumerate(["chihuahua", "muffin"]) for p in sorted((root / c).glob("*"))]
+
+    class DS(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(files)
+
+        def __getitem__(self, i):
+            p, y = files[i]
+            return tf(Image.open(p).convert("RGB")), y
+
+    torch.manual_seed(0)
+    m = create_model(model_name, 2, small_input=small_input).to(device)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    loader = torch.utils.data.DataLoader(DS(), batch_size=batch, shuffle=True, num_workers=0, drop_last=True)
+    n, t = 0, time.perf_counter()
+    for b, (x, y) in enumerate(loader):
+        if b >= max_batches:
+            break
+        x, y = x.to(device), y.to(device)
+        loss = F.cross_entropy(m(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        n += len(y)
+    _sync(device)
+    return n / (time.perf_counter() - t)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
+    ap.add_argument("--model", default="resnet18")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--steps", type=int, default=12, help="model-only timed steps")
+    ap.add_argument("--epochs", type=int, default=2, help="engine epochs (the last one is reported)")
+    ap.add_argument("--seed-batches", type=int, default=12)
+    ap.add_argument("--skip-seed", action="store_true")
+    ap.add_argument("--all-rows", action="store_true",
+                    help="train on all 4,733 rows with labels id %% 2 (throughput only; GPU needs more than 200)")
+    ap.add_argument("--project", default=None, help="project folder (default: a temporary one)")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    project = Project.open(args.project or tempfile.mkdtemp(prefix="dataloupe-bench-"))
+    if "cm-train" not in [p.name for p in project.tables_dir.iterdir()]:
+        import_imagefolder(project, CM_DIR, table="cm-train", unlabeled_dir="undefined")
+    t = open_table(project, "cm-train")
+    s = sample_set_from_table(t, list(t.classes))
+    if args.all_rows:
+        s = SampleSet(s.ids, s.ids % 2, np.ones(len(s), np.float32), s.paths, s.root, s.content_key)
+    data = TrainData(s, s.subset(s.trainable), list(t.classes), "cm-train", t.revision, "cm-train", t.revision)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {device}, model {args.model}, "
+          f"batch {args.batch}, train rows {int(s.trainable.sum())}")
+    rows = []
+    for size in args.sizes:
+        small = size <= 32
+        a = model_only(args.model, size, args.batch, device, args.steps, small)
+        b = engine(project, data, args.model, size, args.batch, device, args.epochs, small)
+        c = None if args.skip_seed else seed_style(Path(CM_DIR), args.model, size, args.batch, device,
+                                                   args.seed_batches, small)
+        rows.append((size, a, b, c))
+    print(f"\n{'px':>4} {'(a) model img/s':>16} {'(b) engine img/s':>17} {'(c) seed img/s':>15} {'b/a':>6} {'b/c':>6}")
+    for size, a, b, c in rows:
+        cs = f"{c:15.1f}" if c else f"{'-':>15}"
+        bc = f"{b / c:6.2f}" if c else f"{'-':>6}"
+        print(f"{size:>4} {a:16.1f} {b:17.1f} {cs} {b / a:6.2f} {bc}")
+
+
+if __name__ == "__main__":
+    main()
