@@ -113,3 +113,13 @@ def test_continue_from_a_previous_run(project):
     assert info["best_val_top1"] >= s1 - 0.1  # starts from stage 1's weights, not from scratch
     with pytest.raises(DataloupeError, match="continue_from=nope"):
         train(project, "dig-train", "dig-val", _recipe("continue_from=nope"), run="s3", tty=False)
+
+
+def test_streaming_path_trains_like_the_cached_one(project):
+    a = train(project, "dig-train", "dig-val", _recipe("epochs=1", "loader=cache"), run="c", tty=False)
+    b = train(project, "dig-train", "dig-val", _recipe("epochs=1", "loader=stream", "num_workers=1"), run="s",
+              tty=False)
+    ha, hb = show_run(project, "c")["history"][0], show_run(project, "s")["history"][0]
+    # same pixels (decode_image), same sampler order, same seed: the same numbers
+    assert abs(ha["train_loss"] - hb["train_loss"]) < 1e-4 and ha["val_top1"] == hb["val_top1"]
+    assert a["status"] == b["status"] == "completed"

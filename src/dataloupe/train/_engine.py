@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -89,8 +90,12 @@ def build_setup(project: Project, data: TrainData, recipe: Recipe, ctx: DistCont
     caches = [None, None]
     if plan.mode == "cache":
         for i, samples in enumerate((data.train, data.val)):
+            t0 = time.perf_counter()
             caches[i] = open_cache(samples, recipe.image_size, project.cache_dir, primary=ctx.is_primary(),
                                    barrier=ctx.barrier)
+            if ctx.is_primary() and time.perf_counter() - t0 > 5:
+                print(f"decoded {len(samples)} images at {recipe.image_size} px into {caches[i].path}"
+                      f" in {time.perf_counter() - t0:.0f}s", flush=True)
             if ctx.is_primary():
                 for rid, why in sorted(caches[i].failed.items()):
                     if rid in set(samples.ids.tolist()):

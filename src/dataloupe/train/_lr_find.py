@@ -89,9 +89,14 @@ def lr_find(project: Project, table: str, recipe: Recipe, *, start_lr: float = 1
     loader = make_loader(train_set, plan, image_size=recipe.image_size, batch_size=recipe.batch_size, cache=cache,
                          transform=sample_transform(AugmentConfig.from_recipe(recipe)),
                          sampler=WeightedEpochSampler(train_set.weights, seed=recipe.seed), seed=recipe.seed)
+    model.to(torch.device("cuda" if torch.cuda.is_available() and recipe.device != "cpu" else "cpu"))
     optimizer = build_optimizer(model, recipe.optimizer, lr=start_lr, momentum=recipe.momentum,
                                 nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
-    opts = StepOptions(torch.device("cpu"), tuple(recipe.mean), tuple(recipe.std))
+    cuda = torch.cuda.is_available() and recipe.device != "cpu"
+    device = torch.device("cuda" if cuda else "cpu")
+    model.to(device)
+    amp = torch.bfloat16 if (recipe.amp == "bf16" or (recipe.amp == "auto" and cuda)) else None
+    opts = StepOptions(device, tuple(recipe.mean), tuple(recipe.std), amp)
     lrs, losses = lr_range_test(model, loader, opts, optimizer, start_lr=start_lr, end_lr=end_lr, steps=steps)
     suggested = suggest_lr(lrs, losses)
     plot = plot or project.root / "lr-find" / f"{recipe.name}-{t.name}@{t.revision}.png"
