@@ -26,8 +26,8 @@ def register(app: typer.Typer) -> None:
 
 def train_cmd(
     overrides: OverridesArg = None,
-    train: Annotated[Optional[str], typer.Option("--train", help="Training table TABLE[@REV].")] = None,
-    val: Annotated[Optional[str], typer.Option("--val", help="Validation table TABLE[@REV].")] = None,
+    train: Annotated[Optional[str], typer.Option("--train", help="Training table: TABLE or TABLE@REV.")] = None,
+    val: Annotated[Optional[str], typer.Option("--val", help="Validation table: TABLE or TABLE@REV.")] = None,
     recipe: Annotated[Optional[str], typer.Option("--recipe", help="Recipe name or YAML file.")] = None,
     run: Annotated[Optional[str], typer.Option(
         "--run", "--run-name", help="Run name (default: <recipe>-<n>). Under torchrun on Python 3.11 use --run-name.")] = None,
@@ -59,7 +59,7 @@ def train_cmd(
 
 def lr_find_cmd(
     overrides: OverridesArg = None,
-    train: Annotated[str, typer.Option("--train", help="Table TABLE[@REV].")] = ...,
+    train: Annotated[str, typer.Option("--train", help="Table: TABLE or TABLE@REV.")] = ...,
     recipe: Annotated[str, typer.Option("--recipe", help="Recipe name or YAML file.")] = ...,
     start_lr: Annotated[float, typer.Option(help="First learning rate.")] = 1e-7,
     end_lr: Annotated[float, typer.Option(help="Last learning rate.")] = 10.0,
@@ -83,7 +83,7 @@ def lr_find_cmd(
 
 def collect_cmd(
     run: str,
-    table: Annotated[Optional[str], typer.Option("--table", help="TABLE[@REV] (default: the run's train and val).")] = None,
+    table: Annotated[Optional[str], typer.Option("--table", help="TABLE or TABLE@REV (default: the run's train and val).")] = None,
     project: ProjectOpt = None,
 ) -> None:
     """Write per-sample metrics (predictions, probabilities, embeddings, AUM) of a run."""
