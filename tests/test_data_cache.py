@@ -108,3 +108,19 @@ def test_augmentation_draws_per_sample_and_mixes_batches():
     x = normalize_batch(out, cfg.mean, cfg.std)
     xm, ym = mix_transform(cfg, 10)(x, torch.arange(8))
     assert ym.shape == (8, 10) and torch.allclose(ym.sum(1), torch.ones(8))
+
+
+def test_batched_augmentation_identity_flip_and_own_draws():
+    from dataloupe.data import batch_augment, normalize_batch
+
+    x = torch.randint(0, 255, (6, 3, 16, 16), dtype=torch.uint8)
+    base = AugmentConfig(image_size=16, rrc_scale=None, hflip=0.0)
+    assert torch.allclose(batch_augment(x, base), normalize_batch(x, base.mean, base.std), atol=1e-4)
+    flip = AugmentConfig(image_size=16, rrc_scale=None, hflip=1.0)
+    assert torch.allclose(batch_augment(x, flip), normalize_batch(x.flip(-1), base.mean, base.std), atol=1e-4)
+    full = AugmentConfig(image_size=16, rrc_scale=(0.3, 1.0), rotation=15, color_jitter=(0.2, 0.2, 0.2, 0.05),
+                         random_erasing=0.5)
+    same = x[:1].expand(6, 3, 16, 16)
+    out = batch_augment(same, full)
+    assert out.shape == (6, 3, 16, 16) and out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert len({o.numpy().tobytes() for o in out}) == 6  # every image its own draw

@@ -123,3 +123,13 @@ def test_streaming_path_trains_like_the_cached_one(project):
     # same pixels (decode_image), same sampler order, same seed: the same numbers
     assert abs(ha["train_loss"] - hb["train_loss"]) < 1e-4 and ha["val_top1"] == hb["val_top1"]
     assert a["status"] == b["status"] == "completed"
+
+
+@pytest.mark.parametrize("augment", ["v2", "batched"])
+def test_every_augmentation_runs_in_the_engine(project, augment):
+    r = _recipe("epochs=1", f"augment={augment}", "rrc_scale=[0.5,1]", "hflip=0.5", "rotation=10",
+                "color_jitter=[0.2,0.2,0.2,0.02]", "autoaugment=imagenet", "random_erasing=0.25",
+                "mixup_alpha=0.2", "cutmix_alpha=1.0", "label_smoothing=0.1")
+    info = train(project, "dig-train", "dig-val", r, run=f"aug-{augment}", tty=False)
+    h = show_run(project, f"aug-{augment}")["history"][0]
+    assert info["status"] == "completed" and np.isfinite(h["train_loss"]) and np.isfinite(h["val_loss"])

@@ -7,6 +7,7 @@ from dataloupe.data._augment import (
     normalize_batch,
     sample_transform,
 )
+from dataloupe.data._batch_augment import batch_augment
 from dataloupe.data._cache import DecodedCache, build_cache, cache_bytes, cache_path
 from dataloupe.data._decode import MAX_PIXELS, ImageDecodeError, decode_image
 from dataloupe.data._loader import (
@@ -29,6 +30,7 @@ __all__ = [
     "ShardSampler",
     "WeightedEpochSampler",
     "augment_batch",
+    "batch_augment",
     "build_cache",
     "cache_bytes",
     "cache_path",

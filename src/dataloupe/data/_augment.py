@@ -55,9 +55,14 @@ class AugmentConfig:
         )
 
 
-def sample_transform(cfg: AugmentConfig) -> v2.Transform | None:
-    """Per-image training transform on a ``(3, S, S)`` uint8 tensor (None: identity)."""
+def sample_transform(cfg: AugmentConfig, *, only_autoaugment: bool = False) -> v2.Transform | None:
+    """Per-image training transform on a ``(3, S, S)`` uint8 tensor (None: identity).
+
+    ``only_autoaugment``: just the AutoAugment step (the batched path does the rest).
+    """
     ops: list[v2.Transform] = []
+    if only_autoaugment:
+        return v2.AutoAugment(_POLICIES[cfg.autoaugment]) if cfg.autoaugment else None
     if cfg.rrc_scale is not None:
         ops.append(v2.RandomResizedCrop(cfg.image_size, scale=cfg.rrc_scale, ratio=cfg.rrc_ratio, antialias=True))
     if cfg.hflip > 0:

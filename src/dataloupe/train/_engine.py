@@ -101,11 +101,12 @@ def build_setup(project: Project, data: TrainData, recipe: Recipe, ctx: DistCont
                     if rid in set(samples.ids.tolist()):
                         print(f"warning: id {rid} could not be decoded (trained as black): {why}")
     aug = AugmentConfig.from_recipe(recipe)
+    batched = recipe.augment == "batched" or (recipe.augment == "auto" and cuda)
     sampler = WeightedEpochSampler(train_set.weights, num_replicas=ctx.world_size, rank=ctx.rank, seed=recipe.seed)
     drop_last = len(train_set) >= 2 * recipe.batch_size
     train_loader = make_loader(train_set, plan, image_size=recipe.image_size, batch_size=per_rank, cache=caches[0],
-                               transform=sample_transform(aug), sampler=sampler, drop_last=drop_last,
-                               seed=recipe.seed + ctx.rank, pin_memory=cuda)
+                               transform=sample_transform(aug, only_autoaugment=batched), sampler=sampler,
+                               drop_last=drop_last, seed=recipe.seed + ctx.rank, pin_memory=cuda)
     val_loader = make_loader(val_set, plan, image_size=recipe.image_size,
                              batch_size=recipe.val_batch_size or 2 * per_rank, cache=caches[1],
                              sampler=ShardSampler(len(val_set), num_replicas=ctx.world_size, rank=ctx.rank),
@@ -117,7 +118,8 @@ def build_setup(project: Project, data: TrainData, recipe: Recipe, ctx: DistCont
                         min_lr=recipe.min_lr, plateau_factor=recipe.plateau_factor,
                         plateau_patience=recipe.plateau_patience)
     amp = torch.bfloat16 if (recipe.amp == "bf16" or (recipe.amp == "auto" and cuda)) else None
-    opts = StepOptions(ctx.device, tuple(recipe.mean), tuple(recipe.std), amp, channels_last)
+    opts = StepOptions(ctx.device, tuple(recipe.mean), tuple(recipe.std), amp, channels_last,
+                       augment=aug if batched else None)
     return Setup(model, raw, optimizer, schedule, train_loader, val_loader, sampler,
                  mix_transform(aug, len(data.classes)), opts, small, len(train_set))
 

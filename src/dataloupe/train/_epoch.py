@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dataloupe.data import normalize_batch
+from dataloupe.data import AugmentConfig, batch_augment, normalize_batch
 from dataloupe.train._progress import Progress
 
 
@@ -24,6 +24,7 @@ class StepOptions:
     std: tuple
     amp_dtype: torch.dtype | None = None
     channels_last: bool = False
+    augment: AugmentConfig | None = None  # batched on-device augmentation (training only)
 
     def inputs(self, images: torch.Tensor) -> torch.Tensor:
         x = images.to(self.device, non_blocking=True)
@@ -31,6 +32,12 @@ class StepOptions:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
+
+    def train_inputs(self, images: torch.Tensor) -> torch.Tensor:
+        if self.augment is None:
+            return self.inputs(images)
+        x = batch_augment(images.to(self.device, non_blocking=True), self.augment)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -62,7 +69,7 @@ def train_one_epoch(model: nn.Module, loader, *, optimizer, schedule, opts: Step
     margin_count = np.zeros(num_samples, dtype=np.float64)
     start = time.perf_counter()
     for images, labels, positions in loader:
-        x = opts.inputs(images)
+        x = opts.train_inputs(images)
         y = labels.to(opts.device, non_blocking=True)
         target = y
         if mix is not None:

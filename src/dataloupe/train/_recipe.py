@@ -32,6 +32,7 @@ _CHOICES: dict[str, tuple] = {
     "loader": ("auto", "cache", "stream"),
     "amp": ("auto", "bf16", "none"),
     "device": ("auto", "cpu", "cuda"),
+    "augment": ("auto", "v2", "batched"),
 }
 
 
@@ -77,6 +78,7 @@ class Recipe:
     random_erasing: float = 0.0  # RandomErasing probability
     mixup_alpha: float = 0.0  # MixUp Beta(alpha, alpha); 0: off
     cutmix_alpha: float = 0.0  # CutMix Beta(alpha, alpha); 0: off
+    augment: str = "auto"  # v2: per-image v2 transforms in the loader | batched: on the device | auto
     mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])  # normalisation (RGB, 0..1)
     std: list = field(default_factory=lambda: [0.229, 0.224, 0.225])
     # --- hardware
