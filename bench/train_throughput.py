@@ -13,7 +13,8 @@ CPU (the issue's table):
     PYTHONPATH=src python bench/train_throughput.py --sizes 64 128
 GPU (ResNet-50 224 px bf16 + channels_last; synthetic and cached-decoded path):
     PYTHONPATH=src python bench/train_throughput.py --device cuda --model resnet50 --sizes 224 \
-        --batch 256 --all-rows --skip-seed
+        --batch 256 --all-rows --skip-seed --steps 50 --epochs 3 [--compile]
+    (set DATALOUPE_CM_DIR to the chihuahua-muffin train128 folder on that machine)
 """
 
 from __future__ import annotations
@@ -48,11 +49,13 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def model_only(model_name, size, batch, device, steps, small_input):
+def model_only(model_name, size, batch, device, steps, small_input, compile_=False):
     torch.manual_seed(0)
     m = create_model(model_name, 2, small_input=small_input).to(device)
     if device.type == "cuda":
         m = m.to(memory_format=torch.channels_last)
+    if compile_:
+        m = torch.compile(m)
     opt = torch.optim.Adam(m.parameters(), lr=1e-3)
     x = torch.randn(batch, 3, size, size, device=device)
     if device.type == "cuda":
@@ -72,11 +75,12 @@ def model_only(model_name, size, batch, device, steps, small_input):
     return steps * batch / (time.perf_counter() - t)
 
 
-def engine(project, data, model_name, size, batch, device, epochs, small_input, augment="auto"):
+def engine(project, data, model_name, size, batch, device, epochs, small_input, augment="auto", compile_=False):
     r = load_recipe("chihuahua-muffin-resnet18", [f"model={model_name}", f"image_size={size}", f"batch_size={batch}",
                                                   f"epochs={epochs}", "collect=false", "scheduler=none",
                                                   f"small_input={str(small_input).lower()}", "log_every=1e9",
-                                                  f"device={device.type}", f"augment={augment}"])
+                                                  f"device={device.type}", f"augment={augment}",
+                                                  f"compile={str(compile_).lower()}"])
     run = f"bench-{model_name}-{size}-{time.time_ns()}"
     ctx = DistContext(device=device)
     train_samples(project, data, r, run=run, ctx=ctx, tty=False)
@@ -131,6 +135,7 @@ def main():
     ap.add_argument("--skip-seed", action="store_true")
     ap.add_argument("--all-rows", action="store_true",
                     help="train on all 4,733 rows with labels id %% 2 (throughput only; GPU needs more than 200)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model (a) and (b)")
     ap.add_argument("--rounds", type=int, default=2, help="alternating repeats; the best of each is reported")
     ap.add_argument("--project", default=None, help="project folder (default: a temporary one)")
     args = ap.parse_args()
@@ -150,10 +155,11 @@ def main():
         small = size <= 32
         best = {"a": 0.0, "v2": 0.0, "batched": 0.0, "c": 0.0}
         for _ in range(args.rounds):  # alternate, keep the best: a shared machine's noise only slows things
-            best["a"] = max(best["a"], model_only(args.model, size, args.batch, device, args.steps, small))
+            best["a"] = max(best["a"], model_only(args.model, size, args.batch, device, args.steps, small,
+                                                  args.compile))
             for aug in ("v2", "batched"):
                 best[aug] = max(best[aug], engine(project, data, args.model, size, args.batch, device, args.epochs,
-                                                  small, aug))
+                                                  small, aug, args.compile))
             if not args.skip_seed:
                 best["c"] = max(best["c"], seed_style(Path(CM_DIR), args.model, size, args.batch, device,
                                                       args.seed_batches, small))
