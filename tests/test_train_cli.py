@@ -71,3 +71,24 @@ def test_lr_find_prints_suggestion_and_writes_plot(tmp_path):
     assert r.returncode == 0, r.stderr
     lr = float(r.stdout.split("suggested lr:")[1].split()[0])
     assert 1e-7 <= lr <= 10 and plot.is_file() and plot.stat().st_size > 1000
+
+
+def test_collect_command_writes_metrics_for_any_table_revision(tmp_path):
+    import lance
+
+    from dataloupe.tables import edit_table
+    from dataloupe.train import load_recipe, train
+
+    p = _setup(tmp_path)
+    train(p, "dig-train", "dig-val", load_recipe("fashion-mnist", FAST + ["epochs=1"]), run="m", tty=False)
+    edit_table(p, "dig-val", action="undefine", ids=[0, 1, 2], message="unlabel three")
+    r = subprocess.run(cli("collect", "m", "--table", "dig-val@2"), env=cli_env(p.root), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    t = lance.dataset(str(p.runs_dir / "m" / "metrics" / "dig-val.lance")).to_table()
+    assert t.num_rows == 160 and set(t.column("table_revision").to_pylist()) == {2}
+    assert t.column("loss").null_count == 3 and t.column("correct").null_count == 3
+    assert t.column("aum").null_count == 160  # never trained on
+    assert t.schema.field("embedding").type.list_size == 32
+    bad = subprocess.run(cli("collect", "nope"), env=cli_env(p.root), capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown run" in bad.stderr

@@ -301,8 +301,7 @@ def train(project: Project, train_table: str, val_table: str, recipe: Recipe | d
             from dataloupe.train._collect import collect
 
             for ref in (f"{data.train_table}@{data.train_revision}", f"{data.val_table}@{data.val_revision}"):
-                collect(project, run, ref)
-        ctx.barrier()
+                collect(project, run, ref)  # other ranks do not wait (no barrier timeout on big tables)
         return info
     finally:
         shutdown_distributed(ctx)
