@@ -26,6 +26,7 @@ def _register_all() -> None:
     from dataloupe._cli import tables
 
     tables.register(app)
+    from dataloupe._cli import serve as _serve; _serve.register(app)  # noqa: E702
 
 
 _register_all()
