@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ CM_TEST = Path("/work/shared/datasets/chihuahua-muffin/test128")
 DIGIT_CLASSES = ["zero", "one"]
 
 
-def write_digit_pngs(folder: Path, per_class: int = 12) -> list[tuple[Path, int]]:
+def write_digit_pngs(folder: Path, per_class: int = 8) -> list[tuple[Path, int]]:
     """sklearn's 8x8 digits 0 and 1, written as real PNG files; returns (path, class index)."""
     from sklearn.datasets import load_digits
 
@@ -50,8 +51,25 @@ def cm_images(per_class: int = 4) -> list[tuple[Path, int]]:
 
 
 def make_run(project_root: Path, run: str, samples: list[tuple[Path, int]], classes: list[str], *,
-             image_size: int = 32, small_input: bool = False, steps: int = 12, seed: int = 0) -> Path:
-    """Train ``steps`` real SGD steps on ``samples`` and write ``runs/<run>`` per the contract."""
+             image_size: int = 32, small_input: bool = False, steps: int = 6, seed: int = 0) -> Path:
+    """Train ``steps`` real Adam steps on ``samples`` and write ``runs/<run>`` per the contract."""
+    with one_thread():
+        return _make_run(project_root, run, samples, classes, image_size=image_size, small_input=small_input,
+                         steps=steps, seed=seed)
+
+
+@contextmanager
+def one_thread():
+    """Run torch on one thread: on a busy 2-core machine two spinning threads are ~10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _make_run(project_root, run, samples, classes, *, image_size, small_input, steps, seed) -> Path:
     torch.manual_seed(seed)
     pixels = np.stack([decode_image(p, image_size) for p, _ in samples]).astype(np.float32) / 255.0
     mean = pixels.mean(axis=(0, 1, 2)).tolist()
@@ -111,3 +129,10 @@ def digits_run(tmp_path_factory):
     samples = write_digit_pngs(root / "digits")
     make_run(root, "digits", samples, DIGIT_CLASSES)
     return root, samples
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Serve tests run torch on one thread (see :func:`one_thread`); import this into each module."""
+    with one_thread():
+        yield
