@@ -146,3 +146,24 @@ def test_cli_edit_log_show_export(cli, digits_dir, tmp_path):
     assert len(out.read_text().splitlines()) == 49
     ls = json.loads(cli("table", "ls", "--json").stdout)
     assert ls[0]["name"] == "d" and ls[0]["revision"] == 3
+
+
+def test_several_ops_make_one_revision_in_order(project, table):
+    from dataloupe.tables import EditOp, apply_edits
+
+    res = apply_edits(project, "d", [
+        EditOp("set_label", label="0", where="label IS NULL AND id < 33", name="auto-label"),
+        EditOp("exclude", where="label = '0'", name="drop zeros"),  # sees the new labels
+        EditOp("undefine", ids=[20], name="unsure"),
+    ], message="iteration 1")
+    assert res.table.revision == 2 and len(res.table.log()) == 2
+    assert [(o["name"], o["matched"]) for o in res.per_op] == [("auto-label", 3), ("drop zeros", 13),
+                                                               ("unsure", 1)]
+    assert res.changes == {"labeled": 3, "undefined": 1, "excluded": 13}
+    from dataloupe.project import DataloupeError
+    from dataloupe.tables import EditOp as Op
+
+    with pytest.raises(DataloupeError, match="unknown class"):
+        apply_edits(project, "d", [Op("exclude", ids=[1]), Op("set_label", label="z", ids=[2])],
+                    message="bad second op")
+    assert open_table(project, "d").revision == 2
