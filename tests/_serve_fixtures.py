@@ -107,12 +107,13 @@ def _make_run(project_root, run, samples, classes, *, image_size, small_input, s
 def subprocess_env(project: Path | None = None) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(SRC)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env["OMP_NUM_THREADS"] = "1"  # see one_thread()
     if project is not None:
         env["DATALOUPE_PROJECT"] = str(project)
     return env
 
 
-def cli(*args: str) -> list[str]:
+def cli_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "dataloupe", *args]
 
 
