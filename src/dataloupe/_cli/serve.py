@@ -76,6 +76,7 @@ def serve(
     max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Images per forward pass (1 = no batching).")] = 16,
     max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", min=0, help="How long a batch waits for more requests.")] = 5.0,
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.001, help="Largest accepted image file, MiB.")] = 10.0,
+    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level (warning hides the access log).")] = "info",
     project: ProjectOpt = None,
 ) -> None:
     """Serve a demo page and a JSON API (GET /health, POST /predict with field 'file')."""
@@ -94,7 +95,7 @@ def serve(
         typer.echo(f"host {host} is not loopback: generated API token {token}")
     typer.echo(f"serving {bundle.metadata.get('run') or bundle.source} ({bundle.backend}, "
                f"{len(bundle.classes)} classes) at {url}", err=False)
-    run_server(bundle, host=host, port=port, config=config)
+    run_server(bundle, host=host, port=port, config=config, log_level=log_level)
 
 
 def register(app: typer.Typer) -> None:
