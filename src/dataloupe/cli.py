@@ -23,9 +23,10 @@ app = typer.Typer(
 
 def _register_all() -> None:
     # One line per stage; each module adds its commands or sub-apps to ``app``.
-    from dataloupe._cli import demo, tables
+    from dataloupe._cli import demo, loop, tables
 
     tables.register(app)
+    loop.register(app)
     demo.register(app)
     from dataloupe._cli import serve as _serve; _serve.register(app)  # noqa: E702
 
