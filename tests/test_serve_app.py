@@ -78,6 +78,7 @@ def test_bad_inputs_get_4xx_json_and_server_keeps_serving(bundle, good, tmp_path
             r = client.post("/predict", files=files)
             assert r.status_code == status, (name, r.status_code, r.text)
             assert r.headers["content-type"] == "application/json", name
+            assert "BytesIO" not in r.json()["detail"], name
             assert message in r.json()["detail"], (name, r.json())
             _ok(client, good)  # still serving
         r = client.post("/predict", json={"file": "x"})

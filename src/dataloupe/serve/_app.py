@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -19,6 +20,7 @@ from dataloupe.serve._batcher import MicroBatcher, QueueFullError
 from dataloupe.serve._bundle import ModelBundle, top_k
 
 FIELD = "file"
+_BUFFER_REPR = re.compile(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>")  # PIL names the in-memory buffer
 _MULTIPART_SLACK = 64 * 1024  # boundary and part headers on top of the file itself, bytes
 
 
@@ -152,7 +154,7 @@ def create_app(bundle: ModelBundle, config: ServeConfig | None = None) -> FastAP
         try:
             x = await run_in_threadpool(bundle.load_image, data)
         except ImageDecodeError as e:
-            raise HTTPException(400, str(e)) from None
+            raise HTTPException(400, _BUFFER_REPR.sub("", str(e))) from None
         try:
             probs = await batcher.submit(x)
         except QueueFullError as e:
