@@ -102,3 +102,17 @@ def test_load_bundle_rejects_foreign_files(tmp_path):
         load_bundle(bad_onnx)
     with pytest.raises(DataloupeError, match="model file not found"):
         load_bundle(tmp_path / "missing.onnx")
+
+
+def test_onnx_without_embedded_metadata_uses_sidecar(digits_run, tmp_path):
+    root, samples = digits_run
+    out = tmp_path / "m.onnx"
+    export_model(Project.open(root), "digits", format="onnx", out=out)
+    proto = onnx.load(str(out))
+    del proto.metadata_props[:]  # e.g. a tool that rewrote the graph and dropped them
+    onnx.save(proto, str(out))
+    bundle = load_bundle(out)
+    assert bundle.classes == DIGIT_CLASSES and bundle.backend == "onnx"
+    sidecar_path(out).unlink()
+    with pytest.raises(DataloupeError, match="carries no dataloupe metadata and has no sidecar m.onnx.json"):
+        load_bundle(out)

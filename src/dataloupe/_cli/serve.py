@@ -10,7 +10,9 @@ import typer
 from dataloupe._cli.common import JsonOpt, ProjectOpt, print_json
 from dataloupe.project import DataloupeError, Project
 
-ModelArg = Annotated[str, typer.Argument(help="A run id (uses runs/<run>/checkpoints/best.pt) or an exported model file.")]
+ModelArg = Annotated[
+    str, typer.Argument(help="A run id (uses runs/<run>/checkpoints/best.pt) or an exported model file.")
+]
 
 
 def _bundle(model: str, project: Optional[Path]):
@@ -72,11 +74,16 @@ def serve(
     model: ModelArg,
     port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8000,
     host: Annotated[str, typer.Option("--host", help="Any non-loopback host requires a token.")] = "127.0.0.1",
-    token: Annotated[Optional[str], typer.Option("--token", help="API token (generated when the host is not loopback).")] = None,
-    max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Images per forward pass (1 = no batching).")] = 16,
-    max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", min=0, help="How long a batch waits for more requests.")] = 5.0,
-    max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.001, help="Largest accepted image file, MiB.")] = 10.0,
-    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level (warning hides the access log).")] = "info",
+    token: Annotated[Optional[str], typer.Option(
+        "--token", help="API token (generated when the host is not loopback).")] = None,
+    max_batch: Annotated[int, typer.Option(
+        "--max-batch", min=1, help="Images per forward pass (1 = no batching).")] = 16,
+    max_wait_ms: Annotated[float, typer.Option(
+        "--max-wait-ms", min=0, help="How long a batch waits for more requests, ms.")] = 5.0,
+    max_upload_mb: Annotated[float, typer.Option(
+        "--max-upload-mb", min=0.001, help="Largest accepted image file, MiB.")] = 10.0,
+    log_level: Annotated[str, typer.Option(
+        "--log-level", help="uvicorn log level (warning hides the access log).")] = "info",
     project: ProjectOpt = None,
 ) -> None:
     """Serve a demo page and a JSON API (GET /health, POST /predict with field 'file')."""

@@ -169,11 +169,14 @@ def sidecar_path(model_path: str | Path) -> Path:
     return p.with_name(p.name + ".json")
 
 
-def _read_sidecar(path: Path) -> dict | None:
+def _metadata(path: Path, embedded: str | bytes | None, what: str) -> dict:
+    """The metadata embedded in the file, else its sidecar ``<file>.json``."""
+    if embedded:
+        return json.loads(embedded)
     side = sidecar_path(path)
     if side.is_file():
         return json.loads(side.read_text())
-    return None
+    raise DataloupeError(f"{path}: {what} carries no dataloupe metadata and has no sidecar {side.name}")
 
 
 def _load_torchscript(path: Path) -> ModelBundle:
@@ -182,9 +185,7 @@ def _load_torchscript(path: Path) -> ModelBundle:
         warnings.simplefilter("ignore", FutureWarning)
         model = torch.jit.load(str(path), map_location="cpu", _extra_files=extra).eval()
     raw = extra[f"{METADATA_KEY}.json"]
-    meta = json.loads(raw) if raw else _read_sidecar(path)
-    if meta is None:
-        raise DataloupeError(f"{path}: TorchScript file carries no dataloupe metadata and has no sidecar {sidecar_path(path).name}")
+    meta = _metadata(path, raw, "TorchScript file")
     return _bundle(meta, _torch_forward(model), str(path), "torchscript")
 
 
@@ -196,9 +197,7 @@ def _load_onnx(path: Path) -> ModelBundle:
     except Exception as e:
         raise DataloupeError(f"{path} is not a loadable ONNX model: {e}") from e
     raw = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-    meta = json.loads(raw) if raw else _read_sidecar(path)
-    if meta is None:
-        raise DataloupeError(f"{path}: ONNX model carries no dataloupe metadata and has no sidecar {sidecar_path(path).name}")
+    meta = _metadata(path, raw, "ONNX model")
     input_name = session.get_inputs()[0].name
 
     def forward(batch: np.ndarray) -> np.ndarray:
