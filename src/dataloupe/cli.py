@@ -26,6 +26,7 @@ def _register_all() -> None:
     from dataloupe._cli import tables
 
     tables.register(app)
+    from dataloupe._cli import ui; ui.register(app)  # noqa: E702 - one line per stage
 
 
 _register_all()

@@ -1,0 +1,170 @@
+"""Read the run folders that training and analysis write (see docs/architecture.md).
+
+Only reads: ``run.json``, ``history.jsonl``, ``analysis.json`` and the per-sample metrics
+tables under ``metrics/``. Everything returned is plain data (dicts, numpy arrays).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from dataloupe.project import DataloupeError, Project
+
+RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,199}$")
+# Finding types shown in the dashboard, in bit order of the ``findings`` column.
+FINDING_TYPES = ("label_issues", "outliers", "near_duplicates", "leakage", "pseudo_labels")
+# Record keys that name a sample of the run's table inside an analysis.json record.
+_ID_KEYS = ("id", "sample_id", "id_a", "id_b", "other_id", "duplicate_of")
+_ID_LIST_KEYS = ("ids", "sample_ids", "members")
+_SUGGESTED_KEYS = ("suggested_label", "suggested", "suggestion")
+_PSEUDO_KEYS = ("pseudo_label", "suggested_label", "label", "predicted")
+
+
+def run_dir(project: Project, run: str) -> Path:
+    """The folder of ``run``; unknown or malformed names raise :class:`DataloupeError`."""
+    if not RUN_NAME_RE.match(run or ""):
+        raise DataloupeError(f"invalid run name {run!r}")
+    d = project.runs_dir / run
+    if not (d / "run.json").is_file():
+        known = ", ".join(list_run_names(project)) or "none"
+        raise DataloupeError(f"unknown run {run!r} (known runs: {known})")
+    return d
+
+
+def list_run_names(project: Project) -> list[str]:
+    if not project.runs_dir.is_dir():
+        return []
+    return sorted(p.name for p in project.runs_dir.iterdir() if (p / "run.json").is_file())
+
+
+def read_run(project: Project, run: str) -> dict:
+    """``run.json`` plus the metrics tables present and whether analysis exists."""
+    d = run_dir(project, run)
+    info = _read_json(d / "run.json")
+    info["run"] = info.get("run") or run
+    info["metrics_tables"] = metrics_tables(project, run)
+    info["has_analysis"] = (d / "analysis.json").is_file()
+    return info
+
+
+def list_runs(project: Project) -> list[dict]:
+    """Every run's ``run.json`` (plus metrics tables), oldest first by ``created``."""
+    runs = []
+    for name in list_run_names(project):
+        try:
+            runs.append(read_run(project, name))
+        except (DataloupeError, ValueError) as e:
+            runs.append({"run": name, "status": "unreadable", "error": str(e)})
+    return sorted(runs, key=lambda r: (str(r.get("created", "")), r["run"]))
+
+
+def read_history(project: Project, run: str) -> list[dict]:
+    """One dict per finished epoch from ``history.jsonl`` (a torn last line is skipped)."""
+    path = run_dir(project, run) / "history.jsonl"
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a run still writing its last line
+    return out
+
+
+def read_analysis(project: Project, run: str) -> dict:
+    """``analysis.json`` of the run, or ``{}`` when ``dataloupe analyze`` has not run."""
+    path = run_dir(project, run) / "analysis.json"
+    return _read_json(path) if path.is_file() else {}
+
+
+def metrics_tables(project: Project, run: str) -> list[str]:
+    d = project.runs_dir / run / "metrics"
+    if not d.is_dir():
+        return []
+    return sorted(p.name[: -len(".lance")] for p in d.iterdir() if p.name.endswith(".lance"))
+
+
+def metrics_path(project: Project, run: str, table: str) -> Path:
+    names = metrics_tables(project, run_dir(project, run).name)
+    if table not in names:
+        raise DataloupeError(
+            f"run {run!r} has no metrics for table {table!r} (has: {', '.join(names) or 'none'})"
+        )
+    return project.runs_dir / run / "metrics" / f"{table}.lance"
+
+
+def finding_ids(analysis: dict, table: str | None = None) -> dict[str, np.ndarray]:
+    """Sample ids named by each finding type of an ``analysis.json`` object.
+
+    Args:
+        analysis: the parsed ``analysis.json``.
+        table: when records carry a ``table`` key (leakage pairs span two tables), only
+            ids of records about this table are kept.
+
+    Returns:
+        ``{finding type: int64 ids (M,)}`` for every type in :data:`FINDING_TYPES`.
+    """
+    out = {}
+    for kind in FINDING_TYPES:
+        ids: list[int] = []
+        for rec in _records(analysis.get(kind)):
+            ids.extend(_record_ids(rec, table))
+        out[kind] = np.unique(np.asarray(ids, dtype=np.int64))
+    return out
+
+
+def suggestions(analysis: dict, kind: str) -> dict[int, str]:
+    """``{id: label}`` suggested by ``label_issues`` (kind ``"suggested"``) or by
+    ``pseudo_labels`` (kind ``"pseudo"``)."""
+    if kind == "suggested":
+        section, keys = analysis.get("label_issues"), _SUGGESTED_KEYS
+    elif kind == "pseudo":
+        section, keys = analysis.get("pseudo_labels"), _PSEUDO_KEYS
+    else:
+        raise DataloupeError(f"unknown suggestion kind {kind!r} (known: suggested, pseudo)")
+    out = {}
+    for rec in _records(section):
+        sid = rec.get("id", rec.get("sample_id"))
+        lab = next((rec[k] for k in keys if isinstance(rec.get(k), str)), None)
+        if isinstance(sid, int) and lab is not None:
+            out[int(sid)] = lab
+    return out
+
+
+def _records(section) -> list[dict]:
+    """Records of one analysis section: a list of dicts, or a dict holding such lists."""
+    if isinstance(section, list):
+        return [r for r in section if isinstance(r, dict)]
+    if isinstance(section, dict):
+        for key in ("records", "items", "samples", "pairs", "groups", "issues"):
+            if isinstance(section.get(key), list):
+                return [r for r in section[key] if isinstance(r, dict)]
+    return []
+
+
+def _record_ids(rec: dict, table: str | None) -> list[int]:
+    if table is not None and isinstance(rec.get("table"), str) and rec["table"] != table:
+        return []
+    ids = [rec[k] for k in _ID_KEYS if isinstance(rec.get(k), int)]
+    for k in _ID_LIST_KEYS:
+        if isinstance(rec.get(k), list):
+            ids.extend(v for v in rec[k] if isinstance(v, int))
+    return ids
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataloupeError(f"cannot read {path.name} of run {path.parent.name!r}: {e}") from None
+    if not isinstance(obj, dict):
+        raise DataloupeError(f"{path} does not hold a JSON object")
+    return obj
