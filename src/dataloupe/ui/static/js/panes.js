@@ -55,18 +55,20 @@ export class Panes {
     const body = { action, ids, expected_revision: v.H.latest_revision, message: this.msg.value || null };
     if (action === "set_label") body.label = this.labelSel.value;
     if (action.startsWith("accept_")) body.run = v.run;
+    window.__dl.ready = false;
     try {
       const r = await postJSON(`/api/tables/${enc(v.table)}/actions`, body);
       this.msg.value = "";
-      window.__dl.lastAction = r;
-      if (!r.committed) { toast(`${r.message} (${r.matched} selected)`); return; }
+      if (!r.committed) { window.__dl.lastAction = r; window.__dl.ready = true; toast(`${r.message} (${r.matched} selected)`); return; }
       const skipped = r.skipped.map((s) => `${s.count} skipped: ${s.reason}`).join("; ");
       await v.reload(r.revision);
+      window.__dl.lastAction = r;
       toast(`revision ${r.revision}: ${r.message}${skipped ? " — " + skipped : ""}`, [
         ["diff", () => showDiff(v.table, r.previous_revision, r.revision)],
         ["revert", () => revertTo(v.table, r.previous_revision, (x) => v.reload(x.revision))],
       ]);
     } catch (e) {
+      window.__dl.ready = true;
       toast(e.message, [], true);
     }
   }
