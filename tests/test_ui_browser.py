@@ -99,6 +99,8 @@ def page(browser):
 
 def _shot(pg, name):
     if os.environ.get("DATALOUPE_SCREENSHOTS") == "1":
+        pg.wait_for_function("[...document.querySelectorAll('img')].every(i => !i.src || i.complete)")
+        pg.wait_for_timeout(300)
         pg.screenshot(path=str(DOCS / name))
 
 
@@ -181,6 +183,7 @@ def test_confusion_cell_relabel_diff_and_revert(page, site):
     _open_run(page, site)
     before = open_table(p, "digits").latest_revision
     page.click("#tab-confusion")
+    _shot(page, "ui-confusion.png")
     # the largest off-diagonal cell
     a, b = page.evaluate("""() => { let best = null, m = -1;
         for (const td of document.querySelectorAll('#confusion td')) {

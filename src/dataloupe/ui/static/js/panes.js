@@ -88,7 +88,7 @@ export class Panes {
         .filter((k) => m[k] !== undefined && m[k] !== null)
         .map((k) => h("tr", {}, h("th", {}, k), h("td", {}, typeof m[k] === "number" && !Number.isInteger(m[k]) ? m[k].toFixed(4) : m[k])));
       const current = v.C.label[i] < 0 ? "(undefined)" : cls[v.C.label[i]];
-      pane.replaceChildren(
+      pane.replaceChildren(...[
         h("h2", {}, `sample ${id}`, h("span", { class: "muted" }, ` · label now ${current}${v.C.excluded[i] ? " · excluded" : ""}`)),
         h("img", { class: "big", src: imageURL(v.table, id), alt: `sample ${id}` }),
         m.findings.length ? h("p", { class: "bad" }, "findings: " + m.findings.join(", ")) : null,
@@ -100,7 +100,7 @@ export class Panes {
         h("h3", {}, "label across revisions"),
         h("table", { id: "detail-history" }, hist.revisions.map((r) => h("tr", {}, h("td", {}, `r${r.revision}`),
           h("td", {}, r.present ? r.label ?? "(undefined)" : "(absent)"), h("td", {}, r.weight === 0 ? "excluded" : ""),
-          h("td", { class: "muted" }, r.message)))));
+          h("td", { class: "muted" }, r.message))))].filter((x) => x !== null));
     } catch (e) {
       pane.replaceChildren(h("p", { class: "bad" }, e.message));
     }

@@ -26,7 +26,7 @@ export function toast(text, buttons = [], error = false) {
 
 export function modal(...content) {
   const m = document.getElementById("modal");
-  m.querySelector(".modal-body").replaceChildren(...content);
+  m.querySelector(".modal-body").replaceChildren(...content.filter((c) => c !== null && c !== undefined));
   m.hidden = false;
   m.querySelector(".close").onclick = () => { m.hidden = true; };
   m.onclick = (e) => { if (e.target === m) m.hidden = true; };
