@@ -55,7 +55,7 @@ def test_points_are_binary_columns_aligned_with_the_table(client, proj):
     header, cols = decode(r.content)
     assert header["n"] == 1797 and header["classes"][:10] == [str(i) for i in range(10)]
     assert {"id", "map_x", "map_y", "label", "predicted", "confidence", "loss", "aum", "findings"} <= set(cols)
-    assert cols["map_x"].dtype == np.float32 and cols["label"].dtype == np.int16
+    assert cols["map_x"].dtype == np.float32 and cols["label"].dtype == np.int8  # 10 classes
     labels = open_table(p, "digits").to_arrow(columns=["label"])["label"].to_pylist()
     expect = np.array([-1 if v is None else int(v) for v in labels])
     assert np.array_equal(cols["label"], expect)

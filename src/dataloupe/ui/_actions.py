@@ -76,7 +76,8 @@ def apply_action(project: Project, table: str, req: ActionRequest) -> dict:
     if kind is not None:
         if not req.run:
             raise DataloupeError(f"action {req.action!r} needs the run whose analysis suggests labels")
-        mapping = _runs.suggestions(_runs.read_analysis(project, req.run), kind)
+        ax = _runs.analysis_index(project, req.run, table)
+        mapping = ax.suggested if kind == "suggested" else ax.pseudo
         have = np.array([i for i in ids.tolist() if i in mapping], dtype=np.int64)
         unknown_cls = np.array([i for i in have.tolist() if mapping[i] not in t.classes], dtype=np.int64)
         usable = np.setdiff1d(have, unknown_cls)

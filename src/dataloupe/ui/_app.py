@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import hmac
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,9 @@ def create_app(project: Project, *, token: str | None = None,
             ``X-Dataloupe-Token`` header, or ``?token=`` for image URLs).
         allowed_hosts: when set, requests whose ``Host`` header names another host are
             refused (defends a token-less local server against DNS rebinding).
+
+    ``app.state.prewarm()`` packs the newest run's columns (``dataloupe ui`` runs it in a
+    background thread at start-up so the first page load finds them ready).
     """
     app = FastAPI(title="dataloupe", version=__version__, docs_url=None, redoc_url=None)
     points_cache = LRU(3)
@@ -191,7 +195,8 @@ def create_app(project: Project, *, token: str | None = None,
     def run(run: str) -> dict:
         info = run_or_404(run)
         analysis = _runs.read_analysis(project, run)
-        counts = {k: int(v.size) for k, v in _runs.finding_ids(analysis, info.get("train_table")).items()}
+        ax = _runs.analysis_index(project, run, info.get("train_table"))
+        counts = {k: int(v.size) for k, v in ax.findings.items()}
         return info | {"history": _runs.read_history(project, run), "finding_counts": counts,
                        "taxonomy": analysis.get("taxonomy"), "clusters": analysis.get("clusters")}
 
@@ -204,6 +209,7 @@ def create_app(project: Project, *, token: str | None = None,
         apath = project.runs_dir / run / "analysis.json"
         key = (run, table, rev, _mtime(mpath), _mtime(apath))
         blob = points_cache.get_or_make(key, lambda: build_points(project, run, table, rev))
+        threading.Thread(target=paths.warm, args=(table,), daemon=True).start()  # thumbnails next
         return Response(blob, media_type="application/octet-stream", headers={"Cache-Control": "no-store"})
 
     @app.get("/api/runs/{run}/samples/{sample_id}")
@@ -218,6 +224,20 @@ def create_app(project: Project, *, token: str | None = None,
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    def prewarm_points() -> None:
+        """Pack the newest run's points once at start-up, so the first page load is fast."""
+        try:
+            runs_ = [r for r in _runs.list_runs(project) if r.get("metrics_tables")]
+            if not runs_:
+                return
+            r = runs_[-1]
+            table_ = r.get("train_table") if r.get("train_table") in r["metrics_tables"] else r["metrics_tables"][0]
+            run_points(r["run"], table_)
+        except Exception:  # noqa: BLE001 - only a cache warm-up; the request path reports errors
+            pass
+
+    app.state.prewarm = prewarm_points
     return app
 
 

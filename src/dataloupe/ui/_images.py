@@ -41,6 +41,13 @@ class PathIndex:
         self._cache: dict[str, tuple[int, np.ndarray, list | object, Path]] = {}
         self._lock = threading.Lock()
 
+    def warm(self, table: str) -> None:
+        """Load the table's id → path index now (errors surface on the next lookup)."""
+        try:
+            self.lookup(table, -1)
+        except DataloupeError:
+            pass
+
     def lookup(self, table: str, sample_id: int) -> tuple[Path, str]:
         """``(image root, relative path)`` of ``sample_id``; raises :class:`SampleNotFound`."""
         t = open_table(self.project, table)

@@ -14,8 +14,8 @@ Wire format (``application/octet-stream``, all little-endian)::
 The header is ``{"n": N, "columns": [{"name", "dtype", "offset", "length"}], "classes":
 [...], "finding_types": [...], ...}``. Dtypes are typed-array names (``float32``,
 ``int32``, ``int16``, ``uint8``, ``float64``). Categorical columns (``label``,
-``predicted``, ``suggested``, ``pseudo``) are ``int16`` codes into ``classes`` with -1 for
-"none"; float columns hold NaN for nulls; ``findings`` is a bit mask in the order of
+``predicted``, ``suggested``, ``pseudo``) are ``int8`` codes (``int16`` past 126 classes)
+into ``classes`` with -1 for "none"; float columns hold NaN for nulls; ``findings`` is a bit mask in the order of
 ``finding_types``.
 """
 
@@ -34,7 +34,9 @@ from dataloupe.tables import open_table
 from dataloupe.ui import _runs
 
 MAGIC = b"DLP1"
-FLOAT_COLUMNS = ("confidence", "loss", "aum", "margin", "entropy")
+# Sent for every point (filters, colours, sort); margin and entropy stay in the sample detail
+# to keep a million-point payload near 33 MB.
+FLOAT_COLUMNS = ("confidence", "loss", "aum")
 # Above this many floats the embedding is not kept in memory for neighbour search.
 MAX_EMBED_FLOATS = 64_000_000
 
@@ -58,29 +60,30 @@ def build_points(project: Project, run: str, table: str, revision: int | None = 
     mid = m["id"]
     common, ti, mi = np.intersect1d(tid, mid, assume_unique=True, return_indices=True)
 
-    analysis = _runs.read_analysis(project, run)
-    sugg = _runs.suggestions(analysis, "suggested")
-    pseudo = _runs.suggestions(analysis, "pseudo")
+    ax = _runs.analysis_index(project, run, table)
+    sugg, pseudo = ax.suggested, ax.pseudo
     classes = list(t.classes)
     extra = set(m["predicted_values"]) | set(sugg.values()) | set(pseudo.values())
     classes += sorted(c for c in extra if c is not None and c not in classes)
     index = {c: i for i, c in enumerate(classes)}
 
+    code_t = np.int8 if len(classes) < 127 else np.int16
     cols: list[tuple[str, np.ndarray]] = []
     cols.append(("id", common.astype(np.int32 if common.size == 0 or common.max() < 2**31 else np.float64)))
     cols.append(("map_x", m["map_x"][mi]))
     cols.append(("map_y", m["map_y"][mi]))
-    cols.append(("label", _codes(rows["label"], index)[ti]))
-    cols.append(("predicted", _codes(m["predicted"], index)[mi]))
+    cols.append(("label", _codes(rows["label"], index)[ti].astype(code_t)))
+    cols.append(("predicted", _codes(m["predicted"], index)[mi].astype(code_t)))
     cols.append(("excluded", (rows["weight"].to_numpy(zero_copy_only=False) == 0).astype(np.uint8)[ti]))
     for name in FLOAT_COLUMNS:
         if name in m:
             cols.append((name, m[name][mi]))
     if "cluster" in m:
-        cols.append(("cluster", m["cluster"][mi]))
-    cols.append(("findings", _finding_mask(common, _runs.finding_ids(analysis, table))))
-    cols.append(("suggested", _lookup_codes(common, sugg, index)))
-    cols.append(("pseudo", _lookup_codes(common, pseudo, index)))
+        c = m["cluster"][mi]
+        cols.append(("cluster", c.astype(np.int16) if c.size == 0 or c.max() < 2**15 else c))
+    cols.append(("findings", _finding_mask(common, ax.findings)))
+    cols.append(("suggested", _lookup_codes(common, sugg, index).astype(code_t)))
+    cols.append(("pseudo", _lookup_codes(common, pseudo, index).astype(code_t)))
     cols.append(("changed", _changed(t, common)))
 
     header = {

@@ -6,8 +6,10 @@ tables under ``metrics/``. Everything returned is plain data (dicts, numpy array
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -80,9 +82,48 @@ def read_history(project: Project, run: str) -> list[dict]:
 
 
 def read_analysis(project: Project, run: str) -> dict:
-    """``analysis.json`` of the run, or ``{}`` when ``dataloupe analyze`` has not run."""
+    """``analysis.json`` of the run, or ``{}`` when ``dataloupe analyze`` has not run.
+
+    Parsed once per file version (path, mtime, size); callers must not modify the result.
+    """
     path = run_dir(project, run) / "analysis.json"
-    return _read_json(path) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    st = path.stat()
+    return _parsed(str(path), st.st_mtime_ns, st.st_size)
+
+
+@dataclass(frozen=True)
+class AnalysisIndex:
+    """What the dashboard needs from ``analysis.json``, indexed by sample id."""
+
+    findings: dict[str, np.ndarray]  # finding type -> sorted ids
+    suggested: dict[int, str]  # label_issues: id -> suggested label
+    pseudo: dict[int, str]  # pseudo_labels: id -> label
+
+
+def analysis_index(project: Project, run: str, table: str | None) -> AnalysisIndex:
+    """:class:`AnalysisIndex` of the run's analysis (cached per file version and table)."""
+    path = run_dir(project, run) / "analysis.json"
+    if not path.is_file():
+        return _index_of({}, table)
+    st = path.stat()
+    return _indexed(str(path), st.st_mtime_ns, st.st_size, table)
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed(path: str, mtime_ns: int, size: int) -> dict:
+    return _read_json(Path(path))
+
+
+@functools.lru_cache(maxsize=8)
+def _indexed(path: str, mtime_ns: int, size: int, table: str | None) -> AnalysisIndex:
+    return _index_of(_parsed(path, mtime_ns, size), table)
+
+
+def _index_of(analysis: dict, table: str | None) -> AnalysisIndex:
+    return AnalysisIndex(finding_ids(analysis, table), suggestions(analysis, "suggested"),
+                         suggestions(analysis, "pseudo"))
 
 
 def metrics_tables(project: Project, run: str) -> list[str]:

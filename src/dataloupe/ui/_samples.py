@@ -40,11 +40,10 @@ class SampleReader:
         if probs is not None and classes and len(classes) == len(probs):
             order = np.argsort(probs)[::-1][:5]
             row["top"] = [{"class": classes[i], "p": float(probs[i])} for i in order]
-        analysis = _runs.read_analysis(self.project, run)
-        row["suggested_label"] = _runs.suggestions(analysis, "suggested").get(sample_id)
-        row["pseudo_label"] = _runs.suggestions(analysis, "pseudo").get(sample_id)
-        found = _runs.finding_ids(analysis, table)
-        row["findings"] = [kind for kind, ids in found.items() if np.isin(sample_id, ids)]
+        ax = _runs.analysis_index(self.project, run, table)
+        row["suggested_label"] = ax.suggested.get(sample_id)
+        row["pseudo_label"] = ax.pseudo.get(sample_id)
+        row["findings"] = [kind for kind, ids in ax.findings.items() if np.isin(sample_id, ids)]
         neighbours, method = self._neighbours(run, table, sample_id, k, ds.version)
         return {"id": sample_id, "run": run, "table": table, "metrics": row,
                 "neighbours": neighbours, "neighbour_method": method}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import sys
 import threading
 import webbrowser
 from dataclasses import dataclass
@@ -50,6 +51,8 @@ def serve(project: Project, cfg: ServeConfig, echo=print) -> None:
         echo(f"generated token: {token}")
     echo(f"dataloupe dashboard for {project.root}")
     echo(f"open {url}")
+    sys.stdout.flush()  # the URL and token must show before the server blocks
     if cfg.open_browser:
         threading.Timer(1.0, webbrowser.open, args=(url,)).start()
+    threading.Thread(target=app.state.prewarm, daemon=True).start()
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")

@@ -9,8 +9,8 @@ import { Scatter } from "./scatter.js";
 import { h, status, toast } from "./ui.js";
 import { Panes } from "./panes.js";
 
-const METRICS = ["confidence", "loss", "aum", "margin", "entropy"];
-const COLOR_BY = ["label", "predicted", "correct", "confidence", "loss", "aum", "margin", "entropy", "finding", "cluster", "excluded", "changed"];
+const METRICS = ["confidence", "loss", "aum"];
+const COLOR_BY = ["label", "predicted", "correct", "confidence", "loss", "aum", "finding", "cluster", "excluded", "changed"];
 
 export class RunView {
   constructor(root, run, table, revision) {
@@ -56,11 +56,17 @@ export class RunView {
     this.flags = new Uint8Array(this.n);
     this.ranges = {};
     for (const m of METRICS) if (this.C[m]) this.ranges[m] = range(this.C[m]);
-    if (first) this.scatter.setPoints(this.C.map_x, this.C.map_y);
-    else this.scatter.setPoints(this.C.map_x, this.C.map_y, true);
+    const T = (window.__dl.timings = { fetch: performance.now() - t0 });
+    let t = performance.now();
+    const lap = (k) => { const now = performance.now(); T[k] = now - t; t = now; };
+    this.scatter.setPoints(this.C.map_x, this.C.map_y, !first);
+    lap("setPoints");
     this.buildFilters();
+    lap("buildFilters");
     this.colorize(false);
+    lap("colorize");
     this.applyFilters("load");
+    lap("applyFilters");
     performance.mark("dl:first-draw");
     performance.measure("dl:load-to-first-draw", "dl:load-start", "dl:first-draw");
     status(`${this.n.toLocaleString()} samples · ${this.table} r${this.revision}${this.revision !== this.H.latest_revision ? ` (latest r${this.H.latest_revision})` : ""} · ${(pts.bytes / 1e6).toFixed(1)} MB in ${(performance.now() - t0).toFixed(0)} ms`);
@@ -90,7 +96,7 @@ export class RunView {
         h("div", { class: "maptools" }, "table ", tableSel, " colour ", colorSel,
           modeBtn("pan", "pan / zoom"), modeBtn("box", "box select"), modeBtn("lasso", "lasso"),
           h("button", { id: "clear-sel", onclick: () => this.setSelection(null) }, "clear selection"),
-          h("button", { onclick: () => { this.scatter.fit(); this.scatter.requestDraw(); } }, "fit"), this.countEl),
+          h("button", { onclick: () => { this.scatter.fit(); this.scatter.requestDraw(); this.scatter._viewSettled(); } }, "fit"), this.countEl),
         h("div", { class: "mapbox" }, this.canvas, this.overlay, this.legend)),
       this.side));
     this.scatter = new Scatter(this.canvas);
@@ -207,9 +213,12 @@ export class RunView {
       visible += ok;
     }
     this.visible = visible;
+    const t1 = performance.now();
     this.scatter.setFlags(flags, this.selCount > 0);
+    const t2 = performance.now();
     this.scatter.draw(true);
     const ms = performance.now() - t0;
+    window.__dl.filterTimings = { loop: t1 - t0, upload: t2 - t1, draw: ms - (t2 - t0) };
     performance.mark(`dl:${reason}-drawn`);
     this.lastFilterMs = ms;
     this.updateGrid();
@@ -263,9 +272,10 @@ export class RunView {
     this.selCount = c;
     for (let i = 0; i < this.n; i++) this.flags[i] = (this.flags[i] & 1) | (this.flags[i] & 1 ? this.selected[i] << 1 : 0);
     this.scatter.setFlags(this.flags, c > 0);
-    this.scatter.draw(true);
-    this.updateGrid();
+    this.updateGrid();  // the grid first; the map highlight is drawn with the next frame
     performance.mark("dl:selection-grid");
+    this.scatter.requestDraw();
+    requestAnimationFrame(() => setTimeout(() => performance.mark("dl:selection-painted")));
     this.lastSelectionMs = performance.now() - t0;
     this.panes.showGrid();
     this.panes.refresh();
@@ -287,7 +297,8 @@ export class RunView {
     this.items = this.currentItems();
     this.grid.setItems(this.items, this.table);
     const txt = `${this.visible.toLocaleString()} of ${this.n.toLocaleString()} shown` + (this.selCount ? ` · ${this.selCount.toLocaleString()} selected` : "");
-    this.countEl.textContent = txt;
+    const sc = this.scatter;
+    this.countEl.textContent = txt + (sc.sampled ? ` · map draws a ${sc.drawn.toLocaleString()}-point sample (software WebGL: zoom in or filter to see all)` : "");
     const gc = this.gridTools.querySelector("#grid-count");
     if (gc) gc.textContent = `${this.items.length.toLocaleString()} in grid`;
   }

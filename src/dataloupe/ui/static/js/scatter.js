@@ -8,6 +8,14 @@
 //
 // Coordinates: data space (map_x, map_y) → view (scale, offset) → clip space. Picking
 // uses a uniform grid over the data bounds (counting sort of point indices into cells).
+//
+// Only visible points are drawn, through an index buffer built in a fixed random order.
+// On a software rasteriser (SwiftShader, llvmpipe: no GPU) a million vertices cost ~0.7 s
+// per frame, so there the index is capped (starts at 200,000 and adapts so a draw takes
+// ~120 ms, between 50,000 and 400,000; `?maxpoints=N` fixes it): a
+// uniform random sample of the visible points in view, always including every selected
+// point, rebuilt when zooming or panning stops — zoom in or filter and every point shows.
+// With a GPU the cap is effectively off. Picking, box and lasso always use all points.
 
 const VS = `#version 300 es
 in float a_x; in float a_y; in vec4 a_color; in uint a_flags;
@@ -29,6 +37,8 @@ void main() {
   if (dot(c, c) > 0.25) discard;
   outColor = v_color;
 }`;
+
+const DRAW_BUDGET_MS = 120;  // software rendering only: target time of one full draw
 
 function compile(gl, type, src) {
   const s = gl.createShader(type);
@@ -61,6 +71,15 @@ export class Scatter {
     this.lastDrawMs = 0;
     this.pending = false;
     this.onViewChange = null;
+    const info = gl.getExtension("WEBGL_debug_renderer_info");
+    this.renderer = String(gl.getParameter(info ? info.UNMASKED_RENDERER_WEBGL : gl.RENDERER));
+    this.software = /swiftshader|llvmpipe|software|softpipe/i.test(this.renderer);
+    const asked = Number(new URLSearchParams(location.search).get("maxpoints"));
+    this.cap = asked > 0 ? asked : this.software ? 200000 : 50000000;
+    this.fixedCap = asked > 0;
+    this.drawn = 0;
+    this.sampled = false;
+    this.ibuf = gl.createBuffer();
   }
 
   _attr(name, data, size, type, integer) {
@@ -92,6 +111,15 @@ export class Scatter {
     this.bounds = { x0, x1, y0, y1 };
     if (!keepView) this.fit();
     this._buildGrid();
+    const n = this.n, perm = new Uint32Array(n);
+    for (let i = 0; i < n; i++) perm[i] = i;
+    let seed = 12345;  // fixed order: the same sample on every reload
+    for (let i = n - 1; i > 0; i--) {
+      seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0;
+      const j = seed % (i + 1), t = perm[i]; perm[i] = perm[j]; perm[j] = t;
+    }
+    this.perm = perm;
+    this.index = new Uint32Array(n);
   }
 
   setColors(rgba) { this._attr("a_color", rgba, 4, this.gl.UNSIGNED_BYTE, false); }
@@ -101,8 +129,53 @@ export class Scatter {
     const gl = this.gl;
     this.flags = flags;
     this.hasSel = hasSel;
-    if (!this.buf.a_flags) this._attr("a_flags", flags, 1, gl.UNSIGNED_BYTE, true);
+    if (!this.buf.a_flags || this.flagsLen !== flags.length) this._attr("a_flags", flags, 1, gl.UNSIGNED_BYTE, true);
     else { gl.bindBuffer(gl.ARRAY_BUFFER, this.buf.a_flags); gl.bufferSubData(gl.ARRAY_BUFFER, 0, flags); }
+    this.flagsLen = flags.length;
+    this._buildIndex();
+  }
+
+  /** Index buffer of the points to draw: visible ones (capped sample in view), selected last (on top). */
+  _buildIndex() {
+    const { flags, perm, index, n } = this, limit = Math.min(this.cap, n);
+    let visible = 0, selected = 0;
+    for (let i = 0; i < n; i++) { const f = flags[i]; visible += f & 1; selected += (f & 3) === 3; }
+    const nsel = Math.min(selected, limit), target = limit - nsel;
+    // selected points go last (drawn on top); a sequential scan is cache-friendly
+    let s = target;
+    if (nsel) for (let i = 0; i < n && s < limit; i++) if ((flags[i] & 3) === 3) index[s++] = i;
+    let k = 0;
+    if (visible - selected <= target) {
+      for (let i = 0; i < n; i++) if ((flags[i] & 3) === 1) index[k++] = i;
+    } else {
+      // more than the cap: a uniform random sample (fixed permutation) of the points in view
+      let [vx0, vy1] = this.toData(0, 0), [vx1, vy0] = this.toData(this.canvas.clientWidth, this.canvas.clientHeight);
+      const padX = (vx1 - vx0) * 0.1, padY = (vy1 - vy0) * 0.1;
+      vx0 -= padX; vx1 += padX; vy0 -= padY; vy1 += padY;
+      const x = this.x, y = this.y;
+      for (let p = 0; p < n && k < target; p++) {
+        const i = perm[p];
+        if ((flags[i] & 3) !== 1) continue;
+        const a = x[i], b = y[i];
+        if (a < vx0 || a > vx1 || b < vy0 || b > vy1) continue;
+        index[k++] = i;
+      }
+    }
+    if (k < target) index.copyWithin(k, target, s);
+    this.drawn = k + (s - target);
+    this.sampled = this.drawn < visible;
+    this.visibleCount = visible;
+    const gl = this.gl;
+    gl.bindVertexArray(this.vao);
+    gl.bindBuffer(gl.ELEMENT_ARRAY_BUFFER, this.ibuf);
+    gl.bufferData(gl.ELEMENT_ARRAY_BUFFER, index.subarray(0, this.drawn), gl.DYNAMIC_DRAW);
+  }
+
+  /** After zooming or panning stops, re-pick the sample from the points now in view. */
+  _viewSettled() {
+    if (!this.sampled && !(this.visibleCount > this.cap)) return;
+    clearTimeout(this.settleTimer);
+    this.settleTimer = setTimeout(() => { this._buildIndex(); this.requestDraw(); }, 150);
   }
 
   fit() {
@@ -132,12 +205,14 @@ export class Scatter {
     const [nx, ny] = this.toData(px, py);
     this.view.cx += dx - nx; this.view.cy += dy - ny;
     this.requestDraw();
+    this._viewSettled();
   }
 
   panBy(dpx, dpy) {
     const ppu = this._ppu();
     this.view.cx -= dpx / ppu; this.view.cy += dpy / ppu;
     this.requestDraw();
+    this._viewSettled();
   }
 
   requestDraw() {
@@ -167,11 +242,15 @@ export class Scatter {
       gl.uniform1f(this.loc.u_size, size);
       gl.uniform1i(this.loc.u_hasSel, this.hasSel ? 1 : 0);
       gl.bindVertexArray(this.vao);
-      gl.drawArrays(gl.POINTS, 0, this.n);
+      gl.drawElements(gl.POINTS, this.drawn, gl.UNSIGNED_INT, 0);
     }
     if (sync) gl.readPixels(0, 0, 1, 1, gl.RGBA, gl.UNSIGNED_BYTE, new Uint8Array(4));
     this.drawCount++;
     this.lastDrawMs = performance.now() - t0;
+    // software rasteriser: keep a synced draw near DRAW_BUDGET_MS by adapting the sample size
+    if (sync && this.software && !this.fixedCap && this.drawn >= 20000) {
+      this.cap = Math.round(Math.min(400000, Math.max(50000, (this.drawn * DRAW_BUDGET_MS) / Math.max(this.lastDrawMs, 1))));
+    }
     if (this.onViewChange) this.onViewChange();
   }
 
