@@ -231,7 +231,9 @@ def run_browser(url: str, port: int) -> list[tuple[str, float, float | None]]:
         }""", n)
         rows.append((f"baseline: per-point JSON ({base['json_mb']:.0f} MB) fetch+parse+unpack", base["json_ms"], None))
         rows.append((f"ours: binary columns ({base['bin_mb']:.0f} MB) fetch (cached on server)", base["bin_ms"], None))
-        print(f"points: {n:,}; packed columns {mb:.1f} MB", flush=True)
+        drawn = pg.evaluate("[__dl.run.scatter.drawn, __dl.run.scatter.renderer]")
+        print(f"points: {n:,}; packed columns {mb:.1f} MB; the map's last full view drew a {drawn[0]:,}-point "
+              f"random sample (adaptive, software WebGL: {drawn[1]})", flush=True)
         b.close()
     return rows
 
