@@ -95,6 +95,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--keep", type=Path, default=None, help="build/keep the synthetic project here")
+    ap.add_argument("--screenshot", type=Path, default=None, help="save a PNG of the 1M-point run view here")
     a = ap.parse_args()
     root = a.keep or Path(tempfile.mkdtemp(prefix="ui-scale-"))
     t0 = time.perf_counter()
@@ -110,7 +111,7 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}/"
     try:
         ANALYSIS[0] = root / "proj" / "runs" / "big-run" / "analysis.json"
-        rows = run_browser(url, port)
+        rows = run_browser(url, port, a.screenshot)
     finally:
         server.terminate()
         server.wait(10)
@@ -123,7 +124,7 @@ def main() -> None:
         print(f"{name:64s} {ms:9.0f}  {'' if target is None else f'< {target} {ok}'}")
 
 
-def run_browser(url: str, port: int) -> list[tuple[str, float, float | None]]:
+def run_browser(url: str, port: int, screenshot: Path | None = None) -> list[tuple[str, float, float | None]]:
     import httpx
     from playwright.sync_api import sync_playwright
 
@@ -209,6 +210,10 @@ def run_browser(url: str, port: int) -> list[tuple[str, float, float | None]]:
         }""")
         rows.append((f"lasso ({res['sel']:,} points) -> grid rendered + map redrawn (next frame)", res["grid"], 1000))
         rows.append((f"lasso -> grid thumbnails loaded ({res['cells']} cells, cold cache)", res["images"], 1000))
+
+        if screenshot is not None:
+            pg.wait_for_timeout(300)
+            pg.screenshot(path=str(screenshot))
 
         # baseline: the same columns as per-point JSON objects, fetched and parsed in the page
         base = pg.evaluate("""async (n) => {
