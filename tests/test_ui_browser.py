@@ -40,15 +40,15 @@ def _free_port() -> int:
 class Server:
     """The dashboard app under uvicorn in a background thread."""
 
-    def __init__(self, project: Project):
+    def __init__(self, project: Project, token: str | None = None):
         import uvicorn
 
         from dataloupe.ui import create_app
         from dataloupe.ui._app import LOCAL_HOSTS
 
         self.port = _free_port()
-        cfg = uvicorn.Config(create_app(project, allowed_hosts=LOCAL_HOSTS), host="127.0.0.1", port=self.port,
-                             log_level="warning")
+        app = create_app(project, token=token, allowed_hosts=None if token else LOCAL_HOSTS)
+        cfg = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
         self.server = uvicorn.Server(cfg)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
@@ -163,6 +163,19 @@ def test_lasso_hover_and_sample_detail(page, site):
     assert 0 < cells.count() < 200  # virtual scrolling: only rows in view exist
     page.wait_for_function("[...document.querySelectorAll('#grid img')].every(i => i.complete && i.naturalWidth > 0)")
     _shot(page, "ui-run-lasso.png")
+    # box select replaces the selection; shift+lasso would add to it
+    page.click("#mode-box")
+    page.mouse.move(cx - 200, cy - 150)
+    page.mouse.down()
+    page.mouse.move(cx, cy, steps=5)
+    page.mouse.up()
+    boxed = page.evaluate("__dl.run.selCount")
+    assert 0 < boxed < 1797 and boxed != sel
+    inside = page.evaluate(f"""() => {{ const r = __dl.run, b = r.overlay.getBoundingClientRect(); let k = 0;
+        for (let i = 0; i < r.n; i++) {{ const [x, y] = r.scatter.toPixel(r.C.map_x[i], r.C.map_y[i]);
+          const px = x + b.left, py = y + b.top;
+          if (px >= {cx - 200} && px <= {cx} && py >= {cy - 150} && py <= {cy}) k++; }} return k; }}""")
+    assert abs(boxed - inside) <= 2  # points exactly on the edge may round either way
     # hover a drawn point: the tooltip shows its thumbnail
     page.click("#mode-pan")
     px = page.evaluate("""() => { const r = __dl.run, i = r.items[0];
@@ -237,3 +250,23 @@ def test_curves_pane(page, site):
         const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;
         for (let i = 3; i < d.length; i += 4) n += d[i] > 0; return n; }""")
     assert ink > 300
+
+
+def test_token_protected_server_works_from_the_printed_url(browser, site):
+    srv = Server(site[0], token="browser-token-123")
+    try:
+        ctx = browser.new_context(viewport={"width": 1200, "height": 800})
+        pg = ctx.new_page()
+        pg.goto(srv.url + "?token=browser-token-123#/run/run-2")
+        pg.wait_for_function("window.__dl && window.__dl.ready", timeout=30000)
+        assert "token" not in pg.url  # dropped from the address bar, kept for the session
+        assert pg.evaluate("__dl.run.scatter.countInkPixels()") > 2000
+        pg.wait_for_function("[...document.querySelectorAll('#grid img')].some(i => i.complete && i.naturalWidth > 0)")
+        # without the token the same page cannot read anything
+        other = browser.new_context().new_page()
+        other.goto(srv.url + "#/run/run-2")
+        other.wait_for_selector("h2.bad")
+        assert "token" in other.inner_text("#view")
+        ctx.close()
+    finally:
+        srv.stop()
