@@ -105,6 +105,7 @@ def test_accept_suggested_labels_uses_the_runs_analysis(client, proj):
 
     analysis = json.loads((p.runs_dir / "r1" / "analysis.json").read_text())
     sugg = {rec["id"]: rec["suggested_label"] for rec in analysis["label_issues"]}
+    assert sugg
     chosen = sorted(sugg)[:5] + [0]  # id 0 has no suggestion: reported as skipped
     r = client.post("/api/tables/digits/actions", headers=MUT,
                     json={"action": "accept_suggested_labels", "ids": chosen, "run": "r1"})
@@ -316,3 +317,25 @@ def test_cli_rejects_a_short_token(proj):
     r = subprocess.run([sys.executable, "-m", "dataloupe", "ui", "--host", "0.0.0.0", "--token", "abc",
                         "--project", str(proj[0].root)], capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 2 and "at least 8 characters" in r.stderr
+
+
+def test_analysis_records_are_matched_to_the_table_by_run_role():
+    from dataloupe.ui._runs import finding_ids, suggestions, table_roles
+
+    analysis = {
+        "label_issues": [{"id": 1, "table": "train", "suggested_label": "a"},
+                         {"id": 2, "table": "val", "suggested_label": "b"}],
+        "outliers": [{"id": 3, "table": "val"}],
+        "near_duplicates": [{"ids": [4, 5], "table": "train"}],
+        "leakage": [{"val_id": 6, "train_id": 7}],
+        "pseudo_labels": {"items": [{"id": 8, "predicted": "a"}]},
+    }
+    train = table_roles({"train_table": "t", "val_table": "v"}, "t")
+    val = table_roles({"train_table": "t", "val_table": "v"}, "v")
+    f = {k: v.tolist() for k, v in finding_ids(analysis, train).items()}
+    assert f == {"label_issues": [1], "outliers": [], "near_duplicates": [4, 5], "leakage": [7], "pseudo_labels": [8]}
+    f = {k: v.tolist() for k, v in finding_ids(analysis, val).items()}
+    assert f == {"label_issues": [2], "outliers": [3], "near_duplicates": [], "leakage": [6], "pseudo_labels": []}
+    assert suggestions(analysis, "suggested", train) == {1: "a"}
+    assert suggestions(analysis, "suggested", val) == {2: "b"}
+    assert suggestions(analysis, "pseudo", train) == {8: "a"} and suggestions(analysis, "pseudo", val) == {}

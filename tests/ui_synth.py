@@ -70,14 +70,17 @@ def write_digits_run(project: Project, table: str, features: np.ndarray, run: st
     pred = probs.argmax(1)
     suggested = {int(i): str(int(pred[k])) for k, i in enumerate(ids) if known[k] and pred[k] != lab[k]}
     pseudo = {int(i): str(int(pred[k])) for k, i in enumerate(ids) if not known[k] and probs[k].max() > 0.5}
+    # the format `dataloupe analyze` writes: records name their table by run role
     analysis = {
-        "label_issues": [{"id": i, "given_label": str(lab[np.searchsorted(ids, i)]), "suggested_label": s,
-                          "score": 0.9} for i, s in suggested.items()],
-        "outliers": [{"id": int(i), "score": 1.0} for i in ids[np.argsort(-np.linalg.norm(emb, axis=1))[:15]]],
-        "near_duplicates": [{"id_a": int(ids[0]), "id_b": int(ids[1]), "distance": 0.01}],
+        "label_issues": [{"id": i, "table": "train", "score": 0.9, "label": str(lab[np.searchsorted(ids, i)]),
+                          "suggested_label": s} for i, s in suggested.items()],
+        "outliers": [{"id": int(i), "table": "train", "score": 1.0}
+                     for i in ids[np.argsort(-np.linalg.norm(emb, axis=1))[:15]]],
+        "near_duplicates": [{"ids": [int(ids[0]), int(ids[1])], "table": "train", "similarity": 0.99, "exact": False}],
         "leakage": [],
         "clusters": [{"cluster": c, "size": 0} for c in range(10)],
-        "pseudo_labels": [{"id": i, "label": s, "confidence": 0.8} for i, s in pseudo.items()],
+        "pseudo_labels": {"target_precision": 0.95, "items": [
+            {"id": i, "predicted": s, "confidence": 0.8, "agreement": 1.0} for i, s in pseudo.items()]},
         "taxonomy": {},
     }
     return write_run(project, run, table, t.revision, ids=ids, labels=labels, classes=CLASSES,

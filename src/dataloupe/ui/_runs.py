@@ -24,6 +24,8 @@ _ID_KEYS = ("id", "sample_id", "id_a", "id_b", "other_id", "duplicate_of")
 _ID_LIST_KEYS = ("ids", "sample_ids", "members")
 _SUGGESTED_KEYS = ("suggested_label", "suggested", "suggestion")
 _PSEUDO_KEYS = ("pseudo_label", "suggested_label", "label", "predicted")
+# Sections whose records carry no table: pseudo-labels are made for the training table.
+_DEFAULT_ROLE = {"pseudo_labels": "train"}
 
 
 def run_dir(project: Project, run: str) -> Path:
@@ -102,13 +104,14 @@ class AnalysisIndex:
     pseudo: dict[int, str]  # pseudo_labels: id -> label
 
 
-def analysis_index(project: Project, run: str, table: str | None) -> AnalysisIndex:
-    """:class:`AnalysisIndex` of the run's analysis (cached per file version and table)."""
+def analysis_index(project: Project, run: str, table: str) -> AnalysisIndex:
+    """:class:`AnalysisIndex` of the run's analysis for ``table`` (cached per file version)."""
     path = run_dir(project, run) / "analysis.json"
+    roles = frozenset(table_roles(_read_json(run_dir(project, run) / "run.json"), table))
     if not path.is_file():
-        return _index_of({}, table)
+        return _index_of({}, roles)
     st = path.stat()
-    return _indexed(str(path), st.st_mtime_ns, st.st_size, table)
+    return _indexed(str(path), st.st_mtime_ns, st.st_size, roles)
 
 
 @functools.lru_cache(maxsize=4)
@@ -117,13 +120,13 @@ def _parsed(path: str, mtime_ns: int, size: int) -> dict:
 
 
 @functools.lru_cache(maxsize=8)
-def _indexed(path: str, mtime_ns: int, size: int, table: str | None) -> AnalysisIndex:
-    return _index_of(_parsed(path, mtime_ns, size), table)
+def _indexed(path: str, mtime_ns: int, size: int, roles: frozenset) -> AnalysisIndex:
+    return _index_of(_parsed(path, mtime_ns, size), roles)
 
 
-def _index_of(analysis: dict, table: str | None) -> AnalysisIndex:
-    return AnalysisIndex(finding_ids(analysis, table), suggestions(analysis, "suggested"),
-                         suggestions(analysis, "pseudo"))
+def _index_of(analysis: dict, roles: frozenset) -> AnalysisIndex:
+    return AnalysisIndex(finding_ids(analysis, set(roles)), suggestions(analysis, "suggested", set(roles)),
+                         suggestions(analysis, "pseudo", set(roles)))
 
 
 def metrics_tables(project: Project, run: str) -> list[str]:
@@ -142,13 +145,27 @@ def metrics_path(project: Project, run: str, table: str) -> Path:
     return project.runs_dir / run / "metrics" / f"{table}.lance"
 
 
-def finding_ids(analysis: dict, table: str | None = None) -> dict[str, np.ndarray]:
+def table_roles(run_info: dict, table: str) -> set[str]:
+    """Names by which analysis records may refer to ``table``: itself and its run role(s).
+
+    ``analysis.json`` records carry ``table`` as the role (``"train"`` / ``"val"``) and
+    leakage pairs carry ``train_id`` / ``val_id``; ids are only unique within one table.
+    """
+    roles = {table}
+    if run_info.get("train_table") == table:
+        roles.add("train")
+    if run_info.get("val_table") == table:
+        roles.add("val")
+    return roles
+
+
+def finding_ids(analysis: dict, roles: set[str] | None = None) -> dict[str, np.ndarray]:
     """Sample ids named by each finding type of an ``analysis.json`` object.
 
     Args:
         analysis: the parsed ``analysis.json``.
-        table: when records carry a ``table`` key (leakage pairs span two tables), only
-            ids of records about this table are kept.
+        roles: names of the table of interest (see :func:`table_roles`); records about
+            another table are skipped. None keeps every record.
 
     Returns:
         ``{finding type: int64 ids (M,)}`` for every type in :data:`FINDING_TYPES`.
@@ -157,22 +174,24 @@ def finding_ids(analysis: dict, table: str | None = None) -> dict[str, np.ndarra
     for kind in FINDING_TYPES:
         ids: list[int] = []
         for rec in _records(analysis.get(kind)):
-            ids.extend(_record_ids(rec, table))
+            ids.extend(_record_ids(rec, roles, _DEFAULT_ROLE.get(kind)))
         out[kind] = np.unique(np.asarray(ids, dtype=np.int64))
     return out
 
 
-def suggestions(analysis: dict, kind: str) -> dict[int, str]:
+def suggestions(analysis: dict, kind: str, roles: set[str] | None = None) -> dict[int, str]:
     """``{id: label}`` suggested by ``label_issues`` (kind ``"suggested"``) or by
-    ``pseudo_labels`` (kind ``"pseudo"``)."""
+    ``pseudo_labels`` (kind ``"pseudo"``), for records about ``roles`` (None: all)."""
     if kind == "suggested":
-        section, keys = analysis.get("label_issues"), _SUGGESTED_KEYS
+        section, keys, default = analysis.get("label_issues"), _SUGGESTED_KEYS, None
     elif kind == "pseudo":
-        section, keys = analysis.get("pseudo_labels"), _PSEUDO_KEYS
+        section, keys, default = analysis.get("pseudo_labels"), _PSEUDO_KEYS, _DEFAULT_ROLE["pseudo_labels"]
     else:
         raise DataloupeError(f"unknown suggestion kind {kind!r} (known: suggested, pseudo)")
     out = {}
     for rec in _records(section):
+        if not _about(rec, roles, default):
+            continue
         sid = rec.get("id", rec.get("sample_id"))
         lab = next((rec[k] for k in keys if isinstance(rec.get(k), str)), None)
         if isinstance(sid, int) and lab is not None:
@@ -191,13 +210,22 @@ def _records(section) -> list[dict]:
     return []
 
 
-def _record_ids(rec: dict, table: str | None) -> list[int]:
-    if table is not None and isinstance(rec.get("table"), str) and rec["table"] != table:
-        return []
-    ids = [rec[k] for k in _ID_KEYS if isinstance(rec.get(k), int)]
-    for k in _ID_LIST_KEYS:
-        if isinstance(rec.get(k), list):
-            ids.extend(v for v in rec[k] if isinstance(v, int))
+def _about(rec: dict, roles: set[str] | None, default: str | None) -> bool:
+    where = rec.get("table", default)
+    return roles is None or not isinstance(where, str) or where in roles
+
+
+def _record_ids(rec: dict, roles: set[str] | None, default: str | None = None) -> list[int]:
+    ids = []
+    if _about(rec, roles, default):
+        ids = [rec[k] for k in _ID_KEYS if isinstance(rec.get(k), int)]
+        for k in _ID_LIST_KEYS:
+            if isinstance(rec.get(k), list):
+                ids.extend(v for v in rec[k] if isinstance(v, int))
+    for role in ("train", "val"):  # leakage pairs: train_id / val_id
+        v = rec.get(f"{role}_id")
+        if isinstance(v, int) and (roles is None or role in roles):
+            ids.append(v)
     return ids
 
 
