@@ -339,3 +339,25 @@ def test_analysis_records_are_matched_to_the_table_by_run_role():
     assert suggestions(analysis, "suggested", train) == {1: "a"}
     assert suggestions(analysis, "suggested", val) == {2: "b"}
     assert suggestions(analysis, "pseudo", train) == {8: "a"} and suggestions(analysis, "pseudo", val) == {}
+
+
+def test_points_without_map_or_analysis_fall_back_to_pca_of_embeddings(client, proj):
+    import lance
+
+    p, _ = proj
+    path = p.runs_dir / "r1" / "metrics" / "digits.lance"
+    t = lance.dataset(path).to_table()
+    lance.write_dataset(t.drop_columns(["map_x", "map_y", "cluster"]), path, mode="overwrite")
+    (p.runs_dir / "r1" / "analysis.json").unlink()
+    header, cols = decode(client.get("/api/runs/r1/points", params={"table": "digits"}).content)
+    assert header["n"] == 1797 and header["map_source"].startswith("pca of embedding")
+    assert np.isfinite(cols["map_x"]).all() and cols["map_x"].std() > 0 and cols["findings"].sum() == 0
+    d = client.get("/api/runs/r1/samples/3", params={"table": "digits"}).json()
+    assert d["metrics"]["findings"] == [] and len(d["neighbours"]) == 12
+
+
+def test_rows_added_after_the_run_are_counted_as_missing_metrics(client, proj):
+    p, _ = proj
+    add_rows(p, "digits", pa.table({"path": ["0/0000.png"], "label": ["0"]}), message="one more")
+    header, cols = decode(client.get("/api/runs/r1/points", params={"table": "digits"}).content)
+    assert header["n"] == 1797 and header["missing_metrics"] == 1 and 1797 not in cols["id"]

@@ -50,6 +50,10 @@ export class Panes {
   async act(action) {
     const v = this.v;
     if (!v.selCount && v.visible === v.n) { toast("select samples first (lasso, box, a confusion cell or filters)", [], true); return; }
+    if (v.revision !== v.H.latest_revision) {
+      toast(`you are looking at revision ${v.revision}; switch to the latest (r${v.H.latest_revision}) to edit`, [], true);
+      return;
+    }
     const ids = v.selectedIds();
     if (!ids.length) { toast("the current selection is empty", [], true); return; }
     const body = { action, ids, expected_revision: v.H.latest_revision, message: this.msg.value || null };

@@ -69,7 +69,8 @@ export class RunView {
     lap("applyFilters");
     performance.mark("dl:first-draw");
     performance.measure("dl:load-to-first-draw", "dl:load-start", "dl:first-draw");
-    status(`${this.n.toLocaleString()} samples · ${this.table} r${this.revision}${this.revision !== this.H.latest_revision ? ` (latest r${this.H.latest_revision})` : ""} · ${(pts.bytes / 1e6).toFixed(1)} MB in ${(performance.now() - t0).toFixed(0)} ms`);
+    const missing = this.H.missing_metrics ? ` · ${this.H.missing_metrics.toLocaleString()} rows have no metrics in this run` : "";
+    status(`${this.n.toLocaleString()} samples · ${this.table} r${this.revision}${this.revision !== this.H.latest_revision ? ` (latest r${this.H.latest_revision}: edits need the latest)` : ""}${missing} · ${(pts.bytes / 1e6).toFixed(1)} MB in ${(performance.now() - t0).toFixed(0)} ms`);
     this.panes.refresh();
     window.__dl.ready = true;
   }
