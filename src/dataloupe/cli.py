@@ -28,7 +28,8 @@ def _register_all() -> None:
     tables.register(app)
     loop.register(app)
     demo.register(app)
-    from dataloupe._cli import serve as _serve; _serve.register(app)  # noqa: E702
+    from dataloupe._cli import ui; ui.register(app)  # noqa: E702 - one line per stage
+    from dataloupe._cli import serve; serve.register(app)  # noqa: E702 - one line per stage
 
 
 _register_all()
