@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from _serve_fixtures import DIGIT_CLASSES, digits_run, single_thread  # noqa: F401
 from dataloupe.project import DataloupeError, Project
 from dataloupe.serve import MicroBatcher, ServeConfig, create_app, load_bundle, resolve_token, run_server
-from dataloupe.serve._auth import is_loopback
+from dataloupe.serve._auth import host_header_is_loopback, is_loopback
 
 
 def _png_header_only(width: int, height: int) -> bytes:
@@ -115,25 +115,27 @@ def test_token_rule(bundle, good):
     assert resolve_token("::1", None) == (None, False)
     token, generated = resolve_token("0.0.0.0", None)
     assert generated and len(token) >= 24
-    assert resolve_token("192.168.1.5", "s3cret") == ("s3cret", False)
+    assert resolve_token("192.168.1.5", "s3cret-token") == ("s3cret-token", False)
+    with pytest.raises(ValueError, match="at least 8 characters"):
+        resolve_token("0.0.0.0", "short")
     assert not is_loopback("0.0.0.0") and not is_loopback("example.org") and is_loopback("127.0.0.2")
     with pytest.raises(ValueError):
         resolve_token("0.0.0.0", " ")
     with pytest.raises(DataloupeError, match="without a token"):
         run_server(bundle, host="0.0.0.0", port=1)  # refused before binding anything
 
-    with TestClient(create_app(bundle, ServeConfig(token="s3cret"))) as client:
+    with TestClient(create_app(bundle, ServeConfig(token="s3cret-token"))) as client:
         assert client.get("/").status_code == 200  # the static page holds no data
         for path in ("/health",):
             r = client.get(path)
             assert r.status_code == 401 and "token" in r.json()["detail"]
             assert client.get(path, headers={"Authorization": "Bearer wrong"}).status_code == 401
-            assert client.get(path, headers={"Authorization": "Bearer s3cret"}).status_code == 200
-            assert client.get(path, params={"token": "s3cret"}).status_code == 200
+            assert client.get(path, headers={"Authorization": "Bearer s3cret-token"}).status_code == 200
+            assert client.get(path, params={"token": "s3cret-token"}).status_code == 200
         files = {"file": ("x.png", good, "image/png")}
         assert client.post("/predict", files=files).status_code == 401
-        assert client.post("/predict", files=files, params={"token": "nope"}).status_code == 401
-        r = client.post("/predict", files=files, headers={"Authorization": "Bearer s3cret"})
+        assert client.post("/predict", files=files, params={"token": "nope-nope-nope"}).status_code == 401
+        r = client.post("/predict", files=files, headers={"Authorization": "Bearer s3cret-token"})
         assert r.status_code == 200 and len(r.json()["predictions"]) == 2
 
 
@@ -189,3 +191,15 @@ def test_micro_batcher_respects_max_batch_and_routes_results():
             await b.stop()
 
     asyncio.run(failing())
+
+
+def test_loopback_without_token_accepts_only_loopback_host_headers(bundle, good):
+    assert host_header_is_loopback("127.0.0.1:8000") and host_header_is_loopback("localhost")
+    assert host_header_is_loopback("[::1]:8000") and not host_header_is_loopback("evil.example:8000")
+    assert not host_header_is_loopback(None)
+    with TestClient(create_app(bundle, ServeConfig(loopback_hosts_only=True)), base_url="http://127.0.0.1:8000") as c:
+        assert c.get("/health").status_code == 200
+        _ok(c, good)
+        r = c.get("/health", headers={"host": "evil.example:8000"})  # a DNS-rebinding page
+        assert r.status_code == 403 and "loopback" in r.json()["detail"]
+        assert c.post("/predict", files={"file": ("x.png", good)}, headers={"host": "evil.example"}).status_code == 403

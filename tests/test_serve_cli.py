@@ -50,9 +50,9 @@ def server(digits_run):
 
 def test_serve_command_answers_and_enforces_a_given_token(server, digits_run):
     _, samples = digits_run
-    proc, url = server("--token", "t0ken", "--max-batch", "4")
+    proc, url = server("--token", "t0ken-t0ken", "--max-batch", "4")
     assert _wait_healthy(proc, url).status_code == 401
-    auth = {"Authorization": "Bearer t0ken"}
+    auth = {"Authorization": "Bearer t0ken-t0ken"}
     h = httpx.get(url + "/health", headers=auth).json()
     assert h["status"] == "ok" and h["batching"]["max_batch"] == 4
     r = httpx.post(url + "/predict", files={"file": samples[-1][0].read_bytes()}, headers=auth, timeout=60)
@@ -64,11 +64,11 @@ def test_serve_command_answers_and_enforces_a_given_token(server, digits_run):
     assert httpx.get(url + "/").status_code == 200
     proc.terminate()
     out, _ = proc.communicate(timeout=20)
-    assert f"{url}/?token=t0ken" in out
+    assert f"{url}/?token=t0ken-t0ken" in out
 
 
-def test_serve_refuses_empty_token(digits_run):
+def test_serve_refuses_short_token(digits_run):
     root, _ = digits_run
-    r = subprocess.run(cli_cmd("serve", "digits", "--host", "0.0.0.0", "--token", ""), env=subprocess_env(root),
+    r = subprocess.run(cli_cmd("serve", "digits", "--host", "0.0.0.0", "--token", "short"), env=subprocess_env(root),
                        capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "--token must not be empty" in r.stderr
+    assert r.returncode == 2 and "--token must be at least 8 characters" in r.stderr

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Annotated, AsyncGenerator
 
@@ -15,7 +15,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from dataloupe.data import ImageDecodeError
-from dataloupe.serve._auth import token_matches
+from dataloupe.serve._auth import host_header_is_loopback, token_matches
 from dataloupe.serve._batcher import MicroBatcher, QueueFullError
 from dataloupe.serve._bundle import ModelBundle, top_k
 
@@ -34,6 +34,8 @@ class ServeConfig:
         max_batch: most images per forward pass (1 = batching off).
         max_wait_ms: how long a batch waits for more requests, milliseconds.
         max_queue: most requests waiting for the model before answering 503.
+        loopback_hosts_only: refuse requests whose ``Host`` header is not a loopback name
+            (DNS-rebinding guard; :func:`run_server` turns it on for loopback without a token).
     """
 
     token: str | None = None
@@ -41,6 +43,7 @@ class ServeConfig:
     max_batch: int = 16
     max_wait_ms: float = 5.0
     max_queue: int = 1024
+    loopback_hosts_only: bool = False
 
 
 class _TooLarge(Exception):
@@ -121,7 +124,10 @@ def create_app(bundle: ModelBundle, config: ServeConfig | None = None) -> FastAP
     app.state.bundle = bundle
 
     @app.middleware("http")
-    async def check_token(request: Request, call_next):
+    async def check_access(request: Request, call_next):
+        if config.loopback_hosts_only and not host_header_is_loopback(request.headers.get("host")):
+            return JSONResponse({"detail": "this server answers only requests addressed to a loopback host "
+                                 "(start it with --token to accept others)"}, status_code=403)
         if config.token and request.url.path not in ("/", "/favicon.ico"):
             if not token_matches(config.token, request.headers.get("authorization"),
                                  request.query_params.get("token")):
@@ -176,4 +182,6 @@ def run_server(bundle: ModelBundle, *, host: str = "127.0.0.1", port: int = 8000
     config = config or ServeConfig()
     if not is_loopback(host) and not config.token:
         raise DataloupeError(f"refusing to serve on {host} without a token (see resolve_token)")
+    if not config.token:
+        config = replace(config, loopback_hosts_only=True)
     uvicorn.run(create_app(bundle, config), host=host, port=port, log_level=log_level)

@@ -10,6 +10,7 @@ import ipaddress
 import secrets
 
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
+MIN_TOKEN_CHARS = 8  # same rule as the dashboard
 
 
 def is_loopback(host: str) -> bool:
@@ -29,16 +30,32 @@ def resolve_token(host: str, token: str | None) -> tuple[str | None, bool]:
     Example:
         >>> resolve_token("127.0.0.1", None)
         (None, False)
-        >>> resolve_token("0.0.0.0", "s3cret")
-        ('s3cret', False)
+        >>> resolve_token("0.0.0.0", "s3cret-token")
+        ('s3cret-token', False)
     """
-    if token is not None and not token.strip():
-        raise ValueError("--token must not be empty")
+    if token is not None and len(token.strip()) < MIN_TOKEN_CHARS:
+        raise ValueError(f"--token must be at least {MIN_TOKEN_CHARS} characters")
     if token:
         return token, False
     if is_loopback(host):
         return None, False
     return secrets.token_urlsafe(24), True
+
+
+def host_header_is_loopback(host_header: str | None) -> bool:
+    """True when a request's ``Host`` header names a loopback host (port ignored).
+
+    A loopback server without a token accepts only these, so a web page on another
+    origin cannot reach it through DNS rebinding.
+    """
+    if not host_header:
+        return False
+    h = host_header.strip()
+    if h.startswith("["):
+        name = h[1:h.find("]")] if "]" in h else h
+    else:
+        name = h.rsplit(":", 1)[0] if h.count(":") == 1 else h
+    return is_loopback(name)
 
 
 def token_matches(expected: str, authorization: str | None, query_token: str | None) -> bool:
