@@ -23,10 +23,14 @@ app = typer.Typer(
 
 def _register_all() -> None:
     # One line per stage; each module adds its commands or sub-apps to ``app``.
-    from dataloupe._cli import tables
+    from dataloupe._cli import demo, loop, tables
 
     tables.register(app)
-    from dataloupe._cli import train; train.register(app)  # noqa: E702
+    loop.register(app)
+    demo.register(app)
+    from dataloupe._cli import ui; ui.register(app)  # noqa: E702 - one line per stage
+    from dataloupe._cli import serve; serve.register(app)  # noqa: E702 - one line per stage
+    from dataloupe._cli import train; train.register(app)  # noqa: E702 - one line per stage
 
 
 _register_all()
@@ -35,7 +39,10 @@ _register_all()
 def main() -> None:
     """Entry point: run the app, turning expected errors into one-line messages (exit 2)."""
     try:
-        app(standalone_mode=False)
+        rv = app(standalone_mode=False)
+        # Without standalone mode click returns the exit code of typer.Exit instead of exiting.
+        if isinstance(rv, int) and rv != 0:
+            sys.exit(rv)
     except DataloupeError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)

@@ -12,9 +12,11 @@ Example:
 
 from dataloupe.tables._edit import (
     ACTIONS,
+    EditOp,
     EditResult,
     TableDiff,
     add_rows,
+    apply_edits,
     change_summary,
     create_table,
     diff_revisions,
@@ -38,7 +40,7 @@ from dataloupe.tables._store import TableConflictError
 from dataloupe.tables._table import Table, TableRef, list_tables, open_ref, open_table, summarize
 
 __all__ = [
-    "ACTIONS", "EditResult", "ImportReport", "Table", "TableConflictError", "TableDiff",
+    "ACTIONS", "EditOp", "EditResult", "apply_edits", "ImportReport", "Table", "TableConflictError", "TableDiff",
     "TableRef", "add_rows", "change_summary", "check_image", "create_table", "diff_revisions",
     "edit_table", "export_csv", "import_csv", "import_idx", "import_imagefolder", "joined_with",
     "list_tables", "open_ref", "open_table", "read_idx", "revert_table", "set_classes",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import lance
 import numpy as np
@@ -35,6 +36,7 @@ class EditResult:
     matched: int
     changed: int
     changes: dict
+    per_op: tuple = ()
 
     @property
     def committed(self) -> bool:
@@ -124,7 +126,7 @@ def add_rows(project: Project, name: str, rows: pa.Table, *, message: str,
     return open_table(project, name)
 
 
-def _select(rows: pa.Table, tdir: Path, lance_version: int, where: str | None,
+def _select(rows: pa.Table, tdir: Path, lance_version: int | None, where: str | None,
             ids: np.ndarray | None, extra: pa.Table | None) -> np.ndarray:
     """Boolean mask (N,) of the rows chosen by ``where`` and/or ``ids``."""
     row_ids = rows["id"].to_numpy()
@@ -195,6 +197,91 @@ def _apply(rows: pa.Table, mask: np.ndarray, action: str, *, label: str | None,
     raise DataloupeError(f"unknown action {action!r}; known: {', '.join(ACTIONS)}")
 
 
+@dataclass(frozen=True)
+class EditOp:
+    """One edit step; several make one revision with :func:`apply_edits`.
+
+    Fields as in :func:`edit_table`; ``name`` labels the step in messages and results.
+    """
+
+    action: str
+    where: str | None = None
+    ids: np.ndarray | list[int] | None = None
+    label: str | None = None
+    weight: float | None = None
+    set_label_from: str | None = None
+    name: str | None = None
+
+
+def _op_mask_and_labels(op: EditOp, rows: pa.Table, tdir: Path, version: int | None,
+                        extra: pa.Table | None, classes: list[str]):
+    if op.action not in ACTIONS:
+        raise DataloupeError(f"unknown action {op.action!r}; known: {', '.join(ACTIONS)}")
+    if version is None and op.where is not None and extra is None:
+        extra = pa.table({"id": rows["id"]})  # rows already changed in memory: filter those
+    mask = _select(rows, tdir, version, op.where, op.ids, extra)
+    new_labels = None
+    if op.set_label_from is not None:
+        col = op.set_label_from
+        if op.action != "set_label" or extra is None or col not in extra.column_names:
+            cols = ", ".join(c for c in (extra.column_names if extra is not None else []))
+            raise DataloupeError(f"--set-label-from {col!r} needs a run whose metrics have that "
+                                 f"column (available: {cols or 'none: pass --run'})")
+        src = joined_with(rows.select(["id"]), extra.select(["id", col]))
+        new_labels = src[col].cast(pa.string()).combine_chunks()
+        mask &= pc.is_valid(new_labels).to_numpy(zero_copy_only=False)
+        _check_labels(pc.filter(new_labels, pa.array(mask)), classes)
+    return mask, new_labels
+
+
+def apply_edits(project: Project, name: str, ops: list[EditOp], *,
+                message: str | Callable[[tuple], str],
+                extra: pa.Table | None = None) -> EditResult:
+    """Apply ``ops`` in order to the latest revision and commit them as ONE revision.
+
+    Each op's predicate sees the rows as the earlier ops left them. Nothing is written if
+    any op is invalid or if nothing changes. ``EditResult.per_op`` lists, per op, its
+    name, rows matched and changes; ``message`` may be a function of that list, so the
+    revision message can state what each step changed.
+
+    Example:
+        >>> apply_edits(p, "cm-train", [EditOp("exclude", where="loss > 5", name="high loss"),
+        ...     EditOp("set_label", where="label IS NULL AND confidence > 0.99",
+        ...            set_label_from="predicted", name="auto-label")],
+        ...     extra=metrics, message="iteration 2")  # doctest: +SKIP
+    """
+    if not ops:
+        raise DataloupeError("no edits given")
+    tdir = _store.require_table(project, name)
+    with _store.write_lock(tdir):
+        log = _store.read_log(tdir)
+        last = log[-1]
+        classes = last["classes"]
+        rows = _store.read_rows(tdir, last["lance_version"])
+        version: int | None = last["lance_version"]
+        per_op = []
+        cur = rows
+        for k, op in enumerate(ops):
+            mask, new_labels = _op_mask_and_labels(op, cur, tdir, version, extra, classes)
+            nxt = _apply(cur, mask, op.action, label=op.label, weight=op.weight,
+                         new_labels=new_labels, classes=classes)
+            per_op.append({"name": op.name or op.action, "action": op.action,
+                           "matched": int(mask.sum()),
+                           "changes": change_summary(cur, nxt, classes)})
+            if nxt is not cur:
+                version = None  # later ops filter the in-memory rows
+            cur = nxt
+        changes = change_summary(rows, cur, classes)
+        matched = sum(o["matched"] for o in per_op)
+        if not sum(changes.values()):
+            return EditResult(open_table(project, name), matched, 0, changes, tuple(per_op))
+        text = message(tuple(per_op)) if callable(message) else message
+        _store.commit(tdir, cur, message=text, changes=changes, classes=classes,
+                      log=log, extra={"next_id": last["next_id"]})
+    return EditResult(open_table(project, name), matched, sum(changes.values()), changes,
+                      tuple(per_op))
+
+
 def edit_table(
     project: Project,
     name: str,
@@ -228,34 +315,9 @@ def edit_table(
         >>> edit_table(p, "cm-train", action="exclude", where="label = 'muffin'",
         ...            message="try")  # doctest: +SKIP
     """
-    if action not in ACTIONS:
-        raise DataloupeError(f"unknown action {action!r}; known: {', '.join(ACTIONS)}")
-    tdir = _store.require_table(project, name)
-    with _store.write_lock(tdir):
-        log = _store.read_log(tdir)
-        last = log[-1]
-        rows = _store.read_rows(tdir, last["lance_version"])
-        mask = _select(rows, tdir, last["lance_version"], where, ids, extra)
-        new_labels = None
-        if set_label_from is not None:
-            if action != "set_label" or extra is None or set_label_from not in extra.column_names:
-                cols = ", ".join(c for c in (extra.column_names if extra is not None else []))
-                raise DataloupeError(
-                    f"--set-label-from {set_label_from!r} needs a run whose metrics have that "
-                    f"column (available: {cols or 'none: pass --run'})")
-            src = joined_with(rows.select(["id"]), extra.select(["id", set_label_from]))
-            new_labels = src[set_label_from].cast(pa.string()).combine_chunks()
-            mask &= pc.is_valid(new_labels).to_numpy(zero_copy_only=False)
-            _check_labels(pc.filter(new_labels, pa.array(mask)), last["classes"])
-        new = _apply(rows, mask, action, label=label, weight=weight, new_labels=new_labels,
-                     classes=last["classes"])
-        changes = change_summary(rows, new, last["classes"])
-        changed = sum(v for k, v in changes.items())
-        if changed == 0:
-            return EditResult(open_table(project, name), int(mask.sum()), 0, changes)
-        _store.commit(tdir, new, message=message, changes=changes, classes=last["classes"],
-                      log=log, extra={"next_id": last["next_id"]})
-    return EditResult(open_table(project, name), int(mask.sum()), changed, changes)
+    op = EditOp(action, where=where, ids=ids, label=label, weight=weight,
+                set_label_from=set_label_from)
+    return apply_edits(project, name, [op], message=message, extra=extra)
 
 
 def revert_table(project: Project, name: str, revision: int | str, *,

@@ -128,7 +128,7 @@ def import_imagefolder(
     rels, labels = [], []
     for d in [*found, *([unlabeled_dir] if unlabeled_dir else [])]:
         for p in sorted((root / d).rglob("*")):
-            if p.is_file() and not p.name.startswith("."):
+            if (p.is_file() or p.is_symlink()) and not p.name.startswith("."):
                 rels.append(PurePosixPath(p.relative_to(root)).as_posix())
                 labels.append(None if d == unlabeled_dir else d)
     if not rels:

@@ -98,12 +98,12 @@ def write_settings(tdir: Path, settings: dict) -> None:
 
 
 @contextlib.contextmanager
-def write_lock(tdir: Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+def write_lock(tdir: Path, timeout: float | None = None) -> Iterator[None]:
     """Hold the table's exclusive write lock (released by the OS if the process dies)."""
     tdir.mkdir(parents=True, exist_ok=True)
     fd = os.open(tdir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + (LOCK_TIMEOUT_S if timeout is None else timeout)
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
