@@ -75,13 +75,19 @@ def test_empty_training_set_after_filtering(project):
 
 
 def test_resume_refuses_changed_tables_unless_forced(project):
-    train(project, "dig-train", "dig-val", _recipe("epochs=1"), run="r", tty=False)
+    # the loop's call form: a recipe name plus overrides
+    train(project, "dig-train@1", "dig-val", "fashion-mnist", overrides=FAST + ["epochs=1"], run="r", tty=False)
     edit_table(project, "dig-train", action="exclude", ids=[0, 1], message="exclude two")
     with pytest.raises(DataloupeError, match="tables changed.*--force"):
         train(project, "dig-train", "dig-val", _recipe("epochs=2"), run="r", resume=True, tty=False)
     assert json.loads((project.runs_dir / "r" / "run.json").read_text())["epochs_done"] == 1
     info = train(project, "dig-train", "dig-val", _recipe("epochs=2"), run="r", resume=True, force=True, tty=False)
-    assert info["epochs_done"] == 2
+    # provenance follows the forced change, and the change is recorded
+    assert info["epochs_done"] == 2 and info["train_revision"] == 2
+    assert info["forced_resumes"][0]["after_epoch"] == 1 and "dig-train@1 -> dig-train@2" in \
+        info["forced_resumes"][0]["changes"][0]
+    with pytest.raises(DataloupeError, match="tables changed"):
+        train(project, "dig-train@1", "dig-val", _recipe("epochs=3"), run="r", resume=True, tty=False)
     with pytest.raises(DataloupeError, match="already exists"):
         train(project, "dig-train", "dig-val", _recipe(), run="r", tty=False)
 

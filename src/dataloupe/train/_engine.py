@@ -28,7 +28,7 @@ from dataloupe.train._epoch import StepOptions, evaluate, train_one_epoch
 from dataloupe.train._inputs import TrainData, load_train_data
 from dataloupe.train._plots import plot_history
 from dataloupe.train._progress import Progress
-from dataloupe.train._recipe import Recipe, build_recipe, save_recipe
+from dataloupe.train._recipe import Recipe, build_recipe, load_recipe, parse_overrides, save_recipe
 from dataloupe.train._schedules import Schedule, build_optimizer, current_lr
 
 
@@ -124,6 +124,12 @@ def build_setup(project: Project, data: TrainData, recipe: Recipe, ctx: DistCont
                  mix_transform(aug, len(data.classes)), opts, small, len(train_set))
 
 
+def _provenance_tables(data: TrainData) -> dict:
+    return {"train_table": data.train_table, "train_revision": data.train_revision, "val_table": data.val_table,
+            "val_revision": data.val_revision, "train_content_key": data.train.content_key,
+            "val_content_key": data.val.content_key, "classes": data.classes}
+
+
 def _provenance(data: TrainData, recipe: Recipe, run: str, ctx: DistContext) -> dict:
     return {
         "run": run, "status": "running", "recipe": recipe.name, "train_table": data.train_table,
@@ -137,8 +143,8 @@ def _provenance(data: TrainData, recipe: Recipe, run: str, ctx: DistContext) -> 
     }
 
 
-def check_resumable(info: dict, data: TrainData, *, force: bool) -> None:
-    """Refuse to resume when the tables changed underneath the run, unless ``force``."""
+def check_resumable(info: dict, data: TrainData, *, force: bool) -> list[str]:
+    """Refuse to resume when the tables changed underneath the run, unless ``force``; returns the changes."""
     changes = []
     for side in ("train", "val"):
         samples = getattr(data, side)
@@ -151,16 +157,22 @@ def check_resumable(info: dict, data: TrainData, *, force: bool) -> None:
     if changes and not force:
         raise DataloupeError(f"run {info['run']}: tables changed since it started ({'; '.join(changes)});"
                              " refusing to resume (pass --force to resume anyway)")
+    return changes
 
 
 def _start_run(project, data, recipe, run, ctx, *, resume: bool, force: bool):
     folder = _runs.run_dir(project, run)
     exists = (folder / "run.json").is_file()
+    if resume and not exists and folder.is_dir():
+        resume = False  # killed before its first write: start it afresh
     if resume:
         if not exists:
             raise DataloupeError(f"cannot resume: run {run!r} does not exist")
         info = _runs.read_run(project, run)
-        check_resumable(info, data, force=force)
+        changes = check_resumable(info, data, force=force)
+        if changes and ctx.is_primary():  # forced: the run now continues on the new revisions; say so
+            forced = info.get("forced_resumes", []) + [{"after_epoch": info.get("epochs_done", 0), "changes": changes}]
+            info = _runs.update_run(folder, forced_resumes=forced, **_provenance_tables(data))
     elif exists:
         raise DataloupeError(f"run {run!r} already exists (use --resume to continue it, or another --run name)")
     else:
@@ -275,20 +287,26 @@ def _write_epoch(s, recipe, data, folder, epoch, record, best, improved, dyn) ->
     print(line, flush=True)
 
 
-def train(project: Project, train_table: str, val_table: str, recipe: Recipe | dict, *, run: str | None = None,
-          resume: bool = False, force: bool = False, tty: bool | None = None) -> dict:
+def train(project: Project, train_table: str, val_table: str, recipe: Recipe | dict | str, *,
+          overrides: list[str] | dict | None = None, run: str | None = None, resume: bool = False,
+          force: bool = False, tty: bool | None = None) -> dict:
     """Train on table references ``TABLE[@REV]``; returns the run's ``run.json`` dict.
 
     Args:
         project: the project store.
         train_table, val_table: ``TABLE`` or ``TABLE@REV``.
-        recipe: a :class:`Recipe` (or a dict of recipe keys).
+        recipe: a :class:`Recipe`, a dict of recipe keys, or a recipe name / YAML path.
+        overrides: ``key=value`` strings or a dict applied on top of ``recipe``.
         run: run name (default ``<recipe>-<n>``).
         resume: continue run ``run`` from its last checkpoint.
         force: resume even when the tables changed underneath.
     """
-    if isinstance(recipe, dict):
+    if isinstance(recipe, str):
+        recipe = load_recipe(recipe)
+    elif isinstance(recipe, dict):
         recipe = build_recipe(recipe)
+    if overrides:
+        recipe = build_recipe(parse_overrides(overrides) if isinstance(overrides, list) else overrides, base=recipe)
     ctx = init_distributed(recipe.device)
     try:
         data = load_train_data(project, train_table, val_table)
