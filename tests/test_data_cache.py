@@ -124,3 +124,13 @@ def test_batched_augmentation_identity_flip_and_own_draws():
     out = batch_augment(same, full)
     assert out.shape == (6, 3, 16, 16) and out.dtype == torch.float32 and torch.isfinite(out).all()
     assert len({o.numpy().tobytes() for o in out}) == 6  # every image its own draw
+
+
+def test_excluded_rows_are_not_trainable_and_unknown_labels_are_refused(project):
+    from dataloupe.project import DataloupeError
+
+    edit_table(project, "dig-train", action="exclude", ids=[0, 1, 2], message="exclude")
+    s = sample_set_from_table(open_table(project, "dig-train"), CLASSES)
+    assert s.trainable.sum() == 57 and not s.trainable[np.isin(s.ids, [0, 1, 2])].any()
+    with pytest.raises(DataloupeError, match="not among the run's classes"):
+        sample_set_from_table(open_table(project, "dig-train"), CLASSES[:5])

@@ -43,24 +43,25 @@ def test_sigkill_mid_epoch_then_resume_completes_without_gaps(tmp_path):
     p = _setup(tmp_path)
     env = cli_env(p.root)
     # small batches make epochs long enough to kill one half-way
-    args = ["train", "--train", "dig-train", "--val", "dig-val", "--recipe", "fashion-mnist", *FAST, "epochs=4",
-            "batch_size=8", "--run", "k"]
+    args = ["train", "--train", "dig-train", "--val", "dig-val", "--recipe", "fashion-mnist", *FAST, "epochs=6",
+            "batch_size=4", "--run", "k"]
     proc = subprocess.Popen(cli(*args), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     hist = p.runs_dir / "k" / "history.jsonl"
+    last = p.runs_dir / "k" / "checkpoints" / "last.pt"
     deadline = time.time() + 240
-    while time.time() < deadline and not (hist.is_file() and hist.read_text().count("\n") >= 1):
-        time.sleep(0.1)
-    time.sleep(0.5)  # into epoch 2
+    while time.time() < deadline and not last.is_file():  # epoch 1 checkpointed: now inside epoch 2
+        time.sleep(0.05)
+    time.sleep(0.1)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     done_before = [json.loads(x)["epoch"] for x in hist.read_text().splitlines()]
-    assert 1 <= len(done_before) < 4
+    assert 1 <= len(done_before) < 6
     r = subprocess.run(cli("train", "--run", "k", "--resume"), env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     epochs = [json.loads(x)["epoch"] for x in hist.read_text().splitlines()]
-    assert epochs == [1, 2, 3, 4]
+    assert epochs == [1, 2, 3, 4, 5, 6]
     info = json.loads((p.runs_dir / "k" / "run.json").read_text())
-    assert info["status"] == "completed" and info["epochs_done"] == 4
+    assert info["status"] == "completed" and info["epochs_done"] == 6 and info["resumed"]
 
 
 def test_lr_find_prints_suggestion_and_writes_plot(tmp_path):
