@@ -64,9 +64,11 @@ def train_one_epoch(model: nn.Module, loader, *, optimizer, schedule, opts: Step
         sample's logit margin from the same forward pass (no extra pass), by position.
     """
     model.train()
-    loss_sum, correct, count = 0.0, 0, 0
-    margin_sum = np.zeros(num_samples, dtype=np.float64)
-    margin_count = np.zeros(num_samples, dtype=np.float64)
+    # Running sums stay on the device: no host sync per step (the GPU keeps its queue full).
+    loss_acc = torch.zeros((), device=opts.device, dtype=torch.float64)
+    correct_acc = torch.zeros((), device=opts.device, dtype=torch.int64)
+    count = 0
+    positions_seen, margins_seen = [], []
     start = time.perf_counter()
     for images, labels, positions in loader:
         x = opts.train_inputs(images)
@@ -84,38 +86,44 @@ def train_one_epoch(model: nn.Module, loader, *, optimizer, schedule, opts: Step
         optimizer.step()
         schedule.step()
         n = len(y)
-        loss_val = float(loss.detach())
-        loss_sum += loss_val * n
-        correct += int((logits.detach().argmax(1) == y).sum())
+        loss_acc += loss.detach().double() * n
+        correct_acc += (logits.detach().argmax(1) == y).sum()
         count += n
-        pos = positions.numpy()
-        np.add.at(margin_sum, pos, logit_margins(logits, y).cpu().numpy())
-        np.add.at(margin_count, pos, 1.0)
+        positions_seen.append(positions)
+        margins_seen.append(logit_margins(logits, y))
         if progress is not None:
-            progress.update(n, loss_val)
+            progress.update(n, loss.detach())  # converted to a float only when shown
     if progress is not None:
         progress.close()
-    return {"loss_sum": loss_sum, "correct": correct, "count": count, "seconds": time.perf_counter() - start,
-            "margin_sum": margin_sum, "margin_count": margin_count}
+    margin_sum = np.zeros(num_samples, dtype=np.float64)
+    margin_count = np.zeros(num_samples, dtype=np.float64)
+    if positions_seen:
+        pos = torch.cat(positions_seen).numpy()
+        np.add.at(margin_sum, pos, torch.cat(margins_seen).cpu().numpy())
+        np.add.at(margin_count, pos, 1.0)
+    return {"loss_sum": float(loss_acc), "correct": int(correct_acc), "count": count,
+            "seconds": time.perf_counter() - start, "margin_sum": margin_sum, "margin_count": margin_count}
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, *, opts: StepOptions, num_classes: int) -> dict:
     """Sums for loss, top-1 and top-5 (when ``num_classes >= 5``) over ``loader``'s labeled batches."""
     model.eval()
-    loss_sum, top1, top5, count = 0.0, 0, 0, 0
+    sums = torch.zeros(3, device=opts.device, dtype=torch.float64)  # loss, top-1, top-5 (no per-batch sync)
+    count = 0
     for images, labels, _ in loader:
         x = opts.inputs(images)
         y = labels.to(opts.device)
         with opts.autocast():
             logits = model(x)
         logits = logits.float()
-        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-        top1 += int((logits.argmax(1) == y).sum())
+        sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
+        sums[1] += (logits.argmax(1) == y).sum()
         if num_classes >= 5:
-            top5 += int((logits.topk(5, dim=1).indices == y[:, None]).any(1).sum())
+            sums[2] += (logits.topk(5, dim=1).indices == y[:, None]).any(1).sum()
         count += len(y)
-    return {"loss_sum": loss_sum, "top1": top1, "top5": top5, "count": count}
+    loss_sum, top1, top5 = sums.tolist()
+    return {"loss_sum": loss_sum, "top1": int(top1), "top5": int(top5), "count": count}
 
 
 @torch.no_grad()

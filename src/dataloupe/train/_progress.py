@@ -22,14 +22,15 @@ class Progress:
         self.total, self.desc, self.enabled, self.every = total, desc, enabled, every
         self.tty = sys.stderr.isatty() if tty is None else tty
         self.start = self.last = time.perf_counter()
-        self.done, self.images, self.last_loss = 0, 0, float("nan")
+        self.done, self.images = 0, 0
         self.bar = None
         if enabled and self.tty:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True, file=sys.stderr)
 
-    def update(self, images: int, loss: float) -> None:
+    def update(self, images: int, loss) -> None:
+        """One batch done; ``loss`` may be a device tensor (read only when shown)."""
         if not self.enabled:
             return
         self.done += 1
@@ -37,12 +38,14 @@ class Progress:
         now = time.perf_counter()
         rate = self.images / max(now - self.start, 1e-9)
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.0f}", refresh=False)
+            if now - self.last >= 0.5 or self.done == self.total:
+                self.last = now
+                self.bar.set_postfix(loss=f"{float(loss):.4f}", img_s=f"{rate:.0f}", refresh=False)
             self.bar.update(1)
         elif now - self.last >= self.every:
             self.last = now
             eta = (self.total - self.done) * (now - self.start) / max(self.done, 1)
-            print(f"{self.desc} [{self.done}/{self.total}] loss {loss:.4f} {rate:.1f} img/s ETA {eta:.0f}s",
+            print(f"{self.desc} [{self.done}/{self.total}] loss {float(loss):.4f} {rate:.1f} img/s ETA {eta:.0f}s",
                   file=sys.stderr, flush=True)
 
     def close(self) -> None:
