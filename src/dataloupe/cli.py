@@ -23,9 +23,10 @@ app = typer.Typer(
 
 def _register_all() -> None:
     # One line per stage; each module adds its commands or sub-apps to ``app``.
-    from dataloupe._cli import tables
+    from dataloupe._cli import demo, tables
 
     tables.register(app)
+    demo.register(app)
 
 
 _register_all()
@@ -34,7 +35,10 @@ _register_all()
 def main() -> None:
     """Entry point: run the app, turning expected errors into one-line messages (exit 2)."""
     try:
-        app(standalone_mode=False)
+        rv = app(standalone_mode=False)
+        # Without standalone mode click returns the exit code of typer.Exit instead of exiting.
+        if isinstance(rv, int) and rv != 0:
+            sys.exit(rv)
     except DataloupeError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)

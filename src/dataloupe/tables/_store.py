@@ -1,0 +1,180 @@
+"""On-disk layout of one table, its revision log, and the commit protocol.
+
+A table lives in ``tables/<name>/``:
+
+- ``data.lance``      the Lance dataset; every revision is one Lance version (full rewrite
+                      of the small columns, so every version reads equally fast);
+- ``revisions.json``  the revision log, the source of truth: revision -> Lance version,
+                      message, time, parent, change summary, classes;
+- ``table.json``      table-level settings that are not versioned: image root, next id;
+- ``.lock``           an ``fcntl`` lock held across a whole read-modify-commit.
+
+Why our own log on top of Lance versions: a commit is "Lance version written, then log
+entry written atomically (temp file + fsync + rename)". A process killed between the two
+leaves an orphan Lance version that no revision points to, so the previous latest
+revision stays the latest, readable and intact. Writers are serialised by the lock, so two
+concurrent edits both land (the second on top of the first) or, if the lock cannot be had
+in time, the second gets a clear conflict error and nothing is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import lance
+import pyarrow as pa
+
+from dataloupe.project import DataloupeError, Project
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+LOCK_TIMEOUT_S = 60.0
+CORE_COLUMNS = ("id", "path", "label", "weight", "split")
+
+
+class TableConflictError(DataloupeError):
+    """Another process holds the table's write lock; retry later."""
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name or ""):
+        raise DataloupeError(
+            f"invalid table name {name!r}: use letters, digits, '_', '-', '.' (not first)"
+        )
+    return name
+
+
+def table_dir(project: Project, name: str) -> Path:
+    return project.tables_dir / check_name(name)
+
+
+def require_table(project: Project, name: str) -> Path:
+    d = table_dir(project, name)
+    if not (d / "revisions.json").is_file():
+        known = ", ".join(list_table_names(project)) or "none"
+        raise DataloupeError(f"unknown table {name!r} (known: {known})")
+    return d
+
+
+def list_table_names(project: Project) -> list[str]:
+    if not project.tables_dir.is_dir():
+        return []
+    return sorted(p.name for p in project.tables_dir.iterdir() if (p / "revisions.json").is_file())
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def read_log(tdir: Path) -> list[dict]:
+    with open(tdir / "revisions.json") as f:
+        return json.load(f)["revisions"]
+
+
+def read_settings(tdir: Path) -> dict:
+    with open(tdir / "table.json") as f:
+        return json.load(f)
+
+
+def write_settings(tdir: Path, settings: dict) -> None:
+    _write_json_atomic(tdir / "table.json", settings)
+
+
+@contextlib.contextmanager
+def write_lock(tdir: Path, timeout: float | None = None) -> Iterator[None]:
+    """Hold the table's exclusive write lock (released by the OS if the process dies)."""
+    tdir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(tdir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + (LOCK_TIMEOUT_S if timeout is None else timeout)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TableConflictError(
+                        f"table {tdir.name!r} is being written by another process; "
+                        "nothing was changed, retry"
+                    ) from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def commit(
+    tdir: Path,
+    rows: pa.Table,
+    *,
+    message: str,
+    changes: dict,
+    classes: list[str],
+    log: list[dict],
+    extra: dict | None = None,
+) -> dict:
+    """Write ``rows`` as a new revision; the caller holds :func:`write_lock`.
+
+    ``rows`` must be sorted by ``id``. Returns the new log entry.
+    """
+    if not message or not message.strip():
+        raise DataloupeError("a revision needs a message (-m)")
+    uri = tdir / "data.lance"
+    mode = "overwrite" if uri.exists() else "create"
+    ds = lance.write_dataset(rows, uri, mode=mode, data_storage_version="stable")
+    parent = log[-1]["revision"] if log else None
+    entry = {
+        "revision": (parent or 0) + 1,
+        "lance_version": ds.version,
+        "message": message.strip(),
+        "created": now_iso(),
+        "parent": parent,
+        "changes": changes,
+        "classes": list(classes),
+        "rows": rows.num_rows,
+        **(extra or {}),
+    }
+    _write_json_atomic(tdir / "revisions.json", {"revisions": [*log, entry]})
+    return entry
+
+
+def write_log(tdir: Path, log: list[dict]) -> None:
+    """Rewrite the log (only to change non-historical fields such as tags)."""
+    _write_json_atomic(tdir / "revisions.json", {"revisions": log})
+
+
+def read_rows(tdir: Path, lance_version: int, columns: list[str] | None = None,
+              where: str | None = None) -> pa.Table:
+    ds = lance.dataset(tdir / "data.lance", version=lance_version)
+    try:
+        t = ds.to_table(columns=columns, filter=where)
+    except (ValueError, OSError) as e:
+        raise DataloupeError(f"invalid predicate {where!r}: {_first_line(e)}") from None
+    return t
+
+
+def _first_line(e: Exception) -> str:
+    msg = str(e).split("\n")[0]
+    # Lance appends the Rust source location; the user has no use for it.
+    return re.sub(r",\s*/\S+\.rs:\d+:\d+\s*$", "", msg)
