@@ -27,6 +27,8 @@ def _register_all() -> None:
 
     tables.register(app)
     demo.register(app)
+    from dataloupe._cli import analysis  # keep last: adds `runs export` to the train stage's `runs`
+    analysis.register(app)
 
 
 _register_all()

@@ -192,8 +192,9 @@ def run_metrics(project: Project, run: str, table: str):
     return ds.to_table(columns=cols)
 
 
-def ids_from_analysis(project: Project, spec: str) -> np.ndarray:
-    """``RUN:KIND`` -> the sample ids a finding of ``dataloupe analyze`` lists."""
+def analysis_ids(project: Project, spec: str, table: str | None = None) -> np.ndarray:
+    """``RUN:KIND`` -> the sample ids a finding of ``dataloupe analyze`` lists (for ``table``:
+    records naming another table are skipped; ids are per table)."""
     run, sep, kind = spec.partition(":")
     if not sep:
         raise DataloupeError(f"--ids-from-analysis wants RUN:KIND (e.g. a:label_issues), got {spec!r}")
@@ -206,7 +207,8 @@ def ids_from_analysis(project: Project, spec: str) -> np.ndarray:
     items = found[kind]
     if isinstance(items, dict):
         items = items.get("items") or items.get("samples") or []
-    return np.array([int(r["id"]) for r in items if isinstance(r, dict) and "id" in r], np.int64)
+    return np.array([int(r["id"]) for r in items if isinstance(r, dict) and "id" in r
+                     and r.get("table", table) == table], np.int64)
 
 
 @table_app.command("edit")
@@ -239,7 +241,7 @@ def edit(
     if ids_file is not None:
         ids = _read_ids(ids_file)
     if ids_from_analysis is not None:
-        more = ids_from_analysis(p, ids_from_analysis)
+        more = analysis_ids(p, ids_from_analysis, name)
         ids = more if ids is None else np.intersect1d(ids, more)
     extra = run_metrics(p, run, name) if run else None
     res = T.edit_table(p, name, action=chosen[0], message=message, where=where, ids=ids,

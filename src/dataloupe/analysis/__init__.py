@@ -33,10 +33,11 @@ from dataloupe.analysis._neighbours import (
     outlier_scores,
 )
 from dataloupe.analysis._pseudo import precision_threshold, pseudo_label
+from dataloupe.analysis._run_api import analyze_run, export_run_csv, reduce_run
 from dataloupe.analysis._taxonomy import error_taxonomy, load_real_labels, real_accuracy, topk_accuracy
 
 __all__ = [
-    "METHODS", "reduce", "UNDEFINED", "AnalysisInputs", "Detector", "DetectorResult", "analyze", "with_crossfit",
+    "METHODS", "reduce", "analyze_run", "export_run_csv", "reduce_run", "UNDEFINED", "AnalysisInputs", "Detector", "DetectorResult", "analyze", "with_crossfit",
     "error_taxonomy", "load_real_labels", "real_accuracy", "topk_accuracy", "LabelIssues", "SampleSet",
     "cluster_embeddings", "cluster_stats", "content_hashes", "crossfit_probs",
     "find_label_issues", "get_detector", "knn", "knn_label_probs", "l2_normalize",

@@ -33,7 +33,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import rankdata
 
 from dataloupe.analysis._knn import knn
 
@@ -97,6 +96,8 @@ def knn_label_probs(
 
 def _suspicion_rank(x: np.ndarray) -> np.ndarray:
     """Percentile in (0, 1] of ``-x``: the smallest x gets the highest rank."""
+    from scipy.stats import rankdata
+
     return rankdata(-np.asarray(x, dtype=np.float64)) / len(x)
 
 
