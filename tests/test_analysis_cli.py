@@ -240,3 +240,23 @@ def test_reduce_run_api(proj):
     assert out["rows"] == {"dg-train": N_TRAIN + N_UNDEF + 1, "dg-val": N_VAL + 1}
     m = lance.dataset(str(proj / "runs" / "a" / "metrics" / "dg-val.lance")).to_table(columns=["map_x", "map_y"])
     assert np.isfinite(m.column("map_x").to_numpy()).all() and "map_z" not in metrics_columns(proj, "dg-train")
+
+
+def test_report_is_self_contained(proj):
+    dl(proj, "analyze", "a")
+    r = dl(proj, "report", "a")
+    path = proj / "runs" / "a" / "report.html"
+    assert str(path) in r.stdout
+    doc = path.read_text()
+    assert "http://" not in doc and "https://" not in doc and "src='/" not in doc and 'src="/' not in doc
+    for section in ("Training curves", "Confusion matrix", "Embedding map", "Label issues", "Outliers",
+                    "Near-duplicates", "Leakage", "Pseudo-labels", "Validation errors: model error"):
+        assert section in doc
+    assert doc.count("data:image/jpeg;base64,") > 20 and doc.count("data:image/png;base64,") >= 3
+    assert "(no image)" not in doc
+
+
+def test_report_without_analysis_says_what_to_run(proj):
+    r = dl(proj, "report", "a", check=False)
+    assert r.returncode == 2 and "dataloupe analyze a" in r.stderr
+    assert not (proj / "runs" / "a" / "report.html").exists()

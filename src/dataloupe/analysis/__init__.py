@@ -27,6 +27,7 @@ from dataloupe.analysis._label_issues import (
 )
 from dataloupe.analysis._neighbours import (
     content_hashes,
+    duplicate_threshold,
     leakage_pairs,
     near_duplicate_pairs,
     outlier_mask,
@@ -39,7 +40,7 @@ from dataloupe.analysis._taxonomy import error_taxonomy, load_real_labels, real_
 __all__ = [
     "METHODS", "reduce", "analyze_run", "export_run_csv", "reduce_run", "UNDEFINED", "AnalysisInputs", "Detector", "DetectorResult", "analyze", "with_crossfit",
     "error_taxonomy", "load_real_labels", "real_accuracy", "topk_accuracy", "LabelIssues", "SampleSet",
-    "cluster_embeddings", "cluster_stats", "content_hashes", "crossfit_probs",
+    "cluster_embeddings", "duplicate_threshold", "cluster_stats", "content_hashes", "crossfit_probs",
     "find_label_issues", "get_detector", "knn", "knn_label_probs", "l2_normalize",
     "label_issue_scores", "leakage_pairs", "list_detectors", "near_duplicate_pairs",
     "outlier_mask", "outlier_scores", "precision_threshold", "pseudo_label", "register_detector",

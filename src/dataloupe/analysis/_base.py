@@ -70,7 +70,7 @@ class SampleSet:
         """Cached cosine kNN of the set with itself: `(sims (N, k), idx (N, k))`."""
         if self.embeddings is None:
             raise DataloupeError("this finding needs embeddings; the metrics have none")
-        best = max((kk for kk in self._knn if kk >= k), default=None)
+        best = max((kk for kk in self._knn if isinstance(kk, int) and kk >= k), default=None)
         if best is None:
             self._knn[k] = knn(self.embeddings, k=k)
             best = k

@@ -15,7 +15,7 @@ from dataloupe.analysis._base import AnalysisInputs, Detector, SampleSet, get_de
 from dataloupe.analysis._clusters import cluster_embeddings, cluster_stats
 from dataloupe.analysis._crossfit import crossfit_probs
 from dataloupe.analysis._label_issues import find_label_issues
-from dataloupe.analysis._neighbours import leakage_pairs, near_duplicate_pairs, outlier_mask, outlier_scores
+from dataloupe.analysis._neighbours import duplicate_threshold, leakage_pairs, near_duplicate_pairs, outlier_mask, outlier_scores
 from dataloupe.analysis._pseudo import pseudo_label
 from dataloupe.analysis._taxonomy import CATEGORIES, error_taxonomy
 
@@ -36,6 +36,14 @@ def _sets(inputs: AnalysisInputs) -> list[tuple[str, SampleSet]]:
 
 
 def _issues(inputs: AnalysisInputs, s: SampleSet):
+    """Label issues of the labeled rows of ``s`` (computed once per set, cached on it)."""
+    key = ("label_issues", inputs.k)
+    if key not in s._knn:
+        s._knn[key] = _compute_issues(inputs, s)
+    return s._knn[key]
+
+
+def _compute_issues(inputs: AnalysisInputs, s: SampleSet):
     lab = s.labeled
     nbrs = None
     if s.embeddings is not None:
@@ -103,7 +111,9 @@ class LeakageDetector(Detector):
         tr, va = inputs.train, inputs.val
         if va is None or not len(va) or tr.embeddings is None or va.embeddings is None:
             return DetectorResult([])
-        pairs, sim, exact = leakage_pairs(va.embeddings, tr.embeddings, query_hashes=va.hashes, base_hashes=tr.hashes)
+        thr = duplicate_threshold(tr.neighbours(inputs.k)[0])
+        pairs, sim, exact = leakage_pairs(va.embeddings, tr.embeddings, threshold=thr,
+                                          query_hashes=va.hashes, base_hashes=tr.hashes)
         return DetectorResult([dict(val_id=int(va.ids[q]), train_id=int(tr.ids[b]), similarity=float(v), exact=bool(e))
                                for (q, b), v, e in zip(pairs, sim, exact)])
 
@@ -140,18 +150,18 @@ class PseudoLabelsDetector(Detector):
 
     def find(self, inputs: AnalysisInputs) -> DetectorResult:
         s = inputs.train
-        labels = np.where(s.labeled, s.labels, -1)
-        undefined = s.labels == -1  # excluded-but-labeled rows are not pseudo-labeled
+        lab, issues = _issues(inputs, s)
+        calibrate = lab.copy()
+        calibrate[np.flatnonzero(lab)[issues.mask]] = False  # suspected label errors set aside
         nbrs = s.neighbours(inputs.k) if s.embeddings is not None else None
-        r = pseudo_label(np.where(undefined | s.labeled, labels, -2).clip(-1), s.probs,
-                         target_precision=self.target_precision, neighbours=nbrs)
-        keep = undefined[r["rows"]]
+        r = pseudo_label(s.labels, s.probs, target_precision=self.target_precision, neighbours=nbrs,
+                         calibration_mask=calibrate, vote_labels=np.where(lab, s.labels, -1))
         items = [dict(id=int(s.ids[i]), predicted=inputs.classes[int(p)], confidence=float(c), agreement=float(a))
-                 for i, p, c, a in zip(r["rows"][keep], r["predicted"][keep], r["confidence"][keep], r["agreement"][keep])]
+                 for i, p, c, a in zip(r["rows"], r["predicted"], r["confidence"], r["agreement"])]
         return DetectorResult(dict(
             target_precision=self.target_precision, global_threshold=r["global_threshold"],
             class_thresholds={c: float(t) for c, t in zip(inputs.classes, r["class_thresholds"])},
-            undefined=int(undefined.sum()), items=items))
+            calibrated_on=int(calibrate.sum()), undefined=int((s.labels == -1).sum()), items=items))
 
 
 @register_detector
@@ -186,7 +196,8 @@ def with_crossfit(inputs: AnalysisInputs, *, folds: int) -> AnalysisInputs:
     probs = s.probs.copy()
     probs[lab] = crossfit_probs(s.embeddings[lab], s.labels[lab], num_classes=len(inputs.classes),
                                 folds=folds, seed=inputs.seed)
-    return replace(inputs, train=replace(s, probs=probs, _knn=s._knn))
+    graphs = {k: v for k, v in s._knn.items() if isinstance(k, int)}  # kNN graphs stay valid
+    return replace(inputs, train=replace(s, probs=probs, _knn=graphs))
 
 
 def _clean(obj):

@@ -1,9 +1,15 @@
 """kNN findings: outliers, near-duplicates within a table, leakage between two tables.
 
 All take the cached cosine kNN graph (see ``_knn.knn``) or embeddings, and return plain
-arrays. Cut-offs: outliers use Tukey's fence on the kNN distance (Q3 + 1.5 IQR, the
-textbook rule, independent of the dataset's scale); duplicates use a cosine similarity
-threshold (default 0.97, an option) plus exact duplicates by content hash.
+arrays. Cut-offs come from the data's own distance distribution, with textbook constants:
+
+* outliers: mean distance to the k nearest neighbours above Tukey's fence, Q3 + 1.5 IQR;
+* near-duplicates: a nearest-neighbour distance that is itself an outlier on the low
+  side: log distance with a modified z-score below -3.5 (Iglewicz & Hoaglin's rule;
+  log because distances are positive and skewed). A fixed cosine threshold would not
+  travel: in a trained CNN's embedding a third of all nearest neighbours are above 0.97.
+  Leakage between tables uses the training table's threshold. Files with the same content
+  hash are exact duplicates whatever their embeddings.
 """
 
 from __future__ import annotations
@@ -15,7 +21,22 @@ import numpy as np
 
 from dataloupe.analysis._knn import knn
 
-DUPLICATE_SIMILARITY = 0.97  # cosine similarity at or above which two images are near-duplicates
+MODIFIED_Z = 3.5  # Iglewicz & Hoaglin's outlier cut-off on the modified z-score
+
+
+def duplicate_threshold(nbr_sims: np.ndarray) -> float:
+    """Cosine similarity above which a nearest neighbour is anomalously close (a near-duplicate).
+
+    Args:
+        nbr_sims: `(N, k)` kNN similarities (column 0 = nearest neighbour).
+    """
+    sims = nbr_sims[:, 0][np.isfinite(nbr_sims[:, 0])]
+    if len(sims) < 3:
+        return 1.0
+    log_d = np.log(np.clip(1.0 - sims.astype(np.float64), 1e-12, None))
+    med = np.median(log_d)
+    mad = 1.4826 * np.median(np.abs(log_d - med))
+    return float(1.0 - np.exp(med - MODIFIED_Z * mad))
 
 
 def outlier_scores(nbr_sims: np.ndarray) -> np.ndarray:
@@ -51,14 +72,14 @@ def near_duplicate_pairs(
     nbr_sims: np.ndarray,
     nbr_idx: np.ndarray,
     *,
-    threshold: float = DUPLICATE_SIMILARITY,
+    threshold: float | None = None,
     hashes: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs (i < j) within one set that are near or exact duplicates.
 
     Args:
         nbr_sims, nbr_idx: `(N, k)` the set's kNN graph with itself.
-        threshold: cosine similarity cut-off.
+        threshold: cosine similarity cut-off; None = ``duplicate_threshold(nbr_sims)``.
         hashes: `(N,)` content hashes; equal non-empty hashes are exact duplicates
             whether or not they are kNN neighbours.
 
@@ -66,6 +87,8 @@ def near_duplicate_pairs(
         `(pairs (P, 2) int64, similarity (P,) float32, exact (P,) bool)`, most similar first.
     """
     n = len(nbr_idx)
+    if threshold is None:
+        threshold = duplicate_threshold(nbr_sims)
     rows = np.repeat(np.arange(n), nbr_idx.shape[1])
     cols = nbr_idx.ravel()
     sims = nbr_sims.ravel()
@@ -93,11 +116,14 @@ def leakage_pairs(
     query_emb: np.ndarray,
     base_emb: np.ndarray,
     *,
-    threshold: float = DUPLICATE_SIMILARITY,
+    threshold: float,
     query_hashes: np.ndarray | None = None,
     base_hashes: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Query rows (e.g. val) whose nearest base row (e.g. train) is a (near-)duplicate.
+
+    Args:
+        threshold: cosine similarity cut-off (e.g. ``duplicate_threshold`` of the base set).
 
     Returns:
         `(pairs (P, 2) int64 [query_row, base_row], similarity (P,), exact (P,) bool)`.

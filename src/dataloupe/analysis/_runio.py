@@ -46,8 +46,8 @@ def load_metrics(project: Project, run: str, table: str, *, columns: list[str] |
     if not path.exists():
         raise DataloupeError(f"run {run!r} has no per-sample metrics for table {table!r}: "
                              f"run `dataloupe collect {run} --table {table}` first")
-    t = lance.dataset(str(path)).to_table(columns=columns)
-    return t.sort_by("id")
+    want = None if columns is None else (["id"] + [c for c in columns if c != "id"])
+    return lance.dataset(str(path)).to_table(columns=want).sort_by("id")
 
 
 def check_revision(metrics: pa.Table, run: str, table: str, revision: int | str | None) -> int:
