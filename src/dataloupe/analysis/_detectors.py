@@ -179,9 +179,12 @@ class TaxonomyDetector(Detector):
         t = error_taxonomy(s.labels[lab], s.probs[lab], label_issue_mask=issues.mask, real_labels=real)
         ids = s.ids[lab]
         t["confusable_pairs"] = [[inputs.classes[a], inputs.classes[b]] for a, b in t["confusable_pairs"]]
-        t["categories"] = {name: dict(count=len(t["categories"][name]),
-                                      example_ids=[int(ids[i]) for i in t["categories"][name][:EXAMPLES]])
-                           for name in CATEGORIES}
+        pred = s.probs[lab].argmax(1)
+        labels = s.labels[lab]
+        t["categories"] = {name: dict(count=len(rows), example_ids=[int(ids[i]) for i in rows[:EXAMPLES]],
+                                      examples=[dict(id=int(ids[i]), label=inputs.classes[labels[i]],
+                                                     predicted=inputs.classes[pred[i]]) for i in rows[:EXAMPLES]])
+                           for name, rows in ((n, t["categories"][n]) for n in CATEGORIES)}
         return DetectorResult(t)
 
 

@@ -212,7 +212,9 @@ def _galleries(found: dict, tables: dict[str, str], thumbs: _Thumbs) -> list[str
                                f"#{r['id']} {e(r['predicted'])}<br>p {r['confidence']:.2f}")
                          for r in items[:GALLERY]], len(items)))
     for name, cat in found.get("taxonomy", {}).get("categories", {}).items():
-        ids = cat.get("example_ids", [])
-        out.append(_section(f"Validation errors: {name.replace('_', ' ')}", f"{cat.get('count', 0)} samples",
-                            [_card(thumbs.img(va, i), f"#{i}") for i in ids[:GALLERY]], cat.get("count", 0)))
+        ex = cat.get("examples") or [dict(id=i) for i in cat.get("example_ids", [])]
+        out.append(_section(f"Validation errors: {name.replace('_', ' ')}", f"{cat.get('count', 0)} samples "
+                            "(label -> predicted)",
+                            [_card(thumbs.img(va, r["id"]), f"#{r['id']} <span class='bad'>{e(r.get('label', ''))}</span>"
+                                   f" → {e(r.get('predicted', ''))}") for r in ex[:GALLERY]], cat.get("count", 0)))
     return out
