@@ -218,7 +218,13 @@ def test_export_csv_and_reduce(proj, base):
     assert np.allclose(p.sum(1), 1, atol=1e-3)
     assert all(r["loss"] == "" for r in rows if r["label"] == "")
     r = dl(proj, "runs", "export", "a", "--csv", f, "--table", "dg-train@7", check=False)
-    assert r.returncode == 2 and "not @7" in r.stderr
+    assert r.returncode == 2 and r.stderr.startswith("error:") and "7" in r.stderr  # no such revision
+    from dataloupe.project import Project
+    from dataloupe.tables import edit_table
+
+    edit_table(Project.open(proj), "dg-train", action="exclude", ids=[0], message="new revision")
+    r = dl(proj, "runs", "export", "a", "--csv", f, "--table", "dg-train@2", check=False)
+    assert r.returncode == 2 and "not @2" in r.stderr and "dataloupe collect a --table dg-train@2" in r.stderr
 
 
 @pytest.mark.slow

@@ -101,7 +101,10 @@ def export_run_csv(project: Project, run: str, path: str | Path, *, table: str |
     for ref in refs:
         m = load_metrics(project, run, ref.name,
                          columns=["id", "table_revision", "split", "label", "predicted", "confidence", "loss", "probs"])
-        check_revision(m, run, ref.name, ref.revision)
+        if ref.revision is not None:  # a tag or number the table must know, then the metrics must match
+            from dataloupe.tables import open_table
+
+            check_revision(m, run, ref.name, open_table(project, ref.name, ref.revision).revision)
         parts.append(m)
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
