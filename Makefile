@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m pip install -q -c requirements.lock -e '.[test,timm]'
 	touch $(STAMP)
 
-# Debian packages the project uses: the Fashion-MNIST data (when we are root on Debian).
+# Debian packages the project uses (when we are root on Debian): the Fashion-MNIST data, and
+# headless Chromium for the dashboard's end-to-end tests.
 system-deps:
 	@if [ -d $(FMNIST_DIR) ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -28,6 +29,13 @@ system-deps:
 		 (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1)) || \
 		echo "could not install dataset-fashion-mnist; the demo will say how to get it"; \
 	else echo "Fashion-MNIST not found at $(FMNIST_DIR) (install Debian package dataset-fashion-mnist)"; fi
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian packages chromium chromium-driver (dashboard browser tests)"; \
+		(apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+		 (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium chromium-driver >/dev/null 2>&1)) || \
+		echo "could not install chromium; the browser tests will be skipped"; \
+	else echo "Chromium not found at /usr/bin/chromium: browser tests skipped (Debian packages chromium chromium-driver)"; fi
 
 demo: setup
 	$(PY) -m dataloupe demo

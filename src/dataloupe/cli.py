@@ -23,12 +23,14 @@ app = typer.Typer(
 
 def _register_all() -> None:
     # One line per stage; each module adds its commands or sub-apps to ``app``.
-    from dataloupe._cli import demo, tables
+    from dataloupe._cli import demo, loop, tables
 
     tables.register(app)
+    loop.register(app)
     demo.register(app)
-    from dataloupe._cli import analysis  # keep last: adds `runs export` to the train stage's `runs`
-    analysis.register(app)
+    from dataloupe._cli import ui; ui.register(app)  # noqa: E702 - one line per stage
+    from dataloupe._cli import serve; serve.register(app)  # noqa: E702 - one line per stage
+    from dataloupe._cli import analysis; analysis.register(app)  # noqa: E702 - keep last: adds `runs export` to train's `runs`
 
 
 _register_all()

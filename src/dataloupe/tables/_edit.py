@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import lance
 import numpy as np
@@ -233,13 +234,15 @@ def _op_mask_and_labels(op: EditOp, rows: pa.Table, tdir: Path, version: int | N
     return mask, new_labels
 
 
-def apply_edits(project: Project, name: str, ops: list[EditOp], *, message: str,
+def apply_edits(project: Project, name: str, ops: list[EditOp], *,
+                message: str | Callable[[tuple], str],
                 extra: pa.Table | None = None) -> EditResult:
     """Apply ``ops`` in order to the latest revision and commit them as ONE revision.
 
     Each op's predicate sees the rows as the earlier ops left them. Nothing is written if
     any op is invalid or if nothing changes. ``EditResult.per_op`` lists, per op, its
-    name, rows matched and changes.
+    name, rows matched and changes; ``message`` may be a function of that list, so the
+    revision message can state what each step changed.
 
     Example:
         >>> apply_edits(p, "cm-train", [EditOp("exclude", where="loss > 5", name="high loss"),
@@ -272,7 +275,8 @@ def apply_edits(project: Project, name: str, ops: list[EditOp], *, message: str,
         matched = sum(o["matched"] for o in per_op)
         if not sum(changes.values()):
             return EditResult(open_table(project, name), matched, 0, changes, tuple(per_op))
-        _store.commit(tdir, cur, message=message, changes=changes, classes=classes,
+        text = message(tuple(per_op)) if callable(message) else message
+        _store.commit(tdir, cur, message=text, changes=changes, classes=classes,
                       log=log, extra={"next_id": last["next_id"]})
     return EditResult(open_table(project, name), matched, sum(changes.values()), changes,
                       tuple(per_op))

@@ -1,0 +1,236 @@
+"""The automated loop: train -> collect -> analyse -> apply the policy's rules as one
+revision -> retrain, with a summary row per iteration. Killed loops resume.
+
+State lives in ``<project>/loops/<name>/state.json`` (written atomically after each
+step), so a resumed loop skips finished iterations, resumes an unfinished training run,
+and never applies an iteration's edits twice (the revision message carries the marker
+``loop <name> iteration <k>``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from dataloupe.loop._policy import Policy, load_policy
+from dataloupe.loop._rules import RuleContext, get_rule
+from dataloupe.project import DataloupeError, Project
+from dataloupe.tables import TableRef, apply_edits, open_table
+
+SUMMARY_KEYS = ("iteration", "revision", "labeled", "undefined", "excluded", "val_top1",
+                "val_top1_last", "run", "minutes", "cpu_minutes", "next_revision", "changes")
+
+
+@dataclass
+class LoopResult:
+    """What a loop did: one dict per iteration (keys ``SUMMARY_KEYS``) and why it stopped."""
+
+    name: str
+    iterations: list[dict] = field(default_factory=list)
+    stopped: str = ""
+    folder: Path | None = None
+
+    def to_dict(self) -> dict:
+        return {"loop": self.name, "stopped": self.stopped, "iterations": self.iterations}
+
+
+def loops_dir(project: Project) -> Path:
+    d = project.root / "loops"
+    d.mkdir(exist_ok=True)
+    return d
+
+
+def _save(folder: Path, state: dict) -> None:
+    tmp = folder / ".state.json.tmp"
+    tmp.write_text(json.dumps(state, indent=1))
+    os.replace(tmp, folder / "state.json")
+
+
+def _marker(name: str, k: int) -> str:
+    return f"loop {name} iteration {k}"
+
+
+def plan_edits(policy: Policy, ctx: RuleContext) -> tuple[list, list[tuple[str, int]], list[int]]:
+    """Run the policy's rules in order: (edit ops, [(rule, steps)], flagged ids)."""
+    ops, per_rule, flagged = [], [], []
+    for spec in policy.rules:
+        out = get_rule(spec.rule)(ctx, **spec.params)
+        ops += out.ops
+        flagged += out.flagged
+        per_rule.append((spec.rule, len(out.ops)))
+    return ops, per_rule, flagged
+
+
+def _edit_message(name: str, k: int, per_op: tuple, flagged: int) -> str:
+    counts: dict[str, int] = {}
+    for o in per_op:
+        counts[o["name"]] = counts.get(o["name"], 0) + sum(o["changes"].values())
+    parts = [f"{rule} {n}" for rule, n in counts.items()]
+    if flagged:
+        parts.append(f"flagged for review {flagged}")
+    return f"{_marker(name, k)}: " + (", ".join(parts) or "no changes")
+
+
+def run_loop(
+    project: Project,
+    *,
+    train: str,
+    val: str,
+    policy: str | Policy,
+    iterations: int | None = None,
+    name: str | None = None,
+    resume: bool = False,
+    log: Callable[[str], None] = print,
+    train_fn: Callable | None = None,
+    analyze_fn: Callable | None = None,
+) -> LoopResult:
+    """Run the data-centric loop on table ``train`` (validated on ``val``).
+
+    Args:
+        train, val: table names (the loop edits ``train``'s latest revision).
+        policy: shipped policy name, YAML path, or a :class:`Policy`.
+        iterations: number of iterations (default: the policy's ``max_iterations``).
+        name: loop name (default ``<train>-<policy>``); runs are ``<name>-it<k>``.
+        resume: continue a loop of that name where it stopped.
+        train_fn, analyze_fn: injection points for tests; default the engine's ``train``
+            and the analysis stage's ``analyze_run``.
+
+    Returns:
+        The :class:`LoopResult` (also saved as ``loops/<name>/state.json``).
+    """
+    pol = policy if isinstance(policy, Policy) else load_policy(policy)
+    if TableRef.parse(train).revision is not None:
+        raise DataloupeError("the loop edits the latest revision: give the table name without @REV")
+    n_iter = iterations or pol.max_iterations
+    name = name or f"{train}-{pol.name}"
+    folder = loops_dir(project) / name
+    if folder.exists() and (folder / "state.json").exists() and not resume:
+        raise DataloupeError(f"loop {name!r} exists: pass --resume to continue it, or --name")
+    folder.mkdir(parents=True, exist_ok=True)
+    state = json.loads((folder / "state.json").read_text()) if resume and \
+        (folder / "state.json").exists() else {"loop": name, "train": train, "val": val,
+                                               "policy": pol.name, "iterations": []}
+    if train_fn is None:
+        from dataloupe.train import train as train_fn  # noqa: PLC0415 (loop sits above train)
+    if analyze_fn is None:
+        from dataloupe.analysis import analyze_run as analyze_fn  # noqa: PLC0415
+
+    best, since_best = -1.0, 0
+    for row in state["iterations"]:
+        if row["val_top1"] is not None and row["val_top1"] > best:
+            best, since_best = row["val_top1"], 0
+        else:
+            since_best += 1
+    stopped = ""
+    for k in range(len(state["iterations"]) + 1, n_iter + 1):
+        t0, c0 = time.time(), time.process_time()
+        table = open_table(project, train)
+        run = f"{name}-it{k}"
+        overrides = pol.overrides_for(k - 1)
+        log(f"[loop {name}] iteration {k}/{n_iter}: training {run} on {train}@{table.revision} "
+            f"({', '.join(f'{a}={b}' for a, b in overrides.items())})")
+        info = train_fn(project, f"{train}@{table.revision}", val, pol.recipe, overrides=overrides,
+                        run=run, resume=(project.runs_dir / run).exists())
+        log(f"[loop {name}] analysing {run}")
+        findings, metrics = analyze_fn(project, run, folds=pol.analyze_folds or None)
+        latest = open_table(project, train)
+        if latest.entry["message"].startswith(_marker(name, k)):
+            res_rev, changes = latest.revision, latest.entry["changes"]  # applied before a kill
+        else:
+            ctx = RuleContext(latest.classes, latest.to_arrow(), metrics, findings)
+            ops, _, flagged = plan_edits(pol, ctx)
+            (folder / f"review-it{k}.json").write_text(json.dumps({"flagged": flagged}))
+            if ops:
+                res = apply_edits(project, train, ops,
+                                  message=lambda per_op: _edit_message(name, k, per_op, len(flagged)))
+                res_rev, changes = res.table.revision, res.changes
+            else:
+                res_rev, changes = latest.revision, {}
+        s = table.summary()
+        history = _history(project, run)
+        row = {"iteration": k, "revision": table.revision, "labeled": s["labeled"],
+               "undefined": s["undefined"], "excluded": s["excluded"],
+               "val_top1": info.get("best_val_top1") if isinstance(info, dict) else None,
+               "val_top1_last": history[-1].get("val_top1") if history else None,
+               "run": run, "minutes": round((time.time() - t0) / 60, 2),
+               "cpu_minutes": round((time.process_time() - c0) / 60, 2),
+               "next_revision": res_rev, "changes": changes}
+        state["iterations"].append(row)
+        _save(folder, state)
+        log(format_row(row))
+        if row["val_top1"] is not None and row["val_top1"] > best:
+            best, since_best = row["val_top1"], 0
+        else:
+            since_best += 1
+        if pol.stop_when_no_change and not changes:
+            stopped = "no rule changed anything"
+            break
+        if pol.patience and since_best >= pol.patience:
+            stopped = f"val top-1 did not improve for {pol.patience} iteration(s)"
+            break
+    stopped = stopped or f"{len(state['iterations'])} iteration(s) done"
+    state["stopped"] = stopped
+    _save(folder, state)
+    result = LoopResult(name, state["iterations"], stopped, folder)
+    write_outputs(result)
+    return result
+
+
+def _history(project: Project, run: str) -> list[dict]:
+    path = project.runs_dir / run / "history.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def format_row(r: dict) -> str:
+    pct = lambda v: "   -  " if v is None else f"{100 * v:6.2f}"  # noqa: E731
+    return (f"{r['iteration']:>4} {r['revision']:>8} {r['labeled']:>8} {r['undefined']:>9} "
+            f"{r['excluded']:>8} {pct(r['val_top1'])} {pct(r['val_top1_last'])} "
+            f"{r['minutes']:>7.1f} {r['cpu_minutes']:>7.1f}  {r['run']}")
+
+
+HEADER = (f"{'iter':>4} {'revision':>8} {'labeled':>8} {'undefined':>9} {'excluded':>8} "
+          f"{'best%':>6} {'last%':>6} {'minutes':>7} {'cpu-min':>7}  run")
+
+
+def summary_table(result: LoopResult) -> str:
+    return "\n".join([HEADER, *(format_row(r) for r in result.iterations),
+                      f"stopped: {result.stopped}"])
+
+
+def write_outputs(result: LoopResult) -> None:
+    """Save the summary table (text + JSON) and a PNG of val top-1 per revision."""
+    folder = result.folder
+    (folder / "summary.txt").write_text(summary_table(result) + "\n")
+    (folder / "summary.json").write_text(json.dumps(result.to_dict(), indent=1))
+    rows = [r for r in result.iterations if r["val_top1"] is not None]
+    if not rows:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    xs = [f"r{r['revision']}" for r in rows]
+    ax.plot(xs, [100 * r["val_top1"] for r in rows], "o-", label="best epoch")
+    if all(r["val_top1_last"] is not None for r in rows):
+        ax.plot(xs, [100 * r["val_top1_last"] for r in rows], "s--", alpha=.6, label="last epoch")
+    for x, r in zip(xs, rows):
+        ax.annotate(f"{100 * r['val_top1']:.1f}", (x, 100 * r["val_top1"]),
+                    textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    ax.set_xlabel("training-table revision")
+    ax.set_ylabel("val top-1 (%)")
+    ax.set_title(f"loop {result.name}")
+    ax.grid(alpha=.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = folder / ".accuracy.png"
+    fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    os.replace(tmp, folder / "accuracy.png")

@@ -1,0 +1,104 @@
+"""Policies: YAML files naming a recipe, its per-iteration schedule, stop rules and
+ordered edit rules. Shipped policies live in ``loop/policies/``; a path works too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from dataloupe.loop._rules import get_rule
+from dataloupe.project import DataloupeError
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """One ordered rule of a policy: a registered rule name and its parameters."""
+
+    rule: str
+    params: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A loop policy.
+
+    Attributes:
+        name: policy name (file stem).
+        recipe: training recipe name or path.
+        overrides: recipe overrides applied in every iteration (``key: value``).
+        schedule: per-iteration overrides; iteration i uses entry ``min(i, len-1)``.
+        rules: ordered edit rules, applied after each iteration's analysis as ONE revision.
+        max_iterations: default number of iterations (``--iterations`` overrides).
+        stop_when_no_change: stop once no rule changes anything.
+        patience: stop after this many iterations without a better val top-1 (0 = never).
+        analyze_folds: cross-fitting folds for label-issue probabilities (0 = off).
+    """
+
+    name: str
+    recipe: str
+    overrides: dict = field(default_factory=dict)
+    schedule: tuple = ()
+    rules: tuple = ()
+    max_iterations: int = 3
+    stop_when_no_change: bool = True
+    patience: int = 0
+    analyze_folds: int = 0
+
+    def overrides_for(self, iteration: int) -> dict:
+        """Recipe overrides of iteration ``iteration`` (0-based)."""
+        step = self.schedule[min(iteration, len(self.schedule) - 1)] if self.schedule else {}
+        return {**self.overrides, **step}
+
+
+def list_policies() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("dataloupe.loop").joinpath("policies").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def load_policy(name_or_path: str) -> Policy:
+    """Load a shipped policy by name or a YAML file by path; unknown keys are errors."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        text, name = path.read_text(), path.stem
+    else:
+        res = resources.files("dataloupe.loop").joinpath("policies").joinpath(f"{name_or_path}.yaml")
+        if not res.is_file():
+            raise DataloupeError(f"unknown policy {name_or_path!r}; shipped: "
+                                 f"{', '.join(list_policies())} (or a path to a .yaml file)")
+        text, name = res.read_text(), name_or_path
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise DataloupeError(f"policy {name}: invalid YAML: {e}") from None
+    valid = {f.name for f in fields(Policy)} - {"name"}
+    unknown = sorted(set(raw) - valid)
+    if unknown:
+        raise DataloupeError(f"policy {name}: unknown key(s) {', '.join(unknown)}; valid: "
+                             f"{', '.join(sorted(valid))}")
+    if "recipe" not in raw:
+        raise DataloupeError(f"policy {name}: needs a 'recipe'")
+    rules = []
+    for i, r in enumerate(raw.get("rules") or []):
+        if not isinstance(r, dict) or "rule" not in r:
+            raise DataloupeError(f"policy {name}: rule {i + 1} needs a 'rule' key")
+        params = {k: v for k, v in r.items() if k != "rule"}
+        fn = get_rule(r["rule"])  # unknown rule names fail here, listing the known ones
+        allowed = set(fn.__code__.co_varnames[1:fn.__code__.co_argcount + fn.__code__.co_kwonlyargcount])
+        bad = sorted(set(params) - allowed)
+        if bad:
+            raise DataloupeError(f"policy {name}: rule {r['rule']!r} has no parameter(s) "
+                                 f"{', '.join(bad)}; valid: {', '.join(sorted(allowed))}")
+        rules.append(RuleSpec(r["rule"], params))
+    sched = raw.get("schedule") or []
+    if not isinstance(sched, list) or not all(isinstance(s, dict) for s in sched):
+        raise DataloupeError(f"policy {name}: 'schedule' must be a list of key: value maps")
+    return Policy(name=name, recipe=str(raw["recipe"]), overrides=dict(raw.get("overrides") or {}),
+                  schedule=tuple(sched), rules=tuple(rules),
+                  max_iterations=int(raw.get("max_iterations", 3)),
+                  stop_when_no_change=bool(raw.get("stop_when_no_change", True)),
+                  patience=int(raw.get("patience", 0)),
+                  analyze_folds=int(raw.get("analyze_folds", 0)))

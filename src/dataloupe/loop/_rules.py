@@ -1,0 +1,246 @@
+"""Policy rules: turn a run's findings into edit steps on the training table.
+
+Each rule is a function ``(ctx, **params) -> RuleOutput`` registered by name. Rules read
+only the training table, the run's per-sample metrics on it and the findings of
+``dataloupe analyze`` — never validation labels (those only pick checkpoints and report).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+
+from dataloupe.project import DataloupeError
+from dataloupe.tables import EditOp
+
+
+@dataclass
+class RuleContext:
+    """What a rule may look at.
+
+    Attributes:
+        classes: class names in the run's order.
+        rows: the training table's latest rows (``id``, ``label``, ``weight``, ...).
+        metrics: the run's per-sample metrics on that table (``id``, ``predicted``,
+            ``confidence``, ``loss``, ``aum``, ``cluster``, ...), joinable on ``id``.
+        findings: the ``analyze`` findings dict (``label_issues``, ``pseudo_labels``, ...).
+    """
+
+    classes: list[str]
+    rows: pa.Table
+    metrics: pa.Table
+    findings: dict
+
+    def column(self, name: str) -> np.ndarray:
+        """A metrics column aligned with ``rows`` (NaN/None where the run has no value)."""
+        m = self.metrics
+        if name not in m.column_names:
+            raise DataloupeError(f"rule needs metrics column {name!r}; the run has "
+                                 f"{', '.join(m.column_names)}")
+        pos = {int(i): k for k, i in enumerate(m["id"].to_pylist())}
+        vals = m[name].to_numpy(zero_copy_only=False)
+        ids = self.rows["id"].to_numpy()
+        numeric = vals.dtype.kind in "biuf"
+        out = np.full(len(ids), np.nan) if numeric else np.full(len(ids), None, dtype=object)
+        have = np.array([i in pos for i in ids.tolist()], bool)
+        out[have] = vals[[pos[i] for i in ids[have].tolist()]]
+        return out
+
+    def labels(self) -> np.ndarray:
+        return np.array(self.rows["label"].to_pylist(), dtype=object)
+
+    def weights(self) -> np.ndarray:
+        return self.rows["weight"].to_numpy()
+
+    def train_records(self, kind: str) -> list[dict]:
+        """Records of a finding that concern the training table."""
+        recs = self.findings.get(kind, [])
+        if isinstance(recs, dict):
+            recs = recs.get("items", [])
+        return [r for r in recs if r.get("table", "train") == "train"]
+
+
+@dataclass
+class RuleOutput:
+    """Edit steps a rule proposes, plus ids it flags for a person to review (no edit)."""
+
+    ops: list[EditOp] = field(default_factory=list)
+    flagged: list[int] = field(default_factory=list)
+
+
+RuleFn = Callable[..., RuleOutput]
+_RULES: dict[str, RuleFn] = {}
+
+
+def rule(name: str) -> Callable[[RuleFn], RuleFn]:
+    def deco(fn: RuleFn) -> RuleFn:
+        _RULES[name] = fn
+        return fn
+
+    return deco
+
+
+def list_rules() -> list[str]:
+    return sorted(_RULES)
+
+
+def get_rule(name: str) -> RuleFn:
+    if name not in _RULES:
+        raise DataloupeError(f"unknown rule {name!r}; known: {', '.join(list_rules())}")
+    return _RULES[name]
+
+
+def _by_class(ids: np.ndarray, labels: np.ndarray, name: str) -> list[EditOp]:
+    ops = []
+    for c in sorted(set(labels.tolist())):
+        sel = ids[labels == c]
+        if len(sel):
+            ops.append(EditOp("set_label", ids=sel, label=str(c), name=name))
+    return ops
+
+
+@rule("auto_label")
+def auto_label(ctx: RuleContext, *, threshold: float | str = "auto", per_class: bool = True,
+               min_agreement: float | None = None, max_fraction: float = 1.0) -> RuleOutput:
+    """Label undefined rows whose prediction is confident enough.
+
+    ``threshold="auto"`` uses the thresholds ``analyze`` chose on labeled training rows
+    (per class when ``per_class``); a number is a global confidence threshold.
+    ``min_agreement`` also requires that share of embedding neighbours to agree;
+    ``max_fraction`` caps, per class, the share of the remaining undefined rows labeled in
+    one iteration (most confident first), so the loop grows its labels gradually.
+    """
+    pl = ctx.findings.get("pseudo_labels") or {}
+    items = pl.get("items", []) if isinstance(pl, dict) else []
+    undefined = {int(i) for i, lab in zip(ctx.rows["id"].to_pylist(), ctx.rows["label"].to_pylist())
+                 if lab is None}
+    chosen: dict[str, list[tuple[float, int]]] = {}
+    for it in items:
+        i, c, conf = int(it["id"]), it["predicted"], float(it["confidence"])
+        if i not in undefined:
+            continue
+        if threshold == "auto":
+            t = pl.get("class_thresholds", {}).get(c) if per_class else pl.get("global_threshold")
+            if t is None:
+                continue
+        else:
+            t = float(threshold)
+        if conf < t:
+            continue
+        if min_agreement is not None and float(it.get("agreement", 0.0)) < min_agreement:
+            continue
+        chosen.setdefault(c, []).append((conf, i))
+    ops = []
+    n_undef = max(1, len(undefined))
+    for c in sorted(chosen):
+        picks = sorted(chosen[c], reverse=True)
+        cap = int(np.ceil(max_fraction * n_undef)) if max_fraction < 1 else len(picks)
+        ids = np.array([i for _, i in picks[:cap]], np.int64)
+        ops.append(EditOp("set_label", ids=ids, label=c, name="auto-label"))
+    return RuleOutput(ops)
+
+
+@rule("exclude_label_issues")
+def exclude_label_issues(ctx: RuleContext, *, min_score: float = 0.0,
+                         weight: float = 0.0) -> RuleOutput:
+    """Exclude (``weight=0``) or down-weight training rows flagged as likely mislabeled."""
+    ids = np.array([r["id"] for r in ctx.train_records("label_issues")
+                    if float(r.get("score", 0)) >= min_score], np.int64)
+    if not len(ids):
+        return RuleOutput()
+    if weight == 0:
+        return RuleOutput([EditOp("exclude", ids=ids, name="exclude label issues")])
+    return RuleOutput([EditOp("set_weight", ids=ids, weight=weight, name="down-weight label issues")])
+
+
+@rule("relabel_label_issues")
+def relabel_label_issues(ctx: RuleContext, *, min_score: float = 0.0,
+                         min_confidence: float = 0.9) -> RuleOutput:
+    """Relabel flagged rows to the suggested class when the model is confident of it."""
+    conf = dict(zip(ctx.metrics["id"].to_pylist(), ctx.metrics["confidence"].to_pylist()))
+    recs = [r for r in ctx.train_records("label_issues")
+            if float(r.get("score", 0)) >= min_score and (conf.get(r["id"]) or 0) >= min_confidence
+            and r.get("suggested_label") not in (None, r.get("label"))]
+    ids = np.array([r["id"] for r in recs], np.int64)
+    labels = np.array([r["suggested_label"] for r in recs], dtype=object)
+    return RuleOutput(_by_class(ids, labels, "relabel label issues"))
+
+
+@rule("exclude_high_loss")
+def exclude_high_loss(ctx: RuleContext, *, quantile: float = 0.99, weight: float = 0.0) -> RuleOutput:
+    """Exclude/down-weight labeled rows whose loss is above the given quantile of losses."""
+    loss = ctx.column("loss").astype(float)
+    lab = ~np.isnan(loss) & (ctx.weights() > 0)
+    if lab.sum() < 10:
+        return RuleOutput()
+    cut = np.quantile(loss[lab], quantile)
+    ids = ctx.rows["id"].to_numpy()[lab & (loss > cut)]
+    if not len(ids):
+        return RuleOutput()
+    if weight == 0:
+        return RuleOutput([EditOp("exclude", ids=ids, name="exclude high loss")])
+    return RuleOutput([EditOp("set_weight", ids=ids, weight=weight, name="down-weight high loss")])
+
+
+@rule("undefine_outliers")
+def undefine_outliers(ctx: RuleContext, *, labeled_only: bool = True) -> RuleOutput:
+    """Mark embedding-space outliers undefined (they stop being trained on)."""
+    labels = dict(zip(ctx.rows["id"].to_pylist(), ctx.rows["label"].to_pylist()))
+    ids = np.array([r["id"] for r in ctx.train_records("outliers")
+                    if r["id"] in labels and (labels[r["id"]] is not None or not labeled_only)], np.int64)
+    return RuleOutput([EditOp("undefine", ids=ids, name="undefine outliers")] if len(ids) else [])
+
+
+@rule("label_pure_clusters")
+def label_pure_clusters(ctx: RuleContext, *, min_purity: float = 0.95,
+                        min_confidence: float = 0.9, min_labeled: int = 5) -> RuleOutput:
+    """Give a cluster's undefined members its majority label when the cluster is pure and confident."""
+    cluster = ctx.column("cluster")
+    conf = ctx.column("confidence").astype(float)
+    labels = ctx.labels()
+    ids = ctx.rows["id"].to_numpy()
+    out_ids, out_labels = [], []
+    cluster = cluster.astype(float)
+    for c in sorted({int(x) for x in cluster[~np.isnan(cluster)] if x >= 0}):
+        members = cluster == c
+        lab = members & (labels != None)  # noqa: E711 (object array)
+        if lab.sum() < min_labeled:
+            continue
+        vals, counts = np.unique(labels[lab].astype(str), return_counts=True)
+        purity = counts.max() / counts.sum()
+        if purity < min_purity or np.nanmean(conf[members]) < min_confidence:
+            continue
+        undef = members & (labels == None)  # noqa: E711
+        out_ids += ids[undef].tolist()
+        out_labels += [vals[counts.argmax()]] * int(undef.sum())
+    return RuleOutput(_by_class(np.array(out_ids, np.int64), np.array(out_labels, dtype=object),
+                                "label pure clusters"))
+
+
+@rule("flag_low_confidence")
+def flag_low_confidence(ctx: RuleContext, *, max_confidence: float = 0.6) -> RuleOutput:
+    """List rows the model is unsure of for a person to review (makes no edit)."""
+    conf = ctx.column("confidence").astype(float)
+    return RuleOutput(flagged=ctx.rows["id"].to_numpy()[conf < max_confidence].tolist())
+
+
+@rule("cap_imbalance")
+def cap_imbalance(ctx: RuleContext, *, max_ratio: float = 1.5) -> RuleOutput:
+    """Down-weight over-represented classes so no class outweighs the rarest by > ``max_ratio``."""
+    labels, w = ctx.labels(), ctx.weights()
+    active = (labels != None) & (w > 0)  # noqa: E711
+    if not active.any():
+        return RuleOutput()
+    names, counts = np.unique(labels[active].astype(str), return_counts=True)
+    floor = counts.min() * max_ratio
+    ops = []
+    for c, n in zip(names, counts):
+        if n > floor:
+            sel = active & (labels == c) & np.isclose(w, 1.0)
+            ids = ctx.rows["id"].to_numpy()[sel]
+            ops.append(EditOp("set_weight", ids=ids, weight=round(float(floor / n), 4),
+                              name="cap imbalance"))
+    return RuleOutput(ops)

@@ -1,0 +1,259 @@
+"""The dashboard's FastAPI application: JSON under ``/api``, the static front-end at ``/``.
+
+Every route is a thin wrapper over the tables API, the run-folder readers and the packers
+in this package; no edit logic lives here.
+
+Example:
+    >>> from fastapi.testclient import TestClient
+    >>> app = create_app(Project.open("/tmp/p"))          # doctest: +SKIP
+    >>> TestClient(app).get("/api/tables").json()          # doctest: +SKIP
+    []
+"""
+
+from __future__ import annotations
+
+import hmac
+import threading
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field
+
+from dataloupe import __version__
+from dataloupe.project import DataloupeError, Project
+from dataloupe.tables import diff_revisions, list_tables, open_table, revert_table
+from dataloupe.ui import _actions, _images, _runs, _samples
+from dataloupe.ui._cache import LRU
+from dataloupe.ui._points import build_points
+
+STATIC = Path(__file__).parent / "static"
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+MUTATION_HEADER = "x-dataloupe"  # custom header: cross-site forms cannot send it
+
+
+class ActionBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    action: str
+    ids: list[int] = Field(max_length=_actions.MAX_IDS)
+    label: str | None = None
+    run: str | None = None
+    message: str | None = Field(default=None, max_length=1000)
+    expected_revision: int | None = None
+
+
+class RevertBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    revision: int
+    message: str | None = Field(default=None, max_length=1000)
+
+
+class NotFound(DataloupeError):
+    pass
+
+
+def create_app(project: Project, *, token: str | None = None,
+               allowed_hosts: tuple[str, ...] | None = None) -> FastAPI:
+    """Build the dashboard app for ``project``.
+
+    Args:
+        project: the project store to show and edit.
+        token: when set, every ``/api`` request must carry it (``Authorization: Bearer``,
+            ``X-Dataloupe-Token`` header, or ``?token=`` for image URLs).
+        allowed_hosts: when set, requests whose ``Host`` header names another host are
+            refused (defends a token-less local server against DNS rebinding).
+
+    ``app.state.prewarm()`` packs the newest run's columns (``dataloupe ui`` runs it in a
+    background thread at start-up so the first page load finds them ready).
+    """
+    app = FastAPI(title="dataloupe", version=__version__, docs_url=None, redoc_url=None)
+    points_cache = LRU(3)
+    paths = _images.PathIndex(project)
+    samples = _samples.SampleReader(project)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        if allowed_hosts is not None:
+            host = request.headers.get("host", "").rsplit(":", 1)[0] if "]" not in request.headers.get("host", "") \
+                else request.headers.get("host", "").split("]")[0] + "]"
+            if host not in allowed_hosts:
+                return _error(400, f"host {host!r} not allowed")
+        if request.url.path.startswith("/api/"):
+            if token is not None:
+                given = _token_of(request)
+                if not given or not hmac.compare_digest(given.encode(), token.encode()):
+                    return _error(401, "missing or wrong token (pass --token's value as ?token= or a Bearer header)")
+            if request.method not in ("GET", "HEAD") and request.headers.get(MUTATION_HEADER) != "1":
+                return _error(403, f"mutating requests need the header '{MUTATION_HEADER}: 1'")
+        response = await call_next(request)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        return response
+
+    @app.exception_handler(DataloupeError)
+    async def on_dataloupe_error(request: Request, e: DataloupeError):
+        status = 400
+        if isinstance(e, (NotFound, _images.SampleNotFound)):
+            status = 404
+        elif isinstance(e, _images.ForbiddenPath):
+            status = 403
+        elif isinstance(e, _actions.ConflictError):
+            status = 409
+        return _error(status, str(e))
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation(request: Request, e: RequestValidationError):
+        first = e.errors()[0] if e.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return _error(422, f"invalid request: {where}: {first.get('msg', 'bad value')}")
+
+    def table_or_404(name: str):
+        if not _runs.RUN_NAME_RE.match(name) or not (project.tables_dir / name / "revisions.json").is_file():
+            known = ", ".join(t["name"] for t in list_tables(project)) or "none"
+            raise NotFound(f"unknown table {name!r} (known tables: {known})")
+        return open_table(project, name)
+
+    def run_or_404(run: str) -> dict:
+        try:
+            return _runs.read_run(project, run)
+        except DataloupeError as e:
+            raise NotFound(str(e)) from None
+
+    # ---- project and tables -------------------------------------------------------
+    @app.get("/api/health")
+    def health() -> dict:
+        return {"ok": True, "version": __version__, "token_required": token is not None}
+
+    @app.get("/api/project")
+    def project_info() -> dict:
+        return {"root": str(project.root), "version": __version__,
+                "tables": len(list_tables(project)), "runs": len(_runs.list_run_names(project))}
+
+    @app.get("/api/tables")
+    def tables() -> list[dict]:
+        return [t | {"latest_revision": t["revision"]} for t in list_tables(project)]
+
+    @app.get("/api/tables/{name}")
+    def table(name: str, revision: int | None = None) -> dict:
+        t = table_or_404(name)
+        if revision is not None:
+            t = t.at(revision)
+        return t.summary() | {"classes_order": t.classes, "log": t.log()}
+
+    @app.get("/api/tables/{name}/log")
+    def table_log(name: str) -> list[dict]:
+        return table_or_404(name).log()
+
+    @app.get("/api/tables/{name}/diff")
+    def table_diff(name: str, a: int, b: int | None = None, limit: int = Query(200, ge=0, le=100_000)) -> dict:
+        t = table_or_404(name)
+        return diff_revisions(project, name, a, b if b is not None else t.latest_revision).to_dict(limit=limit)
+
+    @app.post("/api/tables/{name}/revert")
+    def table_revert(name: str, body: RevertBody) -> dict:
+        before = table_or_404(name).latest_revision
+        t = revert_table(project, name, body.revision, message=body.message or None)
+        return {"revision": t.revision, "previous_revision": before, "message": t.entry["message"]}
+
+    @app.post("/api/tables/{name}/actions")
+    def table_action(name: str, body: ActionBody) -> dict:
+        table_or_404(name)
+        if body.run is not None:
+            run_or_404(body.run)
+        req = _actions.ActionRequest(**body.model_dump())
+        return _actions.apply_action(project, name, req)
+
+    @app.get("/api/tables/{name}/samples/{sample_id}/image")
+    def sample_image(name: str, sample_id: int):
+        table_or_404(name)
+        root, rel = paths.lookup(name, sample_id)
+        full = _images.safe_image_path(root, rel)
+        return FileResponse(full, media_type=_images.IMAGE_TYPES[full.suffix.lower()],
+                            headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/api/tables/{name}/samples/{sample_id}/thumb")
+    def sample_thumb(name: str, sample_id: int, size: int = 96):
+        table_or_404(name)
+        root, rel = paths.lookup(name, sample_id)
+        out = _images.thumbnail(project, name, root, rel, sample_id, size)
+        return FileResponse(out, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
+
+    @app.get("/api/tables/{name}/samples/{sample_id}/history")
+    def sample_history(name: str, sample_id: int) -> dict:
+        t = table_or_404(name)
+        return {"id": sample_id, "table": name, "revisions": samples.label_history(t, sample_id)}
+
+    # ---- runs ---------------------------------------------------------------------
+    @app.get("/api/runs")
+    def runs() -> list[dict]:
+        return _runs.list_runs(project)
+
+    @app.get("/api/runs/{run}")
+    def run(run: str) -> dict:
+        info = run_or_404(run)
+        analysis = _runs.read_analysis(project, run)
+        ax = _runs.analysis_index(project, run, info.get("train_table"))
+        counts = {k: int(v.size) for k, v in ax.findings.items()}
+        return info | {"history": _runs.read_history(project, run), "finding_counts": counts,
+                       "taxonomy": analysis.get("taxonomy"), "clusters": analysis.get("clusters")}
+
+    @app.get("/api/runs/{run}/points")
+    def run_points(run: str, table: str, revision: int | None = None) -> Response:
+        run_or_404(run)
+        t = table_or_404(table)
+        rev = t.at(revision).revision if revision is not None else t.latest_revision
+        mpath = _runs.metrics_path(project, run, table)
+        apath = project.runs_dir / run / "analysis.json"
+        key = (run, table, rev, _mtime(mpath), _mtime(apath))
+        blob = points_cache.get_or_make(key, lambda: build_points(project, run, table, rev))
+        threading.Thread(target=paths.warm, args=(table,), daemon=True).start()  # thumbnails next
+        return Response(blob, media_type="application/octet-stream", headers={"Cache-Control": "no-store"})
+
+    @app.get("/api/runs/{run}/samples/{sample_id}")
+    def run_sample(run: str, sample_id: int, table: str, k: int = Query(12, ge=0, le=100)) -> dict:
+        info = run_or_404(run)
+        table_or_404(table)
+        return samples.detail(info, table, sample_id, k)
+
+    # ---- front-end ----------------------------------------------------------------
+    @app.get("/")
+    def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    def prewarm_points() -> None:
+        """Pack the newest run's points once at start-up, so the first page load is fast."""
+        try:
+            runs_ = [r for r in _runs.list_runs(project) if r.get("metrics_tables")]
+            if not runs_:
+                return
+            r = runs_[-1]
+            table_ = r.get("train_table") if r.get("train_table") in r["metrics_tables"] else r["metrics_tables"][0]
+            run_points(r["run"], table_)
+        except Exception:  # noqa: BLE001 - only a cache warm-up; the request path reports errors
+            pass
+
+    app.state.prewarm = prewarm_points
+    return app
+
+
+def _token_of(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return request.headers.get("x-dataloupe-token") or request.query_params.get("token")
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return max([path.stat().st_mtime, *(p.stat().st_mtime for p in path.glob("_versions/*"))])
+    except OSError:
+        return 0.0

@@ -1,0 +1,58 @@
+"""Run the dashboard with uvicorn, applying the network-safety rules."""
+
+from __future__ import annotations
+
+import secrets
+import sys
+import threading
+import webbrowser
+from dataclasses import dataclass
+
+from dataloupe.project import DataloupeError, Project
+from dataloupe.ui._app import LOCAL_HOSTS, create_app
+
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"  # interface to bind; anything but loopback needs a token
+    port: int = 8765  # TCP port
+    token: str | None = None  # required on every /api call when set
+    open_browser: bool = False  # open the dashboard in the default browser once up
+
+
+def resolve_security(cfg: ServeConfig) -> tuple[str | None, tuple[str, ...] | None, bool]:
+    """``(token, allowed Host headers, token was generated)`` for a server config.
+
+    Loopback without a token: only loopback ``Host`` headers are accepted (DNS rebinding).
+    Any other interface: a token is required; when none is given one is generated.
+    """
+    if not 0 < cfg.port < 65536:
+        raise DataloupeError(f"port must be 1..65535, got {cfg.port}")
+    if cfg.token is not None and len(cfg.token) < 8:
+        raise DataloupeError("--token must be at least 8 characters")
+    local = cfg.host in LOCAL_HOSTS
+    if local:
+        return cfg.token, (None if cfg.token else LOCAL_HOSTS), False
+    if cfg.token:
+        return cfg.token, None, False
+    return secrets.token_urlsafe(24), None, True
+
+
+def serve(project: Project, cfg: ServeConfig, echo=print) -> None:
+    """Serve the dashboard for ``project`` until interrupted."""
+    import uvicorn
+
+    token, hosts, generated = resolve_security(cfg)
+    app = create_app(project, token=token, allowed_hosts=hosts)
+    shown = "localhost" if cfg.host in ("127.0.0.1", "::1") else cfg.host
+    url = f"http://{shown}:{cfg.port}/" + (f"?token={token}" if token else "")
+    if generated:
+        echo(f"--host {cfg.host} is reachable from other machines: every API call needs a token.")
+        echo(f"generated token: {token}")
+    echo(f"dataloupe dashboard for {project.root}")
+    echo(f"open {url}")
+    sys.stdout.flush()  # the URL and token must show before the server blocks
+    if cfg.open_browser:
+        threading.Timer(1.0, webbrowser.open, args=(url,)).start()
+    threading.Thread(target=app.state.prewarm, daemon=True).start()
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")

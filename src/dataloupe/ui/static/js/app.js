@@ -1,0 +1,82 @@
+// Entry point: hash router (#/ project, #/run/<run>?table=...) and the project view.
+import { getJSON, enc } from "./api.js";
+import { lineChart } from "./charts.js";
+import { h, status, showDiff, revertTo, toast } from "./ui.js";
+import { RunView } from "./run.js";
+
+const view = document.getElementById("view");
+const crumbs = document.getElementById("crumbs");
+window.__dl = { ready: false };  // test/benchmark hooks
+
+async function projectView() {
+  crumbs.replaceChildren();
+  status("loading project…");
+  const [proj, tables, runs] = await Promise.all([getJSON("/api/project"), getJSON("/api/tables"), getJSON("/api/runs")]);
+  status(proj.root);
+  const logs = await Promise.all(tables.map((t) => getJSON(`/api/tables/${enc(t.name)}/log`)));
+  const chart = h("canvas", { id: "acc-chart" });
+  const page = h("div", { class: "project" },
+    h("section", { class: "card wide" }, h("h2", {}, "Validation top-1 per run (train table revision)"), chart),
+    h("section", { class: "card", id: "tables" }, h("h2", {}, `Tables (${tables.length})`),
+      tables.length ? tables.map((t, k) => tableCard(t, logs[k])) : h("p", { class: "muted" }, "No tables yet: dataloupe table import …")),
+    h("section", { class: "card", id: "runs" }, h("h2", {}, `Runs (${runs.length})`), runsTable(runs)));
+  view.replaceChildren(page);
+  const done = runs.filter((r) => typeof r.best_val_top1 === "number");
+  const labels = {};
+  done.forEach((r, i) => { labels[i] = `${r.run} (${r.train_table}@${r.train_revision})`; });
+  lineChart(chart, [{ name: "val top-1", points: done.map((r, i) => [i, r.best_val_top1]) }],
+    { labels, pct: true, valueLabels: true, empty: "no finished runs yet: dataloupe train …" });
+  window.__dl.ready = true;
+}
+
+function tableCard(t, log) {
+  const rows = [...log].reverse().map((e) => h("tr", {},
+    h("td", {}, `r${e.revision}`), h("td", {}, e.message), h("td", { class: "muted" }, fmtChanges(e.changes)),
+    h("td", { class: "muted" }, (e.tags || []).join(", ")),
+    h("td", {}, e.parent ? h("button", { onclick: () => showDiff(t.name, e.parent, e.revision) }, "diff") : "",
+      e.revision !== t.revision ? h("button", { onclick: () => revertTo(t.name, e.revision, route) }, "revert to") : "")));
+  return h("div", { class: "table-card" },
+    h("h3", {}, `${t.name} `, h("span", { class: "muted" }, `revision ${t.revision} · ${t.rows} rows · ${t.classes.length} classes`)),
+    h("details", { class: "log", open: log.length <= 6 }, h("summary", {}, `${log.length} revisions`),
+      h("table", {}, rows)));
+}
+
+function fmtChanges(c) {
+  return Object.entries(c || {}).map(([k, v]) => `${k} ${v}`).join(", ");
+}
+
+function runsTable(runs) {
+  if (!runs.length) return h("p", { class: "muted" }, "No runs yet: dataloupe train …");
+  return h("table", {}, h("tr", {}, ...["run", "status", "train table", "val top-1", "epochs", "metrics"].map((x) => h("th", {}, x))),
+    runs.map((r) => h("tr", {},
+      h("td", {}, (r.metrics_tables || []).length ? h("a", { href: `#/run/${enc(r.run)}` }, r.run) : r.run),
+      h("td", {}, r.status), h("td", {}, `${r.train_table ?? "?"}@${r.train_revision ?? "?"}`),
+      h("td", {}, typeof r.best_val_top1 === "number" ? (100 * r.best_val_top1).toFixed(2) + "%" : "–"),
+      h("td", {}, `${r.epochs_done ?? "?"}/${r.epochs ?? "?"}`),
+      h("td", {}, (r.metrics_tables || []).join(", ") || "–"))));
+}
+
+let current = null;
+async function route() {
+  window.__dl.ready = false;
+  if (current) current.destroy();
+  current = null;
+  const m = location.hash.match(/^#\/run\/([^?]+)(?:\?(.*))?$/);
+  try {
+    if (m) {
+      const run = decodeURIComponent(m[1]);
+      const p = new URLSearchParams(m[2] || "");
+      crumbs.replaceChildren(h("a", { href: "#/" }, "project"), " / ", `run ${run}`);
+      current = new RunView(view, run, p.get("table"), p.get("revision"));
+      window.__dl.run = current;
+      await current.load();
+    } else await projectView();
+  } catch (e) {
+    status("");
+    view.replaceChildren(h("div", { class: "card", style: "margin:12px" }, h("h2", { class: "bad" }, "Error"), e.message));
+    toast(e.message, [], true);
+    window.__dl.error = e.message;
+  }
+}
+window.addEventListener("hashchange", route);
+route();

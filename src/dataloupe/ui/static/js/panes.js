@@ -1,0 +1,159 @@
+// The run view's side panes: grid + actions, sample detail, confusion matrix, curves.
+import { getJSON, postJSON, enc, imageURL, thumbURL } from "./api.js";
+import { lineChart } from "./charts.js";
+import { h, toast, showDiff, revertTo } from "./ui.js";
+
+const ACTIONS = [
+  ["set_label", "set label"], ["mark_undefined", "mark undefined"], ["exclude", "exclude"], ["include", "include"],
+  ["accept_pseudo_labels", "accept pseudo-labels"], ["accept_suggested_labels", "accept suggested labels"],
+];
+
+export class Panes {
+  constructor(view) {
+    this.v = view;
+    const tab = (id, label) => h("button", { id: `tab-${id}`, onclick: () => this.show(id) }, label);
+    this.labelSel = h("select", { id: "action-label" });
+    this.msg = h("input", { type: "text", id: "action-message", placeholder: "revision message (optional)" });
+    this.actions = h("div", { class: "actions", id: "actions" },
+      h("strong", {}, "Selection:"), "label", this.labelSel,
+      ACTIONS.map(([a, label]) => h("button", { id: `act-${a}`, onclick: () => this.act(a) }, label)), this.msg);
+    this.panes = {
+      grid: h("div", { class: "pane", id: "pane-grid" }, this.actions, view.gridTools, view.gridEl),
+      detail: h("div", { class: "pane detail", id: "pane-detail" }, h("p", { class: "muted" }, "Click a point or a grid cell.")),
+      confusion: h("div", { class: "pane", id: "pane-confusion" }),
+      curves: h("div", { class: "pane", id: "pane-curves" }),
+    };
+    view.side.replaceChildren(h("div", { class: "tabs" }, tab("grid", "grid"), tab("detail", "sample"), tab("confusion", "confusion"), tab("curves", "curves")),
+      ...Object.values(this.panes));
+    this.show("grid");
+  }
+
+  show(id) {
+    this.current = id;
+    for (const [k, el] of Object.entries(this.panes)) el.classList.toggle("on", k === id);
+    for (const b of this.v.side.querySelectorAll(".tabs button")) b.classList.toggle("on", b.id === `tab-${id}`);
+    if (id === "grid") this.v.grid.render();
+    if (id === "confusion") this.confusion();
+    if (id === "curves") this.curves();
+  }
+
+  showGrid() { if (this.current !== "grid") this.show("grid"); }
+
+  refresh() {
+    const v = this.v;
+    if (!v.H) return;
+    const keep = this.labelSel.value;
+    this.labelSel.replaceChildren(...v.H.table_classes.map((c) => h("option", { value: c, selected: c === keep }, c)));
+    if (this.current === "confusion") this.confusion();
+  }
+
+  async act(action) {
+    const v = this.v;
+    if (!v.selCount && v.visible === v.n) { toast("select samples first (lasso, box, a confusion cell or filters)", [], true); return; }
+    if (v.revision !== v.H.latest_revision) {
+      toast(`you are looking at revision ${v.revision}; switch to the latest (r${v.H.latest_revision}) to edit`, [], true);
+      return;
+    }
+    const ids = v.selectedIds();
+    if (!ids.length) { toast("the current selection is empty", [], true); return; }
+    const body = { action, ids, expected_revision: v.H.latest_revision, message: this.msg.value || null };
+    if (action === "set_label") body.label = this.labelSel.value;
+    if (action.startsWith("accept_")) body.run = v.run;
+    window.__dl.ready = false;
+    try {
+      const r = await postJSON(`/api/tables/${enc(v.table)}/actions`, body);
+      this.msg.value = "";
+      if (!r.committed) { window.__dl.lastAction = r; window.__dl.ready = true; toast(`${r.message} (${r.matched} selected)`); return; }
+      const skipped = r.skipped.map((s) => `${s.count} skipped: ${s.reason}`).join("; ");
+      await v.reload(r.revision);
+      window.__dl.lastAction = r;
+      toast(`revision ${r.revision}: ${r.message}${skipped ? " — " + skipped : ""}`, [
+        ["diff", () => showDiff(v.table, r.previous_revision, r.revision)],
+        ["revert", () => revertTo(v.table, r.previous_revision, (x) => v.reload(x.revision))],
+      ]);
+    } catch (e) {
+      window.__dl.ready = true;
+      toast(e.message, [], true);
+    }
+  }
+
+  async detail(i) {
+    const v = this.v, id = v.C.id[i];
+    this.show("detail");
+    const pane = this.panes.detail;
+    pane.replaceChildren(h("p", { class: "muted" }, `loading sample ${id}…`));
+    try {
+      const [d, hist] = await Promise.all([
+        getJSON(`/api/runs/${enc(v.run)}/samples/${id}`, { table: v.table }),
+        getJSON(`/api/tables/${enc(v.table)}/samples/${id}/history`),
+      ]);
+      const m = d.metrics, cls = v.H.classes;
+      const rows = ["label", "predicted", "confidence", "loss", "margin", "entropy", "aum", "forgetting", "cluster", "split", "suggested_label", "pseudo_label"]
+        .filter((k) => m[k] !== undefined && m[k] !== null)
+        .map((k) => h("tr", {}, h("th", {}, k), h("td", {}, typeof m[k] === "number" && !Number.isInteger(m[k]) ? m[k].toFixed(4) : m[k])));
+      const current = v.C.label[i] < 0 ? "(undefined)" : cls[v.C.label[i]];
+      pane.replaceChildren(...[
+        h("h2", {}, `sample ${id}`, h("span", { class: "muted" }, ` · label now ${current}${v.C.excluded[i] ? " · excluded" : ""}`)),
+        h("img", { class: "big", src: imageURL(v.table, id), alt: `sample ${id}` }),
+        m.findings.length ? h("p", { class: "bad" }, "findings: " + m.findings.join(", ")) : null,
+        h("table", { id: "detail-metrics" }, rows),
+        m.top ? h("div", {}, h("h3", {}, "top classes"), h("table", {}, m.top.map((t) => h("tr", {}, h("td", {}, t.class), h("td", {}, (100 * t.p).toFixed(1) + "%"))))) : null,
+        h("h3", {}, `nearest neighbours (${d.neighbour_method})`),
+        h("div", { class: "nbrs" }, d.neighbours.map((nb) => h("img", { src: thumbURL(v.table, nb.id), title: `id ${nb.id}`,
+          onclick: () => { const k = indexOfId(v.C.id, nb.id); if (k >= 0) this.detail(k); } }))),
+        h("h3", {}, "label across revisions"),
+        h("table", { id: "detail-history" }, hist.revisions.map((r) => h("tr", {}, h("td", {}, `r${r.revision}`),
+          h("td", {}, r.present ? r.label ?? "(undefined)" : "(absent)"), h("td", {}, r.weight === 0 ? "excluded" : ""),
+          h("td", { class: "muted" }, r.message))))].filter((x) => x !== null));
+    } catch (e) {
+      pane.replaceChildren(h("p", { class: "bad" }, e.message));
+    }
+  }
+
+  confusion() {
+    const v = this.v, pane = this.panes.confusion;
+    if (!v.H) return;
+    const K = v.H.classes.length, counts = new Uint32Array(K * K), L = v.C.label, P = v.C.predicted, f = v.flags;
+    for (let i = 0; i < v.n; i++) if (f[i] & 1 && L[i] >= 0 && P[i] >= 0) counts[L[i] * K + P[i]]++;
+    let max = 1;
+    for (const c of counts) if (c > max) max = c;
+    const cls = v.H.classes;
+    if (K > 40) { pane.replaceChildren(h("p", {}, `${K} classes: too many for a matrix view`)); return; }
+    const cell = (a, b) => {
+      const c = counts[a * K + b], t = Math.sqrt(c / max);
+      const bg = a === b ? `rgba(21,128,61,${0.1 + 0.8 * t})` : `rgba(185,28,28,${c ? 0.1 + 0.8 * t : 0})`;
+      return h("td", { style: `background:${bg};color:${t > 0.6 ? "#fff" : "#222"}`, "data-label": a, "data-pred": b, title: `label ${cls[a]}, predicted ${cls[b]}: ${c}`,
+        onclick: () => this.selectCell(a, b) }, c || "");
+    };
+    pane.replaceChildren(h("p", { class: "muted" }, "rows: label (current revision) · columns: predicted · click a cell to select its samples"),
+      h("table", { class: "confusion", id: "confusion" }, h("tr", {}, h("th", {}, ""), cls.map((c) => h("th", {}, c))),
+        cls.map((c, a) => h("tr", {}, h("th", {}, c), cls.map((_, b) => cell(a, b))))));
+  }
+
+  selectCell(a, b) {
+    const v = this.v, out = [];
+    for (let i = 0; i < v.n; i++) if (v.flags[i] & 1 && v.C.label[i] === a && v.C.predicted[i] === b) out.push(i);
+    v.setSelection(out);
+  }
+
+  curves() {
+    const v = this.v, pane = this.panes.curves, hist = v.info.history || [];
+    const loss = h("canvas", { id: "curve-loss" }), acc = h("canvas", { id: "curve-acc" });
+    pane.replaceChildren(h("h3", {}, `training curves · ${v.info.run} · best val top-1 ${typeof v.info.best_val_top1 === "number" ? (100 * v.info.best_val_top1).toFixed(2) + "%" : "–"}`),
+      h("h3", {}, "loss"), loss, h("h3", {}, "top-1"), acc);
+    if (this.current !== "curves") return;
+    const pts = (k) => hist.map((e) => [e.epoch, e[k]]);
+    lineChart(loss, [{ name: "train loss", points: pts("train_loss") }, { name: "val loss", points: pts("val_loss") }]);
+    lineChart(acc, [{ name: "train top-1", points: pts("train_top1") }, { name: "val top-1", points: pts("val_top1") }], { pct: true });
+  }
+}
+
+function indexOfId(ids, id) {
+  let lo = 0, hi = ids.length - 1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >> 1;
+    if (ids[mid] === id) return mid;
+    if (ids[mid] < id) lo = mid + 1; else hi = mid - 1;
+  }
+  return -1;
+}

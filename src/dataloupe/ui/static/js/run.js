@@ -1,0 +1,421 @@
+// The run view: embedding map, filter panel, selection, image grid and the side panes.
+// All filtering, colouring, sorting and the confusion matrix run in the browser over the
+// typed-array columns from /api/runs/<run>/points; the server is asked again only after
+// an edit (new revision) or when another revision is chosen.
+import { getJSON, getPoints, enc, thumbURL } from "./api.js";
+import { cat, css, fillColors, range, RAMP_LUT, NONE } from "./colors.js";
+import { ImageGrid } from "./grid.js";
+import { Scatter } from "./scatter.js";
+import { h, status, toast } from "./ui.js";
+import { Panes } from "./panes.js";
+
+const METRICS = ["confidence", "loss", "aum"];
+const COLOR_BY = ["label", "predicted", "correct", "confidence", "loss", "aum", "finding", "cluster", "excluded", "changed"];
+
+export class RunView {
+  constructor(root, run, table, revision) {
+    this.root = root;
+    this.run = run;
+    this.table = table;
+    this.revision = revision ? Number(revision) : null;
+    this.mode = "pan";
+    this.colorBy = "label";
+    this.sortBy = "id";
+    this.sortDesc = false;
+    this.cleanup = [];
+  }
+
+  destroy() { for (const fn of this.cleanup) fn(); }
+
+  async load() {
+    performance.mark("dl:load-start");
+    status(`loading run ${this.run}…`);
+    this.info = await getJSON(`/api/runs/${enc(this.run)}`);
+    const tables = this.info.metrics_tables;
+    if (!tables.length) throw new Error(`run ${this.run} has no per-sample metrics yet (dataloupe collect)`);
+    if (!this.table || !tables.includes(this.table)) this.table = tables.includes(this.info.train_table) ? this.info.train_table : tables[0];
+    this.layout();
+    this.panes = new Panes(this);
+    this.panes.curves();
+    await this.reload(this.revision, true);
+  }
+
+  /** (Re)fetch the columns for a table revision; keeps the view, filters and colouring. */
+  async reload(revision, first = false) {
+    const t0 = performance.now();
+    const [tinfo, pts] = await Promise.all([getJSON(`/api/tables/${enc(this.table)}`), getPoints(this.run, this.table, revision)]);
+    performance.mark("dl:points-fetched");
+    this.tinfo = tinfo;
+    this.P = pts;
+    this.H = pts.header;
+    this.C = pts.cols;
+    this.n = this.H.n;
+    this.revision = this.H.revision;
+    this.selected = new Uint8Array(this.n);
+    this.selCount = 0;
+    this.flags = new Uint8Array(this.n);
+    this.ranges = {};
+    for (const m of METRICS) if (this.C[m]) this.ranges[m] = range(this.C[m]);
+    const T = (window.__dl.timings = { fetch: performance.now() - t0 });
+    let t = performance.now();
+    const lap = (k) => { const now = performance.now(); T[k] = now - t; t = now; };
+    this.scatter.setPoints(this.C.map_x, this.C.map_y, !first);
+    lap("setPoints");
+    this.buildFilters();
+    lap("buildFilters");
+    this.colorize(false);
+    lap("colorize");
+    this.applyFilters("load");
+    lap("applyFilters");
+    performance.mark("dl:first-draw");
+    performance.measure("dl:load-to-first-draw", "dl:load-start", "dl:first-draw");
+    const missing = this.H.missing_metrics ? ` · ${this.H.missing_metrics.toLocaleString()} rows have no metrics in this run` : "";
+    status(`${this.n.toLocaleString()} samples · ${this.table} r${this.revision}${this.revision !== this.H.latest_revision ? ` (latest r${this.H.latest_revision}: edits need the latest)` : ""}${missing} · ${(pts.bytes / 1e6).toFixed(1)} MB in ${(performance.now() - t0).toFixed(0)} ms`);
+    this.panes.refresh();
+    window.__dl.ready = true;
+  }
+
+  layout() {
+    const colorSel = h("select", { id: "color-by", onchange: (e) => { this.colorBy = e.target.value; this.colorize(); } },
+      COLOR_BY.map((c) => h("option", { value: c }, c)));
+    const tableSel = h("select", { id: "table-sel", onchange: (e) => { location.hash = `#/run/${enc(this.run)}?table=${enc(e.target.value)}`; } },
+      this.info.metrics_tables.map((t) => h("option", { value: t, selected: t === this.table }, t)));
+    const modeBtn = (m, label) => h("button", { id: `mode-${m}`, class: m === this.mode ? "on" : "", onclick: () => this.setMode(m) }, label);
+    this.overlay = h("canvas", { id: "overlay" });
+    this.canvas = h("canvas", { id: "map" });
+    this.legend = h("div", { class: "legend", id: "legend" });
+    this.filterEl = h("form", { class: "filters", id: "filters", onsubmit: (e) => e.preventDefault() });
+    this.gridEl = h("div", { class: "grid", id: "grid" });
+    this.countEl = h("span", { id: "counts" });
+    const sortSel = h("select", { id: "sort-by", onchange: (e) => { this.sortBy = e.target.value; this.updateGrid(); } },
+      ["id", ...METRICS].map((m) => h("option", { value: m }, m)));
+    const sortDir = h("button", { id: "sort-dir", onclick: (e) => { this.sortDesc = !this.sortDesc; e.target.textContent = this.sortDesc ? "↓" : "↑"; this.updateGrid(); } }, "↑");
+    this.side = h("div", { class: "side" });
+    this.root.replaceChildren(h("div", { class: "run" },
+      this.filterEl,
+      h("div", { class: "mapwrap" },
+        h("div", { class: "maptools" }, "table ", tableSel, " colour ", colorSel,
+          modeBtn("pan", "pan / zoom"), modeBtn("box", "box select"), modeBtn("lasso", "lasso"),
+          h("button", { id: "clear-sel", onclick: () => this.setSelection(null) }, "clear selection"),
+          h("button", { onclick: () => { this.scatter.fit(); this.scatter.requestDraw(); this.scatter._viewSettled(); } }, "fit"), this.countEl),
+        h("div", { class: "mapbox" }, this.canvas, this.overlay, this.legend)),
+      this.side));
+    this.scatter = new Scatter(this.canvas);
+    this.scatter.onViewChange = () => this.drawOverlay();
+    this.grid = new ImageGrid(this.gridEl, {
+      id: (i) => this.C.id[i],
+      caption: (i) => this.caption(i),
+      onClick: (i) => this.panes.detail(i),
+    });
+    this.gridTools = h("div", { class: "gridbar" }, "sort ", sortSel, sortDir, h("span", { id: "grid-count", class: "muted" }));
+    this.bindMouse();
+    const ro = new ResizeObserver(() => { this.scatter.requestDraw(); });
+    ro.observe(this.canvas);
+    this.cleanup.push(() => ro.disconnect());
+  }
+
+  caption(i) {
+    const cls = this.H.classes, l = this.C.label[i], p = this.C.predicted[i];
+    const conf = this.C.confidence ? ` ${(this.C.confidence[i] * 100).toFixed(0)}%` : "";
+    return `${l < 0 ? "∅" : cls[l]}→${p < 0 ? "?" : cls[p]}${conf}`;
+  }
+
+  // ---- filters ------------------------------------------------------------------------
+  buildFilters() {
+    const cls = this.H.classes, f = this.filterEl;
+    const checks = (name) => h("div", { class: "checks", id: `f-${name}` },
+      [[-1, name === "label" ? "(undefined)" : "(none)"], ...cls.map((c, k) => [k, c])].map(([k, c]) =>
+        h("label", {}, h("input", { type: "checkbox", name, value: k, checked: true, onchange: () => this.applyFilters("filter") }), " ", c)));
+    const sel = (id, opts) => h("select", { id, onchange: () => this.applyFilters("filter") }, opts.map(([v, t]) => h("option", { value: v }, t)));
+    const allNone = (name) => h("span", {}, h("button", { type: "button", onclick: () => this.setAll(name, true) }, "all"), " ",
+      h("button", { type: "button", onclick: () => this.setAll(name, false) }, "none"));
+    const rangeBox = (m) => {
+      if (!this.C[m]) return null;
+      const [lo, hi] = this.ranges[m], step = (hi - lo) / 200;
+      const outLo = h("output", { id: `o-${m}-lo` }, lo.toFixed(3)), outHi = h("output", { id: `o-${m}-hi` }, hi.toFixed(3));
+      const inp = (id, v) => h("input", { type: "range", id, min: lo, max: hi, step, value: v, oninput: () => {
+        outLo.textContent = (+f.querySelector(`#r-${m}-lo`).value).toFixed(3);
+        outHi.textContent = (+f.querySelector(`#r-${m}-hi`).value).toFixed(3);
+        this.scheduleFilter();
+      } });
+      return h("fieldset", {}, h("legend", {}, m), h("div", { class: "range" }, inp(`r-${m}-lo`, lo), inp(`r-${m}-hi`, hi), outLo, outHi));
+    };
+    const revs = this.tinfo.log.map((e) => e.revision).reverse();
+    f.replaceChildren(
+      h("fieldset", {}, h("legend", {}, "revision"), h("select", { id: "f-revision", onchange: (e) => this.reload(Number(e.target.value)) },
+        revs.map((r) => h("option", { value: r, selected: r === this.revision }, `r${r}${r === this.H.latest_revision ? " (latest)" : ""}`))),
+      h("label", {}, " ", h("input", { type: "checkbox", id: "f-changed", onchange: () => this.applyFilters("filter") }), " changed in it")),
+      h("fieldset", {}, h("legend", {}, "label ", allNone("label")), checks("label")),
+      h("fieldset", {}, h("legend", {}, "predicted ", allNone("predicted")), checks("predicted")),
+      h("fieldset", {}, h("legend", {}, "correct"), sel("f-correct", [["any", "any"], ["correct", "correct"], ["incorrect", "incorrect"]])),
+      h("fieldset", {}, h("legend", {}, "undefined"), sel("f-undefined", [["any", "any"], ["only", "only undefined"], ["hide", "only labeled"]])),
+      h("fieldset", {}, h("legend", {}, "excluded"), sel("f-excluded", [["any", "any"], ["only", "only excluded"], ["hide", "only included"]])),
+      h("fieldset", {}, h("legend", {}, "finding"), sel("f-finding", [["any", "any"], ["some", "any finding"], ["none", "no finding"],
+        ...this.H.finding_types.map((t, k) => [`b${k}`, t.replace(/_/g, " ")])])),
+      ...METRICS.map(rangeBox),
+      h("button", { type: "button", id: "f-reset", onclick: () => { this.buildFilters(); this.applyFilters("filter"); } }, "reset filters"));
+  }
+
+  setAll(name, on) {
+    for (const cb of this.filterEl.querySelectorAll(`input[name=${name}]`)) cb.checked = on;
+    this.applyFilters("filter");
+  }
+
+  scheduleFilter() {
+    if (this.filterPending) return;
+    this.filterPending = true;
+    requestAnimationFrame(() => { this.filterPending = false; this.applyFilters("filter"); });
+  }
+
+  readFilters() {
+    const f = this.filterEl, K = this.H.classes.length;
+    const lut = (name) => {
+      const a = new Uint8Array(K + 1);
+      for (const cb of f.querySelectorAll(`input[name=${name}]`)) a[+cb.value + 1] = cb.checked ? 1 : 0;
+      return a;
+    };
+    const ranges = [];
+    for (const m of METRICS) {
+      if (!this.C[m]) continue;
+      const lo = +f.querySelector(`#r-${m}-lo`).value, hi = +f.querySelector(`#r-${m}-hi`).value;
+      const [rlo, rhi] = this.ranges[m], eps = (rhi - rlo) / 150;  // > one slider step
+      // an end left at its extreme is open, so values beyond the 1–99th percentile stay visible
+      const openLo = lo <= rlo + eps, openHi = hi >= rhi - eps;
+      if (!openLo || !openHi) ranges.push([this.C[m], openLo ? -Infinity : lo, openHi ? Infinity : hi]);
+    }
+    return {
+      label: lut("label"), predicted: lut("predicted"), ranges,
+      correct: f.querySelector("#f-correct").value, undef: f.querySelector("#f-undefined").value,
+      excl: f.querySelector("#f-excluded").value, finding: f.querySelector("#f-finding").value,
+      changed: f.querySelector("#f-changed").checked,
+    };
+  }
+
+  /** Recompute visibility from the filter panel, upload flags, redraw (synchronously). */
+  applyFilters(reason) {
+    const t0 = performance.now();
+    const F = this.readFilters(), C = this.C, n = this.n, flags = this.flags, sel = this.selected;
+    const label = C.label, pred = C.predicted, excl = C.excluded, fnd = C.findings, chg = C.changed;
+    const fbit = F.finding.startsWith("b") ? 1 << +F.finding.slice(1) : 0;
+    let visible = 0;
+    for (let i = 0; i < n; i++) {
+      const l = label[i], p = pred[i];
+      let ok = F.label[l + 1] && F.predicted[p + 1];
+      if (ok && F.correct !== "any") ok = l >= 0 && (F.correct === "correct" ? l === p : l !== p);
+      if (ok && F.undef !== "any") ok = F.undef === "only" ? l < 0 : l >= 0;
+      if (ok && F.excl !== "any") ok = F.excl === "only" ? excl[i] === 1 : excl[i] === 0;
+      if (ok && F.finding !== "any") ok = F.finding === "some" ? fnd[i] !== 0 : F.finding === "none" ? fnd[i] === 0 : (fnd[i] & fbit) !== 0;
+      if (ok && F.changed) ok = chg[i] === 1;
+      for (let r = 0; ok && r < F.ranges.length; r++) {
+        const v = F.ranges[r][0][i];
+        ok = v >= F.ranges[r][1] && v <= F.ranges[r][2];
+      }
+      flags[i] = ok ? 1 | (sel[i] << 1) : 0;
+      visible += ok;
+    }
+    this.visible = visible;
+    const t1 = performance.now();
+    this.scatter.setFlags(flags, this.selCount > 0);
+    const t2 = performance.now();
+    this.scatter.draw(true);
+    const ms = performance.now() - t0;
+    window.__dl.filterTimings = { loop: t1 - t0, upload: t2 - t1, draw: ms - (t2 - t0) };
+    performance.mark(`dl:${reason}-drawn`);
+    this.lastFilterMs = ms;
+    this.updateGrid();
+    this.panes.refresh();
+    window.__dl.filterCount = (window.__dl.filterCount || 0) + 1;
+    return ms;
+  }
+
+  // ---- colour -------------------------------------------------------------------------
+  colorize(draw = true) {
+    const C = this.C, cls = this.H.classes, by = this.colorBy;
+    let colorOf, legend = [];
+    if (by === "label" || by === "predicted") {
+      const a = C[by];
+      colorOf = (i) => cat(a[i]);
+      legend = cls.slice(0, 20).map((c, k) => [cat(k), c]).concat([[NONE, by === "label" ? "undefined" : "none"]]);
+    } else if (by === "correct") {
+      colorOf = (i) => (C.label[i] < 0 ? NONE : C.label[i] === C.predicted[i] ? [44, 160, 44] : [214, 39, 40]);
+      legend = [[[44, 160, 44], "correct"], [[214, 39, 40], "incorrect"], [NONE, "undefined"]];
+    } else if (METRICS.includes(by) && C[by]) {
+      const a = C[by], [lo, hi] = this.ranges[by], s = 255 / (hi - lo);
+      colorOf = (i) => (Number.isFinite(a[i]) ? RAMP_LUT[Math.max(0, Math.min(255, ((a[i] - lo) * s) | 0))] : NONE);
+      legend = [[RAMP_LUT[0], `${by} ≤ ${lo.toPrecision(3)}`], [RAMP_LUT[128], ""], [RAMP_LUT[255], `≥ ${hi.toPrecision(3)}`], [NONE, "null"]];
+    } else if (by === "finding") {
+      const f = C.findings;
+      colorOf = (i) => (f[i] ? cat(31 - Math.clz32(f[i] & -f[i])) : NONE);
+      legend = this.H.finding_types.map((t, k) => [cat(k), t.replace(/_/g, " ")]).concat([[NONE, "no finding"]]);
+    } else if (by === "cluster" && C.cluster) {
+      colorOf = (i) => cat(C.cluster[i]);
+      legend = [[NONE, "colour = cluster id mod 20"]];
+    } else if (by === "excluded" || by === "changed") {
+      const a = C[by];
+      colorOf = (i) => (a[i] ? [214, 39, 40] : [170, 190, 210]);
+      legend = [[[214, 39, 40], by], [[170, 190, 210], `not ${by}`]];
+    } else {
+      colorOf = () => [90, 110, 140];
+      legend = [[[90, 110, 140], `${by}: not in this run`]];
+    }
+    this.scatter.setColors(fillColors(this.n, colorOf, this.n > 200000 ? 160 : 210));
+    this.legend.replaceChildren(...legend.map(([c, t]) => h("div", {}, h("i", { style: `background:${css(c)}` }), t)));
+    if (draw) this.scatter.draw(true);
+  }
+
+  // ---- selection and grid ---------------------------------------------------------------
+  setSelection(indices, add = false) {
+    const t0 = performance.now();
+    if (!add) this.selected.fill(0);
+    if (indices) for (const i of indices) this.selected[i] = 1;
+    let c = 0;
+    for (let i = 0; i < this.n; i++) c += this.selected[i];
+    this.selCount = c;
+    for (let i = 0; i < this.n; i++) this.flags[i] = (this.flags[i] & 1) | (this.flags[i] & 1 ? this.selected[i] << 1 : 0);
+    this.scatter.setFlags(this.flags, c > 0);
+    this.updateGrid();  // the grid first; the map highlight is drawn with the next frame
+    performance.mark("dl:selection-grid");
+    this.scatter.requestDraw();
+    requestAnimationFrame(() => setTimeout(() => performance.mark("dl:selection-painted")));
+    this.lastSelectionMs = performance.now() - t0;
+    this.panes.showGrid();
+    this.panes.refresh();
+  }
+
+  /** Point indices shown in the grid: visible ∩ (selection if any), sorted. */
+  currentItems() {
+    const n = this.n, flags = this.flags, useSel = this.selCount > 0;
+    let m = 0;
+    for (let i = 0; i < n; i++) if (flags[i] & 1 && (!useSel || flags[i] & 2)) m++;
+    const out = new Uint32Array(m);
+    for (let i = 0, k = 0; i < n; i++) if (flags[i] & 1 && (!useSel || flags[i] & 2)) out[k++] = i;
+    if (this.sortBy !== "id" && this.C[this.sortBy]) sortByKey(out, this.C[this.sortBy], this.sortDesc);
+    else if (this.sortDesc) out.reverse();
+    return out;
+  }
+
+  updateGrid() {
+    this.items = this.currentItems();
+    this.grid.setItems(this.items, this.table);
+    const txt = `${this.visible.toLocaleString()} of ${this.n.toLocaleString()} shown` + (this.selCount ? ` · ${this.selCount.toLocaleString()} selected` : "");
+    const sc = this.scatter;
+    this.countEl.textContent = txt + (sc.sampled ? ` · map draws a ${sc.drawn.toLocaleString()}-point sample (software WebGL: zoom in or filter to see all)` : "");
+    const gc = this.gridTools.querySelector("#grid-count");
+    if (gc) gc.textContent = `${this.items.length.toLocaleString()} in grid`;
+  }
+
+  selectedIds() {
+    return Array.from(this.items, (i) => this.C.id[i]);
+  }
+
+  // ---- mouse on the map ---------------------------------------------------------------
+  setMode(m) {
+    this.mode = m;
+    for (const b of this.root.querySelectorAll(".maptools button[id^=mode-]")) b.classList.toggle("on", b.id === `mode-${m}`);
+  }
+
+  bindMouse() {
+    const ov = this.overlay, tip = document.getElementById("tip");
+    let drag = null, hoverPending = false, last = null;
+    const pos = (e) => { const r = ov.getBoundingClientRect(); return [e.clientX - r.left, e.clientY - r.top]; };
+    ov.addEventListener("wheel", (e) => {
+      e.preventDefault();
+      const [x, y] = pos(e);
+      this.scatter.zoomAt(x, y, Math.exp(-e.deltaY * 0.0015));
+    }, { passive: false });
+    ov.addEventListener("mousedown", (e) => {
+      const p = pos(e);
+      drag = { start: p, last: p, path: [p], moved: false, add: e.shiftKey };
+      tip.hidden = true;
+    });
+    const move = (e) => {
+      const p = pos(e);
+      last = [p, e.clientX, e.clientY];
+      if (drag) {
+        drag.moved = drag.moved || Math.hypot(p[0] - drag.start[0], p[1] - drag.start[1]) > 3;
+        if (this.mode === "pan") { this.scatter.panBy(p[0] - drag.last[0], p[1] - drag.last[1]); }
+        else { drag.path.push(p); this.drawOverlay(drag); }
+        drag.last = p;
+        return;
+      }
+      if (hoverPending) return;
+      hoverPending = true;
+      requestAnimationFrame(() => { hoverPending = false; this.hover(last, tip); });
+    };
+    const up = (e) => {
+      if (!drag) return;
+      const d = drag;
+      drag = null;
+      this.drawOverlay();
+      if (this.mode === "pan" && !d.moved) {
+        const i = this.scatter.pick(d.start[0], d.start[1]);
+        if (i >= 0) this.panes.detail(i);
+        return;
+      }
+      if (this.mode === "box" && d.moved) this.setSelection(this.scatter.selectBox(d.start[0], d.start[1], d.last[0], d.last[1]), d.add);
+      if (this.mode === "lasso" && d.path.length > 2) this.setSelection(this.scatter.selectPolygon(d.path), d.add);
+    };
+    ov.addEventListener("mousemove", move);
+    window.addEventListener("mouseup", up);
+    ov.addEventListener("mouseleave", () => { tip.hidden = true; });
+    this.cleanup.push(() => window.removeEventListener("mouseup", up));
+  }
+
+  hover([p, cx, cy], tip) {
+    const i = this.scatter.pick(p[0], p[1]);
+    if (i < 0) { tip.hidden = true; return; }
+    const id = this.C.id[i];
+    const img = tip.querySelector("img");
+    const url = thumbURL(this.table, id);
+    if (img.getAttribute("src") !== url) img.src = url;
+    const C = this.C, parts = [`id ${id}`, this.caption(i)];
+    if (C.loss && Number.isFinite(C.loss[i])) parts.push(`loss ${C.loss[i].toFixed(3)}`);
+    if (C.aum && Number.isFinite(C.aum[i])) parts.push(`AUM ${C.aum[i].toFixed(3)}`);
+    tip.querySelector("div").textContent = parts.join(" · ");
+    tip.style.left = cx + 14 + "px";
+    tip.style.top = cy + 14 + "px";
+    tip.hidden = false;
+    tip.dataset.id = id;
+  }
+
+  drawOverlay(drag) {
+    const ov = this.overlay, dpr = window.devicePixelRatio || 1;
+    if (ov.width !== ov.clientWidth * dpr) { ov.width = ov.clientWidth * dpr; ov.height = ov.clientHeight * dpr; }
+    const g = ov.getContext("2d");
+    g.setTransform(dpr, 0, 0, dpr, 0, 0);
+    g.clearRect(0, 0, ov.width, ov.height);
+    if (!drag || this.mode === "pan") return;
+    g.strokeStyle = "#111"; g.setLineDash([5, 4]); g.fillStyle = "rgba(37,99,235,.08)";
+    g.beginPath();
+    if (this.mode === "box") g.rect(drag.start[0], drag.start[1], drag.last[0] - drag.start[0], drag.last[1] - drag.start[1]);
+    else drag.path.forEach(([x, y], k) => (k ? g.lineTo(x, y) : g.moveTo(x, y)));
+    g.closePath(); g.fill(); g.stroke();
+  }
+}
+
+/**
+ * Sort point indices by a float key in place. For up to 2^21 points the key's order-
+ * preserving 32 bits and the index are packed into one exact float64 integer, so the
+ * engine's native numeric sort does the work (~10x faster than a comparator sort).
+ */
+function sortByKey(idx, key, desc) {
+  const m = idx.length;
+  if (key.length <= 1 << 21) {
+    const f = new Float32Array(1), u = new Uint32Array(f.buffer), packed = new Float64Array(m);
+    for (let k = 0; k < m; k++) {
+      const i = idx[k];
+      let v = key[i];
+      if (!Number.isFinite(v)) v = desc ? -Infinity : Infinity;  // nulls last
+      f[0] = desc ? -v : v;
+      let b = u[0];
+      b = b & 0x80000000 ? ~b >>> 0 : (b | 0x80000000) >>> 0;  // order-preserving bits
+      packed[k] = b * 2097152 + i;
+    }
+    packed.sort();
+    for (let k = 0; k < m; k++) idx[k] = packed[k] % 2097152;
+  } else {
+    const arr = Array.from(idx);
+    arr.sort((a, b) => (desc ? key[b] - key[a] : key[a] - key[b]));
+    idx.set(arr);
+  }
+}

@@ -1,0 +1,102 @@
+"""Policy rules turn findings into edit steps; policies validate their YAML."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from dataloupe.loop import RuleContext, get_rule, load_policy
+from dataloupe.project import DataloupeError
+
+
+def _ctx(findings=None, cluster=None):
+    rows = pa.table({"id": pa.array(np.arange(8, dtype=np.int64)),
+                     "label": pa.array(["a", "a", "b", "b", None, None, None, None]),
+                     "weight": pa.array(np.ones(8, np.float32))})
+    metrics = {"id": np.arange(8, dtype=np.int64),
+               "predicted": ["a", "b", "b", "b", "a", "b", "a", "b"],
+               "confidence": np.array([.9, .6, .95, .99, .97, .99, .5, .91], np.float32),
+               "loss": np.array([.1, 2.0, .1, .05, np.nan, np.nan, np.nan, np.nan], np.float32)}
+    if cluster is not None:
+        metrics["cluster"] = np.array(cluster, np.int32)
+    return RuleContext(["a", "b"], rows, pa.table(metrics), findings or {})
+
+
+PSEUDO = {"pseudo_labels": {"global_threshold": 0.9, "class_thresholds": {"a": 0.96, "b": 0.9},
+                            "items": [dict(id=4, predicted="a", confidence=.97, agreement=1.0),
+                                      dict(id=5, predicted="b", confidence=.99, agreement=0.5),
+                                      dict(id=6, predicted="a", confidence=.5, agreement=1.0),
+                                      dict(id=7, predicted="b", confidence=.91, agreement=0.9),
+                                      dict(id=0, predicted="a", confidence=.9, agreement=1.0)]}}
+
+
+def test_auto_label_thresholds_agreement_and_labeled_rows_untouched():
+    out = get_rule("auto_label")(_ctx(PSEUDO))
+    got = {op.label: sorted(op.ids.tolist()) for op in out.ops}
+    assert got == {"a": [4], "b": [5, 7]}  # id 6 below threshold; id 0 is already labeled
+    out = get_rule("auto_label")(_ctx(PSEUDO), min_agreement=0.8)
+    assert {op.label: sorted(op.ids.tolist()) for op in out.ops} == {"a": [4], "b": [7]}
+    out = get_rule("auto_label")(_ctx(PSEUDO), threshold=0.98)
+    assert {op.label: op.ids.tolist() for op in out.ops} == {"b": [5]}
+
+
+def test_label_issue_rules_use_training_records_only():
+    findings = {"label_issues": [dict(id=1, table="train", score=.9, label="a", suggested_label="b"),
+                                 dict(id=3, table="val", score=.99, label="b", suggested_label="a")]}
+    out = get_rule("exclude_label_issues")(_ctx(findings))
+    assert [op.ids.tolist() for op in out.ops] == [[1]] and out.ops[0].action == "exclude"
+    out = get_rule("relabel_label_issues")(_ctx(findings), min_confidence=0.5)
+    assert [(op.label, op.ids.tolist()) for op in out.ops] == [("b", [1])]
+    assert get_rule("relabel_label_issues")(_ctx(findings), min_confidence=0.7).ops == []
+
+
+def test_pure_clusters_imbalance_and_flags():
+    ctx = _ctx(cluster=[0, 0, 1, 1, 0, 1, 1, -1])
+    out = get_rule("label_pure_clusters")(ctx, min_labeled=2, min_confidence=0.5)
+    assert {op.label: sorted(op.ids.tolist()) for op in out.ops} == {"a": [4], "b": [5, 6]}
+    assert get_rule("flag_low_confidence")(ctx, max_confidence=0.6).flagged == [6]
+    rows = ctx.rows.set_column(1, "label", pa.array(["a", "a", "a", "a", "a", "a", "b", "b"]))
+    out = get_rule("cap_imbalance")(RuleContext(["a", "b"], rows, ctx.metrics, {}), max_ratio=1.5)
+    assert len(out.ops) == 1 and out.ops[0].weight == pytest.approx(0.5)
+    assert sorted(out.ops[0].ids.tolist()) == [0, 1, 2, 3, 4, 5]
+
+
+def test_rules_become_one_revision(project, digits_dir):
+    from dataloupe.tables import apply_edits, import_imagefolder, open_table
+
+    t = import_imagefolder(project, digits_dir, table="d", unlabeled_dir="undefined").table
+    rows = t.to_arrow()
+    undefined = rows.filter(pa.compute.is_null(rows["label"]))["id"].to_pylist()
+    findings = {"pseudo_labels": {"class_thresholds": {"0": .5, "1": .5, "2": .5},
+                                  "items": [dict(id=i, predicted="1", confidence=.9, agreement=1)
+                                            for i in undefined[:4]]},
+                "label_issues": [dict(id=0, table="train", score=1, label="0", suggested_label="2")]}
+    ctx = RuleContext(t.classes, rows, pa.table({"id": rows["id"]}), findings)
+    ops = get_rule("auto_label")(ctx).ops + get_rule("exclude_label_issues")(ctx).ops
+    res = apply_edits(project, "d", ops, message="iteration 1")
+    assert res.changes == {"labeled": 4, "excluded": 1}
+    assert open_table(project, "d").revision == 2
+
+
+@pytest.mark.parametrize("text, match", [
+    ("recipe: r\nbogus: 1\n", "unknown key"),
+    ("rules: []\n", "needs a 'recipe'"),
+    ("recipe: r\nrules:\n  - {rule: teleport}\n", "unknown rule 'teleport'"),
+    ("recipe: r\nrules:\n  - {rule: auto_label, thresh: 1}\n", "no parameter"),
+    ("recipe: r\nschedule: 5\n", "schedule"),
+])
+def test_bad_policies_are_refused(tmp_path, text, match):
+    f = tmp_path / "p.yaml"
+    f.write_text(text)
+    with pytest.raises(DataloupeError, match=match):
+        load_policy(str(f))
+    with pytest.raises(DataloupeError, match="unknown policy"):
+        load_policy("no-such-policy")
+
+
+def test_shipped_policies_load():
+    for name in ("hackathon", "default"):
+        p = load_policy(name)
+        assert p.rules and p.recipe
+        assert p.overrides_for(99) == {**p.overrides, **p.schedule[-1]}

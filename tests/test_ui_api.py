@@ -1,0 +1,363 @@
+"""Dashboard API through FastAPI's TestClient, over a real digits table and run folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from fastapi.testclient import TestClient
+from ui_synth import make_digits_table, write_digits_run
+
+from dataloupe.project import DataloupeError, Project
+from dataloupe.tables import add_rows, open_table
+from dataloupe.ui import ServeConfig, create_app, decode, resolve_security
+from dataloupe.ui._app import LOCAL_HOSTS
+
+MUT = {"x-dataloupe": "1"}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    root = tmp_path_factory.mktemp("uiproj")
+    p = Project.open(root / "proj")
+    info = make_digits_table(p, root / "img")
+    write_digits_run(p, "digits", info["features"], run="r1")
+    return root, info
+
+
+@pytest.fixture()
+def proj(base, tmp_path):
+    """A private copy of the project (same image root), so edits do not leak between tests."""
+    root, info = base
+    shutil.copytree(root / "proj", tmp_path / "proj")
+    return Project.open(tmp_path / "proj"), info
+
+
+@pytest.fixture()
+def client(proj):
+    return TestClient(create_app(proj[0]))
+
+
+def test_tables_lists_names_and_latest_revision(client):
+    r = client.get("/api/tables")
+    assert r.status_code == 200
+    [t] = r.json()
+    assert t["name"] == "digits" and t["revision"] == 1 and t["latest_revision"] == 1 and t["rows"] == 1797
+
+
+def test_points_are_binary_columns_aligned_with_the_table(client, proj):
+    p, info = proj
+    r = client.get("/api/runs/r1/points", params={"table": "digits"})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream"
+    header, cols = decode(r.content)
+    assert header["n"] == 1797 and header["classes"][:10] == [str(i) for i in range(10)]
+    assert {"id", "map_x", "map_y", "label", "predicted", "confidence", "loss", "aum", "findings"} <= set(cols)
+    assert cols["map_x"].dtype == np.float32 and cols["label"].dtype == np.int8  # 10 classes
+    labels = open_table(p, "digits").to_arrow(columns=["label"])["label"].to_pylist()
+    expect = np.array([-1 if v is None else int(v) for v in labels])
+    assert np.array_equal(cols["label"], expect)
+    # the noisy labels that the model disagrees with are flagged as label issues (bit 0)
+    issues = cols["id"][(cols["findings"] & 1) == 1]
+    assert set(issues) and set(issues) <= set(np.flatnonzero(cols["label"] != cols["predicted"]))
+    assert len(r.content) < 1797 * 60  # typed arrays, not per-point JSON
+
+
+def test_points_of_an_old_revision_and_changed_flags(client):
+    client.post("/api/tables/digits/actions", json={"action": "exclude", "ids": [3, 4]}, headers=MUT)
+    h2, c2 = decode(client.get("/api/runs/r1/points", params={"table": "digits"}).content)
+    h1, c1 = decode(client.get("/api/runs/r1/points", params={"table": "digits", "revision": 1}).content)
+    assert h2["revision"] == 2 and h1["revision"] == 1
+    assert list(c2["id"][c2["excluded"] == 1]) == [3, 4] and c1["excluded"].sum() == 0
+    assert list(c2["id"][c2["changed"] == 1]) == [3, 4]
+
+
+def test_set_label_makes_exactly_one_revision_with_its_diff(client, proj):
+    p, _ = proj
+    r = client.post("/api/tables/digits/actions", headers=MUT,
+                    json={"action": "set_label", "ids": [10, 11, 12], "label": "7", "message": "fix three",
+                          "expected_revision": 1})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["committed"] and body["revision"] == 2 and body["changes"] == {"relabeled": 3}
+    log = client.get("/api/tables/digits/log").json()
+    assert [e["message"] for e in log] == ["import digits", "fix three"]
+    d = client.get("/api/tables/digits/diff", params={"a": 1, "b": 2}).json()
+    assert sorted(x["id"] for x in d["changed"]) == [10, 11, 12]
+    assert all(x["label_b"] == "7" for x in d["changed"])
+
+
+@pytest.mark.parametrize("action", ["mark_undefined", "exclude", "include"])
+def test_other_actions_one_revision_each(client, action):
+    ids = [20, 21]
+    if action == "include":
+        client.post("/api/tables/digits/actions", json={"action": "exclude", "ids": ids}, headers=MUT)
+    before = client.get("/api/tables").json()[0]["revision"]
+    r = client.post("/api/tables/digits/actions", json={"action": action, "ids": ids}, headers=MUT).json()
+    assert r["committed"] and r["revision"] == before + 1 and r["changed"] == 2
+
+
+def test_accept_suggested_labels_uses_the_runs_analysis(client, proj):
+    p, _ = proj
+    import json
+
+    analysis = json.loads((p.runs_dir / "r1" / "analysis.json").read_text())
+    sugg = {rec["id"]: rec["suggested_label"] for rec in analysis["label_issues"]}
+    assert sugg
+    chosen = sorted(sugg)[:5] + [0]  # id 0 has no suggestion: reported as skipped
+    r = client.post("/api/tables/digits/actions", headers=MUT,
+                    json={"action": "accept_suggested_labels", "ids": chosen, "run": "r1"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["revision"] == 2 and body["changed"] == 5
+    assert body["skipped"] == [{"count": 1, "reason": "no suggested label in the run's analysis"}]
+    rows = open_table(p, "digits").to_arrow(columns=["label"]).to_pylist()
+    assert all(rows[i]["label"] == sugg[i] for i in chosen[:5])
+
+
+def test_accept_pseudo_labels_fills_undefined_samples(client, proj):
+    p, _ = proj
+    hdr, cols = decode(client.get("/api/runs/r1/points", params={"table": "digits"}).content)
+    ids = [int(i) for i in cols["id"][cols["pseudo"] >= 0]]
+    assert ids, "the synthetic analysis proposes pseudo-labels for undefined samples"
+    r = client.post("/api/tables/digits/actions", headers=MUT,
+                    json={"action": "accept_pseudo_labels", "ids": ids, "run": "r1"}).json()
+    assert r["changes"] == {"labeled": len(ids)}
+    assert open_table(p, "digits").summary()["undefined"] == 30 - len(ids)
+
+
+@pytest.mark.parametrize("body, status, fragment", [
+    ({"action": "set_label", "ids": [1, 999999], "label": "3"}, 400, "not in table"),
+    ({"action": "set_label", "ids": [1], "label": "cat"}, 400, "unknown class 'cat'"),
+    ({"action": "set_label", "ids": [], "label": "3"}, 400, "non-empty"),
+    ({"action": "paint", "ids": [1]}, 400, "unknown action"),
+    ({"action": "exclude", "ids": [1], "label": "3"}, 400, "takes no label"),
+    ({"action": "exclude", "ids": ["x"]}, 422, "ids"),
+    ({"action": "exclude", "ids": [1], "sneaky": 1}, 422, "sneaky"),
+    ({"action": "accept_pseudo_labels", "ids": [1], "run": "nope"}, 404, "unknown run"),
+    ({"action": "accept_suggested_labels", "ids": [0]}, 400, "needs the run"),
+    ({"action": "exclude", "ids": [1], "expected_revision": 7}, 409, "reload"),
+])
+def test_invalid_bodies_are_refused_and_nothing_is_written(client, proj, body, status, fragment):
+    p, _ = proj
+    r = client.post("/api/tables/digits/actions", json=body, headers=MUT)
+    assert r.status_code == status, r.text
+    assert fragment in r.json()["error"]
+    assert open_table(p, "digits").latest_revision == 1
+
+
+def test_mutations_need_the_custom_header(client, proj):
+    r = client.post("/api/tables/digits/actions", json={"action": "exclude", "ids": [1]})
+    assert r.status_code == 403 and "x-dataloupe" in r.json()["error"]
+    assert open_table(proj[0], "digits").latest_revision == 1
+
+
+def test_unknown_table_and_run_are_404_with_a_message(client):
+    r = client.get("/api/tables/nope/log")
+    assert r.status_code == 404 and "known tables: digits" in r.json()["error"]
+    r = client.get("/api/runs/nope")
+    assert r.status_code == 404 and "known runs: r1" in r.json()["error"]
+    assert client.get("/api/runs/r1/points", params={"table": "nope"}).status_code == 404
+
+
+def test_revert_makes_a_new_revision_equal_to_the_old_one(client, proj):
+    client.post("/api/tables/digits/actions", json={"action": "exclude", "ids": [1, 2]}, headers=MUT)
+    r = client.post("/api/tables/digits/revert", json={"revision": 1}, headers=MUT).json()
+    assert r["revision"] == 3 and r["previous_revision"] == 2
+    assert client.get("/api/tables/digits/diff", params={"a": 1, "b": 3}).json()["summary"] == {}
+    assert open_table(proj[0], "digits").summary()["excluded"] == 0
+
+
+def test_thumbnails_are_generated_once_and_cached(client, proj):
+    p, _ = proj
+    r = client.get("/api/tables/digits/samples/5/thumb", params={"size": 64})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    [f] = list((p.cache_dir / "ui-thumbs" / "digits" / "64").rglob("5-*.jpg"))
+    stamp = f.stat().st_mtime_ns
+    assert client.get("/api/tables/digits/samples/5/thumb", params={"size": 64}).content == r.content
+    assert f.stat().st_mtime_ns == stamp
+    assert client.get("/api/tables/digits/samples/5/thumb", params={"size": 37}).status_code == 400
+
+
+def test_images_are_served_by_id_only(client):
+    r = client.get("/api/tables/digits/samples/7/image")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png" and r.content[:4] == b"\x89PNG"
+    assert client.get("/api/tables/digits/samples/123456/image").status_code == 404
+
+
+@pytest.mark.parametrize("url", [
+    "/api/tables/digits/samples/..%2F..%2Fetc%2Fpasswd/image",
+    "/api/tables/digits/samples/../../../etc/passwd",
+    "/api/tables/..%2F..%2Fetc/samples/1/image",
+    "/api/tables/digits/samples/1/image/../../../../etc/passwd",
+    "/static/..%2F..%2F_app.py",
+    "/static/../_app.py",
+])
+def test_path_traversal_in_urls_is_refused(client, url):
+    r = client.get(url)
+    assert r.status_code in (403, 404, 422), (url, r.status_code)
+    assert b"root:" not in r.content and b"create_app" not in r.content
+
+
+def test_stored_paths_leaving_the_image_root_are_forbidden(client, proj, tmp_path):
+    p, _ = proj
+    secret = tmp_path / "secret.png"
+    shutil.copy(open_table(p, "digits").image_root / "0" / "0000.png", secret)
+    root = open_table(p, "digits").image_root
+    os.symlink(secret, root / "link.png")
+    rel_up = os.path.relpath(secret, root)
+    add_rows(p, "digits", pa.table({"path": [rel_up, "link.png", "0/0000.txt"]}), message="bad paths")
+    for sid in (1797, 1798):
+        for kind in ("image", "thumb"):
+            r = client.get(f"/api/tables/digits/samples/{sid}/{kind}")
+            assert r.status_code == 403, (sid, kind, r.text)
+            assert "outside" in r.json()["error"]
+    assert client.get("/api/tables/digits/samples/1799/image").status_code == 403  # not an image type
+
+
+def test_sample_detail_neighbours_and_label_history(client):
+    client.post("/api/tables/digits/actions", json={"action": "set_label", "ids": [105], "label": "4"}, headers=MUT)
+    d = client.get("/api/runs/r1/samples/105", params={"table": "digits"}).json()
+    assert d["metrics"]["id"] == 105 and len(d["neighbours"]) == 12
+    assert d["neighbour_method"].startswith("cosine") and 105 not in [n["id"] for n in d["neighbours"]]
+    assert len(d["metrics"]["top"]) == 5 and d["metrics"]["top"][0]["class"] == d["metrics"]["predicted"]
+    h = client.get("/api/tables/digits/samples/105/history").json()["revisions"]
+    assert [r["revision"] for r in h] == [2, 1] and h[0]["label"] == "4" and h[1]["label"] != "4"
+    assert client.get("/api/runs/r1/samples/99999", params={"table": "digits"}).status_code == 404
+
+
+def test_run_info_history_and_findings(client):
+    r = client.get("/api/runs/r1").json()
+    assert r["best_val_top1"] == 0.9 and len(r["history"]) == 5 and r["metrics_tables"] == ["digits"]
+    assert r["finding_counts"]["label_issues"] > 0 and r["finding_counts"]["outliers"] == 15
+    [run] = client.get("/api/runs").json()
+    assert run["run"] == "r1"
+
+
+def test_token_guards_every_api_call(proj):
+    c = TestClient(create_app(proj[0], token="s3cret-token"))
+    assert c.get("/api/tables").status_code == 401
+    assert c.get("/api/tables", headers={"Authorization": "Bearer wrong-token"}).status_code == 401
+    assert c.get("/api/tables", headers={"Authorization": "Bearer s3cret-token"}).status_code == 200
+    assert c.get("/api/tables/digits/samples/1/thumb", params={"token": "s3cret-token"}).status_code == 200
+    assert c.get("/api/runs/r1/points", params={"table": "digits"}).status_code == 401
+    assert c.get("/").status_code == 200  # the page itself holds no data
+    r = c.post("/api/tables/digits/actions", json={"action": "exclude", "ids": [1]}, headers=MUT)
+    assert r.status_code == 401 and open_table(proj[0], "digits").latest_revision == 1
+
+
+def test_local_server_refuses_foreign_host_headers(proj):
+    c = TestClient(create_app(proj[0], allowed_hosts=LOCAL_HOSTS), base_url="http://evil.example")
+    assert c.get("/api/tables").status_code == 400
+    c = TestClient(create_app(proj[0], allowed_hosts=LOCAL_HOSTS), base_url="http://127.0.0.1:8765")
+    assert c.get("/api/tables").status_code == 200
+
+
+def test_security_rules_for_hosts():
+    assert resolve_security(ServeConfig()) == (None, LOCAL_HOSTS, False)
+    token, hosts, generated = resolve_security(ServeConfig(host="0.0.0.0"))
+    assert generated and len(token) >= 24 and hosts is None
+    assert resolve_security(ServeConfig(host="0.0.0.0", token="given-token")) == ("given-token", None, False)
+    with pytest.raises(DataloupeError, match="at least 8"):
+        resolve_security(ServeConfig(host="0.0.0.0", token="short"))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_cli_on_a_public_host_generates_a_token_and_enforces_it(proj):
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import httpx
+
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.Popen([sys.executable, "-m", "dataloupe", "ui", "--host", "0.0.0.0", "--port", str(port),
+                             "--project", str(proj[0].root)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env)
+    try:
+        token = None
+        deadline = time.time() + 30
+        while token is None and time.time() < deadline:
+            line = proc.stdout.readline()
+            if line.startswith("generated token: "):
+                token = line.split(": ", 1)[1].strip()
+        assert token, "the server prints the token it generated"
+        url = f"http://127.0.0.1:{port}/api/tables"
+        while time.time() < deadline:
+            try:
+                r = httpx.get(url)
+                break
+            except httpx.ConnectError:
+                time.sleep(0.2)
+        assert r.status_code == 401
+        r = httpx.get(url, headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200 and r.json()[0]["name"] == "digits"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_cli_rejects_a_short_token(proj):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    r = subprocess.run([sys.executable, "-m", "dataloupe", "ui", "--host", "0.0.0.0", "--token", "abc",
+                        "--project", str(proj[0].root)], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 2 and "at least 8 characters" in r.stderr
+
+
+def test_analysis_records_are_matched_to_the_table_by_run_role():
+    from dataloupe.ui._runs import finding_ids, suggestions, table_roles
+
+    analysis = {
+        "label_issues": [{"id": 1, "table": "train", "suggested_label": "a"},
+                         {"id": 2, "table": "val", "suggested_label": "b"}],
+        "outliers": [{"id": 3, "table": "val"}],
+        "near_duplicates": [{"ids": [4, 5], "table": "train"}],
+        "leakage": [{"val_id": 6, "train_id": 7}],
+        "pseudo_labels": {"items": [{"id": 8, "predicted": "a"}]},
+    }
+    train = table_roles({"train_table": "t", "val_table": "v"}, "t")
+    val = table_roles({"train_table": "t", "val_table": "v"}, "v")
+    f = {k: v.tolist() for k, v in finding_ids(analysis, train).items()}
+    assert f == {"label_issues": [1], "outliers": [], "near_duplicates": [4, 5], "leakage": [7], "pseudo_labels": [8]}
+    f = {k: v.tolist() for k, v in finding_ids(analysis, val).items()}
+    assert f == {"label_issues": [2], "outliers": [3], "near_duplicates": [], "leakage": [6], "pseudo_labels": []}
+    assert suggestions(analysis, "suggested", train) == {1: "a"}
+    assert suggestions(analysis, "suggested", val) == {2: "b"}
+    assert suggestions(analysis, "pseudo", train) == {8: "a"} and suggestions(analysis, "pseudo", val) == {}
+
+
+def test_points_without_map_or_analysis_fall_back_to_pca_of_embeddings(client, proj):
+    import lance
+
+    p, _ = proj
+    path = p.runs_dir / "r1" / "metrics" / "digits.lance"
+    t = lance.dataset(path).to_table()
+    lance.write_dataset(t.drop_columns(["map_x", "map_y", "cluster"]), path, mode="overwrite")
+    (p.runs_dir / "r1" / "analysis.json").unlink()
+    header, cols = decode(client.get("/api/runs/r1/points", params={"table": "digits"}).content)
+    assert header["n"] == 1797 and header["map_source"].startswith("pca of embedding")
+    assert np.isfinite(cols["map_x"]).all() and cols["map_x"].std() > 0 and cols["findings"].sum() == 0
+    d = client.get("/api/runs/r1/samples/3", params={"table": "digits"}).json()
+    assert d["metrics"]["findings"] == [] and len(d["neighbours"]) == 12
+
+
+def test_rows_added_after_the_run_are_counted_as_missing_metrics(client, proj):
+    p, _ = proj
+    add_rows(p, "digits", pa.table({"path": ["0/0000.png"], "label": ["0"]}), message="one more")
+    header, cols = decode(client.get("/api/runs/r1/points", params={"table": "digits"}).content)
+    assert header["n"] == 1797 and header["missing_metrics"] == 1 and 1797 not in cols["id"]
