@@ -156,10 +156,10 @@ def test_analyze_json_finds_the_planted_problems(proj, base):
     out = json.loads(dl(proj, "analyze", "a", "--json", "--folds", "5").stdout)
     assert {"label_issues", "outliers", "near_duplicates", "leakage", "clusters", "pseudo_labels", "taxonomy"} <= set(out)
     assert json.loads((proj / "runs" / "a" / "analysis.json").read_text()) == out
-    found = {r["id"] for r in out["label_issues"] if r["table"] == "dg-train"}
+    found = {r["id"] for r in out["label_issues"] if r["table"] == "train"}
     tp = len(found & base["wrong_ids"])
     assert tp / len(base["wrong_ids"]) > 0.6 and tp / len(found) > 0.6
-    assert any(r["exact"] and r["table"] == "dg-train" for r in out["near_duplicates"])
+    assert any(r["exact"] and r["table"] == "train" for r in out["near_duplicates"])
     assert any(r["exact"] for r in out["leakage"])
     assert out["pseudo_labels"]["items"] and out["taxonomy"]["top1"] > 0.8
     assert "cluster" in metrics_columns(proj, "dg-train") and "cluster" in metrics_columns(proj, "dg-val")
@@ -266,3 +266,14 @@ def test_report_without_analysis_says_what_to_run(proj):
     r = dl(proj, "report", "a", check=False)
     assert r.returncode == 2 and "dataloupe analyze a" in r.stderr
     assert not (proj / "runs" / "a" / "report.html").exists()
+
+
+def test_analyze_run_api_returns_findings_and_train_metrics(proj):
+    from dataloupe.analysis import analyze_run
+    from dataloupe.project import Project
+
+    findings, metrics = analyze_run(Project.open(proj), "a")
+    assert "cluster" in metrics.column_names and metrics.num_rows == N_TRAIN + N_UNDEF + 1
+    assert {r["table"] for r in findings["label_issues"]} <= {"train", "val"}
+    assert findings["tables"] == {"train": "dg-train", "val": "dg-val"} and findings["probabilities"] == "model"
+    assert all(set(r) >= {"val_id", "train_id", "similarity", "exact"} for r in findings["leakage"])

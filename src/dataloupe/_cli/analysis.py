@@ -38,7 +38,7 @@ def analyze_cmd(
     """Find label issues, outliers, duplicates, leakage, clusters, pseudo-labels and the error taxonomy."""
     from dataloupe.analysis import analyze_run
 
-    out = analyze_run(project_from(project), run, folds=folds, real_labels=real_labels)
+    out, _ = analyze_run(project_from(project), run, folds=folds, real_labels=real_labels)
     if as_json:
         print_json(out)
         return
@@ -54,7 +54,7 @@ def analyze_cmd(
                    + (f", ReaL {tax['real_top1']:.3f}" if tax.get("real_top1") is not None else "")
                    + f"; errors: {cats}")
     for r in out["label_issues"][:10]:
-        typer.echo(f"  issue {r['table']}#{r['id']}: {r['label']} -> {r['suggested_label']} (score {r['score']:.3f})")
+        typer.echo(f"  issue {out['tables'][r['table']]}#{r['id']}: {r['label']} -> {r['suggested_label']} (score {r['score']:.3f})")
     typer.echo(f"written: runs/{run}/analysis.json")
 
 

@@ -193,8 +193,8 @@ def run_metrics(project: Project, run: str, table: str):
 
 
 def analysis_ids(project: Project, spec: str, table: str | None = None) -> np.ndarray:
-    """``RUN:KIND`` -> the sample ids a finding of ``dataloupe analyze`` lists (for ``table``:
-    records naming another table are skipped; ids are per table)."""
+    """``RUN:KIND`` -> the sample ids a finding of ``dataloupe analyze`` lists about ``table``
+    (records carry the run role, train/val, or a table name; ids are unique per table)."""
     run, sep, kind = spec.partition(":")
     if not sep:
         raise DataloupeError(f"--ids-from-analysis wants RUN:KIND (e.g. a:label_issues), got {spec!r}")
@@ -207,8 +207,11 @@ def analysis_ids(project: Project, spec: str, table: str | None = None) -> np.nd
     items = found[kind]
     if isinstance(items, dict):
         items = items.get("items") or items.get("samples") or []
+    info_path = project.runs_dir / run / "run.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    names = {table} | {role for role in ("train", "val") if info.get(f"{role}_table") == table}
     return np.array([int(r["id"]) for r in items if isinstance(r, dict) and "id" in r
-                     and r.get("table", table) == table], np.int64)
+                     and r.get("table", table) in names], np.int64)
 
 
 @table_app.command("edit")

@@ -10,6 +10,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from dataloupe.analysis._detectors import analyze
 from dataloupe.analysis._maps import reduce
@@ -27,11 +28,18 @@ from dataloupe.project import DataloupeError, Project
 
 
 def analyze_run(project: Project, run: str, *, folds: int | None = None, real_labels: str | Path | None = None,
-                k: int = 10) -> dict:
+                k: int = 10) -> tuple[dict, "pa.Table"]:
     """Findings of ``run``; writes ``runs/<run>/analysis.json`` and the ``cluster`` column.
 
+    Records name their table by run role (``"table": "train"`` / ``"val"``; leakage pairs
+    carry ``train_id`` / ``val_id``): ids are unique only within one table.
+
+    Returns:
+        `(findings, metrics)`: the JSON object written, and the run's metrics on its
+        training table (with the new ``cluster`` column) as an Arrow table.
+
     Example:
-        >>> analyze_run(Project.open(), "a", folds=5)["label_issues"][:1]  # doctest: +SKIP
+        >>> findings, metrics = analyze_run(Project.open(), "a", folds=5)  # doctest: +SKIP
     """
     if folds is not None and folds < 2:
         raise DataloupeError(f"--folds must be at least 2, got {folds}")
@@ -43,17 +51,11 @@ def analyze_run(project: Project, run: str, *, folds: int | None = None, real_la
                                               num_classes=len(inputs.classes))
     findings, columns = analyze(inputs, folds=folds)
     tables = run_tables(info)
-    for role, s in (("train", inputs.train), ("val", inputs.val)):
-        if s is None:
-            continue
-        for rec in findings["label_issues"] + findings["outliers"] + findings["near_duplicates"]:
-            if rec.get("table") == role:
-                rec["table"] = tables[role]
     out = dict(run=run, classes=inputs.classes, tables=tables, **findings)
     write_json(project.runs_dir / run / "analysis.json", out)
     for role, cols in columns.items():
         write_columns(project, run, tables[role], getattr(inputs, role).ids, cols)
-    return out
+    return out, load_metrics(project, run, tables["train"])
 
 
 def reduce_run(project: Project, run: str, *, method: str = "pacmap", dims: int = 2) -> dict:

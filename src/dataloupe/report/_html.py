@@ -45,6 +45,7 @@ class _Thumbs:
         from dataloupe.tables import open_table
 
         self.paths: dict[str, dict[int, Path]] = {}
+        self.roles = dict(tables)
         for name in tables.values():
             try:
                 rev = load_metrics(project, run, name, columns=["table_revision"]).column("table_revision")[0].as_py()
@@ -56,9 +57,10 @@ class _Thumbs:
                                 zip(rows.column("id").to_pylist(), rows.column("path").to_pylist())}
 
     def img(self, table: str, sid: int) -> str:
+        """``table``: a table name or a run role (train/val)."""
         from PIL import Image
 
-        path = self.paths.get(table, {}).get(int(sid))
+        path = self.paths.get(self.roles.get(table, table), {}).get(int(sid))
         try:
             with Image.open(path) as im:
                 im = im.convert("RGB")
@@ -160,7 +162,7 @@ def write_report(project: Project, run: str, *, out: str | Path | None = None) -
                              f"<img class='plot' src='{_data_uri(confusion_png(lab, pred, classes))}'>")
         except DataloupeError:
             pass
-    issue_keys = {(r["table"], r["id"]) for r in found.get("label_issues", [])}
+    issue_keys = {(tables.get(r["table"], r["table"]), r["id"]) for r in found.get("label_issues", [])}
     png = _map_figure(project, run, tables, classes, issue_keys)
     if png:
         parts.append(f"<h2>Embedding map</h2><img class='plot' src='{_data_uri(png)}'>")
@@ -189,7 +191,7 @@ def _galleries(found: dict, tables: dict[str, str], thumbs: _Thumbs) -> list[str
                          for r in items[:GALLERY]], len(items)))
     items = found.get("outliers", [])
     out.append(_section("Outliers", "farthest from their nearest neighbours in embedding space",
-                        [_card(thumbs.img(r["table"], r["id"]), f"#{r['id']} {e(r['table'])}<br>{r['score']:.3f}")
+                        [_card(thumbs.img(r["table"], r["id"]), f"#{r['id']} {e(tables.get(r['table'], r['table']))}<br>{r['score']:.3f}")
                          for r in items[:GALLERY]], len(items)))
     items = found.get("near_duplicates", [])
     out.append(_section("Near-duplicates", "pairs within a table (cosine similarity; exact = same file bytes)",
