@@ -126,7 +126,8 @@ def label_issue_scores(
     ens = ens / ens.sum(1, keepdims=True)
     self_conf = ens[np.arange(n), labels]
     ranks = [_suspicion_rank(self_conf)]
-    votes = [confident_learning(labels, ens).astype(np.float64)]
+    # n_jobs=1: cleanlab would fork worker processes, and Lance (imported by the CLI) is not fork-safe
+    votes = [confident_learning(labels, ens, n_jobs=1).astype(np.float64)]
     voters = np.ones(n)
     if knn_probs is not None:
         votes.append((knn_probs.argmax(1) != labels).astype(np.float64))

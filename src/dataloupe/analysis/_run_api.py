@@ -51,7 +51,7 @@ def analyze_run(project: Project, run: str, *, folds: int | None = None, real_la
                                               num_classes=len(inputs.classes))
     findings, columns = analyze(inputs, folds=folds)
     tables = run_tables(info)
-    out = dict(run=run, classes=inputs.classes, tables=tables, **findings)
+    out = dict(**findings, run=run, classes=inputs.classes, tables=tables)  # findings first: `--json | head`
     write_json(project.runs_dir / run / "analysis.json", out)
     for role, cols in columns.items():
         write_columns(project, run, tables[role], getattr(inputs, role).ids, cols)
