@@ -129,7 +129,7 @@ def main() -> None:
         probs = crossfit_probs(d["emb"], d["noisy"], num_classes=10, folds=args.folds, seed=args.seed)
         fit_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        base = cl_find(d["noisy"], probs)
+        base = cl_find(d["noisy"], probs, n_jobs=1)  # same single process as ours
         cl_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         ours = find_label_issues(d["noisy"], probs, embeddings=d["emb"], aum=d["margins"].mean(1))
