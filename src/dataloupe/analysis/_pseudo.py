@@ -5,9 +5,10 @@ validation labels: the global threshold is the lowest confidence t such that, am
 labeled rows predicted with confidence >= t, at least ``target_precision`` are correct;
 each class gets the same rule restricted to rows predicted as that class (a class that
 never reaches the target gets no pseudo-labels). An undefined row is pseudo-labeled when
-its confidence clears its predicted class's threshold. Labeled rows suspected of label
-errors should be left out of the calibration (``calibration_mask``): with 10% wrong labels
-no threshold could show 95% precision against them.
+its confidence clears its predicted class's threshold. The given labels are themselves
+noisy; the ``pseudo_labels`` detector therefore lowers the measured target by the
+estimated noise rate (see ``PseudoLabelsDetector``) rather than dropping suspected rows,
+which would be circular (those are the rows the model disagrees with).
 """
 
 from __future__ import annotations
