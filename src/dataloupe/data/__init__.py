@@ -1,5 +1,45 @@
 """Table revision -> decoded cache -> batches and augmentation."""
 
+from dataloupe.data._augment import (
+    AugmentConfig,
+    augment_batch,
+    mix_transform,
+    normalize_batch,
+    sample_transform,
+)
+from dataloupe.data._batch_augment import batch_augment
+from dataloupe.data._cache import DecodedCache, build_cache, cache_bytes, cache_path
 from dataloupe.data._decode import MAX_PIXELS, ImageDecodeError, decode_image
+from dataloupe.data._loader import (
+    LoaderPlan,
+    ShardSampler,
+    WeightedEpochSampler,
+    make_loader,
+    open_cache,
+    plan_loader,
+)
+from dataloupe.data._samples import SampleSet, sample_set_from_table
 
-__all__ = ["MAX_PIXELS", "ImageDecodeError", "decode_image"]
+__all__ = [
+    "MAX_PIXELS",
+    "AugmentConfig",
+    "DecodedCache",
+    "ImageDecodeError",
+    "LoaderPlan",
+    "SampleSet",
+    "ShardSampler",
+    "WeightedEpochSampler",
+    "augment_batch",
+    "batch_augment",
+    "build_cache",
+    "cache_bytes",
+    "cache_path",
+    "decode_image",
+    "make_loader",
+    "mix_transform",
+    "normalize_batch",
+    "open_cache",
+    "plan_loader",
+    "sample_set_from_table",
+    "sample_transform",
+]

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
+from dataloupe.models._convnet import CONVNETS, ConvNet
 from dataloupe.project import DataloupeError
 
 _TORCHVISION: dict[str, Callable[..., nn.Module]] = {
@@ -71,7 +72,7 @@ def _timm_backbone(name: str, small_input: bool) -> tuple[nn.Module, int] | None
 
 def available_models() -> list[str]:
     """Names accepted by :func:`create_model` (timm adds its own when installed)."""
-    return sorted(_TORCHVISION)
+    return sorted(_TORCHVISION) + sorted(CONVNETS)
 
 
 def create_model(
@@ -99,6 +100,9 @@ def create_model(
         raise DataloupeError(f"num_classes must be >= 1, got {num_classes}")
     if name in _TORCHVISION:
         backbone, nf = _torchvision_backbone(name, small_input)
+    elif name in CONVNETS:
+        backbone = ConvNet(CONVNETS[name])
+        nf = backbone.num_features
     else:
         found = _timm_backbone(name, small_input)
         if found is None:

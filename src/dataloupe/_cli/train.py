@@ -1,0 +1,125 @@
+"""``dataloupe train``, ``lr-find``, ``runs ls|show`` and ``collect``: parse, then call the train API."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from dataloupe._cli.common import JsonOpt, ProjectOpt, print_json, project_from
+from dataloupe.project import DataloupeError
+
+runs_app = typer.Typer(help="Training runs in the project.", no_args_is_help=True)
+
+OverridesArg = Annotated[Optional[list[str]], typer.Argument(help="Recipe overrides key=value (e.g. epochs=2 lr=0.01).",
+                                                             show_default=False)]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_cmd)
+    app.command("lr-find")(lr_find_cmd)
+    app.command("collect")(collect_cmd)
+    app.add_typer(runs_app, name="runs")
+
+
+def train_cmd(
+    overrides: OverridesArg = None,
+    train: Annotated[Optional[str], typer.Option("--train", help="Training table: TABLE or TABLE@REV.")] = None,
+    val: Annotated[Optional[str], typer.Option("--val", help="Validation table: TABLE or TABLE@REV.")] = None,
+    recipe: Annotated[Optional[str], typer.Option("--recipe", help="Recipe name or YAML file.")] = None,
+    run: Annotated[Optional[str], typer.Option(
+        "--run", "--run-name", help="Run name (default: <recipe>-<n>). Under torchrun on Python 3.11 use --run-name.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue run --run from its last checkpoint.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Resume even if the tables changed.")] = False,
+    project: ProjectOpt = None,
+) -> None:
+    """Train a classifier on table revisions with a recipe (works under torchrun)."""
+    from dataloupe.train import _runs, load_recipe, train as train_fn
+
+    p = project_from(project)
+    if resume:
+        if not run:
+            raise DataloupeError("--resume needs --run NAME")
+        info = _runs.read_run(p, run)
+        saved = _runs.run_dir(p, run) / "recipe.yaml"
+        r = load_recipe(recipe or str(saved), overrides or [])
+        train = train or info["train_table"]
+        val = val or info["val_table"]
+    else:
+        if not (train and val and recipe):
+            raise DataloupeError("train needs --train TABLE, --val TABLE and --recipe RECIPE")
+        r = load_recipe(recipe, overrides or [])
+    info = train_fn(p, train, val, r, run=run, resume=resume, force=force)
+    if info and os.environ.get("RANK", "0") == "0":
+        typer.echo(f"run {info['run']}: {info['status']}, best val top-1 {info.get('best_val_top1')}"
+                   f" (epoch {info.get('best_epoch')})")
+
+
+def lr_find_cmd(
+    overrides: OverridesArg = None,
+    train: Annotated[str, typer.Option("--train", help="Table: TABLE or TABLE@REV.")] = ...,
+    recipe: Annotated[str, typer.Option("--recipe", help="Recipe name or YAML file.")] = ...,
+    start_lr: Annotated[float, typer.Option(help="First learning rate.")] = 1e-7,
+    end_lr: Annotated[float, typer.Option(help="Last learning rate.")] = 10.0,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 100,
+    plot: Annotated[Optional[Path], typer.Option(help="PNG path (default: <project>/lr-find/...).")] = None,
+    project: ProjectOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """LR range test: print the suggested learning rate and write the loss-vs-LR plot."""
+    from dataloupe.train import load_recipe
+    from dataloupe.train._lr_find import lr_find
+
+    res = lr_find(project_from(project), train, load_recipe(recipe, overrides or []), start_lr=start_lr,
+                  end_lr=end_lr, steps=steps, plot=plot)
+    if as_json:
+        print_json(res)
+    else:
+        typer.echo(f"suggested lr: {res['suggested_lr']:.3g}")
+        typer.echo(f"plot: {res['plot']}")
+
+
+def collect_cmd(
+    run: str,
+    table: Annotated[Optional[str], typer.Option("--table", help="TABLE or TABLE@REV (default: the run's train and val).")] = None,
+    project: ProjectOpt = None,
+) -> None:
+    """Write per-sample metrics (predictions, probabilities, embeddings, AUM) of a run."""
+    from dataloupe.train._collect import collect
+
+    for path in collect(project_from(project), run, table):
+        typer.echo(f"wrote {path}")
+
+
+@runs_app.command("ls")
+def runs_ls(project: ProjectOpt = None, as_json: JsonOpt = False) -> None:
+    """List runs."""
+    from dataloupe.train import list_runs
+
+    rows = list_runs(project_from(project))
+    if as_json:
+        print_json(rows)
+        return
+    for r in rows:
+        best = r["best_val_top1"]
+        best_s = f"{best:.4f}" if isinstance(best, (int, float)) else "-"
+        typer.echo(f"{r['run']:<24} {r['status']:<9} {r['recipe']:<32} {r['train_table']}@{r['train_revision']}"
+                   f" -> {r['val_table']}@{r['val_revision']} epochs {r['epochs_done']}/{r['epochs']} best {best_s}")
+
+
+@runs_app.command("show")
+def runs_show(run: str, project: ProjectOpt = None, as_json: JsonOpt = False) -> None:
+    """Show one run: provenance, status, history, plots."""
+    from dataloupe.train import show_run
+
+    info = show_run(project_from(project), run)
+    if as_json:
+        print_json(info)
+        return
+    for k in ("run", "status", "recipe", "train_table", "train_revision", "val_table", "val_revision", "epochs",
+              "epochs_done", "best_val_top1", "best_epoch", "folder"):
+        typer.echo(f"{k}: {info.get(k)}")
+    for h in info["history"]:
+        typer.echo("  " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in h.items()))

@@ -1,0 +1,191 @@
+"""Batches for training and evaluation: from the decoded cache or streamed from files.
+
+Both paths yield ``(images (B, 3, S, S) uint8, labels (B,) int64, positions (B,) int64)``
+where ``positions`` index the :class:`SampleSet` the loader was built on. Float
+conversion, normalisation and MixUp/CutMix happen on the batch in the engine (on the
+GPU when there is one).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from dataloupe.data._augment import augment_batch
+from dataloupe.data._cache import DecodedCache, build_cache, cache_bytes
+from dataloupe.data._decode import ImageDecodeError, decode_image
+from dataloupe.data._samples import SampleSet
+
+
+class WeightedEpochSampler(Sampler[int]):
+    """Draw one epoch of sample positions, honouring weights, split across processes.
+
+    Every process draws the same global order (seeded by ``seed + epoch``) and takes
+    positions ``rank::num_replicas``, so the global batch at each step is the same for
+    any number of processes. Uniform weights give a permutation (each sample once);
+    otherwise ``num_samples`` draws with replacement, probability proportional to the
+    weight (``WeightedRandomSampler`` semantics). Zero weights are never drawn.
+
+    Args:
+        weights: ``(N,)`` non-negative sampling weights.
+        num_replicas: number of processes.
+        rank: this process.
+        seed: base seed.
+        num_samples: draws per epoch over all processes (default ``N``).
+    """
+
+    def __init__(self, weights: np.ndarray, *, num_replicas: int = 1, rank: int = 0, seed: int = 0,
+                 num_samples: int | None = None):
+        w = np.asarray(weights, dtype=np.float64)
+        if len(w) == 0 or not (w > 0).any():
+            raise ValueError("no sample has a positive weight")
+        self.weights = torch.as_tensor(w)
+        self.uniform = bool(np.all(w == w[0]))
+        self.num_samples = int(num_samples or len(w))
+        self.num_replicas, self.rank, self.seed, self.epoch = num_replicas, rank, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def global_order(self) -> torch.Tensor:
+        """``(ceil(num_samples / W) * W,)`` positions for all processes, this epoch."""
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        if self.uniform and self.num_samples == len(self.weights):
+            order = torch.randperm(len(self.weights), generator=g)
+        else:
+            order = torch.multinomial(self.weights, self.num_samples, replacement=True, generator=g)
+        total = math.ceil(len(order) / self.num_replicas) * self.num_replicas
+        if total > len(order):
+            order = torch.cat([order, order[: total - len(order)]])
+        return order
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.global_order()[self.rank :: self.num_replicas].tolist())
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_samples / self.num_replicas)
+
+
+class _CachedImages(Dataset):
+    def __init__(self, cache: DecodedCache, samples: SampleSet, transform):
+        self.images, self.rows = cache.images, cache.rows_of(samples.ids)
+        self.labels, self.transform = torch.as_tensor(samples.labels), transform
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitems__(self, positions: list[int]):
+        pos = np.asarray(positions, dtype=np.int64)
+        rows = self.rows[pos]
+        order = np.argsort(rows, kind="stable")  # read the memmap in file order
+        arr = np.empty((len(pos),) + self.images.shape[1:], dtype=np.uint8)
+        arr[order] = self.images[rows[order]]
+        x = torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+        x = augment_batch(x, self.transform)
+        return x, self.labels[pos], torch.as_tensor(pos)
+
+
+class _StreamedImages(Dataset):
+    def __init__(self, samples: SampleSet, size: int, transform):
+        self.root, self.paths, self.size = samples.root, samples.paths, size
+        self.labels, self.transform = torch.as_tensor(samples.labels), transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _decode(self, i: int) -> np.ndarray:
+        try:
+            return decode_image(self.root / self.paths[i], self.size)
+        except (ImageDecodeError, OSError) as e:
+            print(f"warning: skipped pixels of {self.paths[i]} (black image used): {e}", file=sys.stderr)
+            return np.zeros((self.size, self.size, 3), dtype=np.uint8)
+
+    def __getitems__(self, positions: list[int]):
+        pos = np.asarray(positions, dtype=np.int64)
+        arr = np.stack([self._decode(int(i)) for i in pos])
+        x = torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+        x = augment_batch(x, self.transform)
+        return x, self.labels[pos], torch.as_tensor(pos)
+
+
+def _identity(batch):
+    return batch
+
+
+@dataclass(frozen=True)
+class LoaderPlan:
+    """How batches are made: ``mode`` is ``cache`` or ``stream``; ``num_workers`` per process."""
+
+    mode: str
+    num_workers: int
+
+
+def plan_loader(num_images: int, image_size: int, *, loader: str = "auto", cache_max_gb: float = 8.0,
+                num_workers: int | None = None, cuda: bool = False, world_size: int = 1) -> LoaderPlan:
+    """Choose the cached or streaming path (``auto``: cache when it fits ``cache_max_gb``)."""
+    mode = loader
+    if mode == "auto":
+        mode = "cache" if cache_bytes(num_images, image_size) <= cache_max_gb * 2**30 else "stream"
+    if num_workers is None:
+        cpus = max(1, (os.cpu_count() or 1) // world_size)
+        if mode == "cache":
+            num_workers = min(8, cpus) if cuda else 0
+        else:
+            num_workers = min(8, cpus) if cuda else max(1, min(4, cpus - 1))
+    return LoaderPlan(mode, num_workers)
+
+
+def open_cache(samples: SampleSet, size: int, cache_dir: Path, *, primary: bool = True,
+               barrier: Callable[[], None] | None = None, progress=None) -> DecodedCache:
+    """Build (on the primary process) and open the decoded cache, all processes in step."""
+    if primary:
+        cache = build_cache(samples, size, cache_dir, progress=progress)
+    if barrier is not None:
+        barrier()
+    if not primary:
+        cache = build_cache(samples, size, cache_dir)
+    return cache
+
+
+def make_loader(samples: SampleSet, plan: LoaderPlan, *, image_size: int, batch_size: int,
+                cache: DecodedCache | None = None, transform=None, sampler: Sampler | None = None,
+                drop_last: bool = False, seed: int = 0, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader over ``samples`` (positions from ``sampler``; sequential when None).
+
+    Example:
+        >>> plan = plan_loader(len(s), 64)  # doctest: +SKIP
+        >>> loader = make_loader(s, plan, image_size=64, batch_size=32, cache=build_cache(s, 64, d))  # doctest: +SKIP
+    """
+    if plan.mode == "cache":
+        if cache is None:
+            raise ValueError("the cached path needs a DecodedCache")
+        dataset: Dataset = _CachedImages(cache, samples, transform)
+    else:
+        dataset = _StreamedImages(samples, image_size, transform)
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=drop_last,
+        num_workers=plan.num_workers, collate_fn=_identity, pin_memory=pin_memory, generator=g,
+        persistent_workers=plan.num_workers > 0, prefetch_factor=4 if plan.num_workers > 0 else None,
+    )
+
+
+class ShardSampler(Sampler[int]):
+    """Sequential positions ``rank::num_replicas`` (evaluation: every sample exactly once overall)."""
+
+    def __init__(self, n: int, *, num_replicas: int = 1, rank: int = 0):
+        self.n, self.num_replicas, self.rank = n, num_replicas, rank
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.n, self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.num_replicas))

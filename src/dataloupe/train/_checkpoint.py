@@ -1,0 +1,63 @@
+"""Checkpoints written atomically: a temp file in the same folder, fsync, then rename.
+
+A failure while writing (e.g. out of disk space) removes the temp file and leaves the
+previous checkpoint untouched.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import torch
+
+from dataloupe.project import DataloupeError
+
+
+def atomic_save(obj, path: Path) -> None:
+    """``torch.save(obj)`` to ``path`` so that readers see the old file or the new one, never half.
+
+    Raises:
+        DataloupeError: the write failed (the message names the cause; the old file survives).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        why = "out of disk space" if e.errno == errno.ENOSPC else str(e)
+        raise DataloupeError(f"could not write checkpoint {path} ({why}); the previous one is intact") from e
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def model_checkpoint(model, *, model_name: str, classes: list[str], image_size: int, small_input: bool,
+                     mean, std, epoch: int, val_top1: float) -> dict:
+    """The checkpoint dict of architecture.md (model = state dict of the unwrapped Classifier)."""
+    return {
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model_name": model_name,
+        "num_classes": len(classes),
+        "classes": list(classes),
+        "image_size": int(image_size),
+        "small_input": bool(small_input),
+        "mean": [float(v) for v in mean],
+        "std": [float(v) for v in std],
+        "epoch": int(epoch),
+        "val_top1": float(val_top1),
+    }
+
+
+def load_checkpoint(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise DataloupeError(f"checkpoint not found: {path}")
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -1,0 +1,325 @@
+"""The training engine: a function over plain data (sample arrays, a recipe, a project).
+
+Example:
+    >>> from dataloupe.project import Project
+    >>> from dataloupe.train import load_recipe, train
+    >>> info = train(Project.open(), "cm-train", "cm-test",
+    ...              load_recipe("chihuahua-muffin-resnet18", ["epochs=2", "image_size=64"]), run="a")  # doctest: +SKIP
+    >>> info["best_val_top1"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from dataloupe.data import (AugmentConfig, ShardSampler, WeightedEpochSampler, make_loader, mix_transform,
+                            open_cache, plan_loader, sample_transform)
+from dataloupe.models import create_model, load_pretrained
+from dataloupe.project import DataloupeError, Project
+from dataloupe.train import _runs
+from dataloupe.train._checkpoint import atomic_save, load_checkpoint, model_checkpoint
+from dataloupe.train._distributed import DistContext, init_distributed, shutdown_distributed
+from dataloupe.train._dynamics import Dynamics
+from dataloupe.train._epoch import StepOptions, evaluate, train_one_epoch
+from dataloupe.train._inputs import TrainData, load_train_data
+from dataloupe.train._plots import plot_history
+from dataloupe.train._progress import Progress
+from dataloupe.train._recipe import Recipe, build_recipe, load_recipe, parse_overrides, save_recipe
+from dataloupe.train._schedules import Schedule, build_optimizer, current_lr
+
+
+@dataclass
+class Setup:
+    """Everything built from a recipe before the first epoch."""
+
+    model: nn.Module  # possibly DDP-wrapped / compiled
+    raw: nn.Module  # the unwrapped Classifier (checkpoints)
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    train_loader: object
+    val_loader: object
+    sampler: WeightedEpochSampler
+    mix: object
+    opts: StepOptions
+    small_input: bool
+    num_train: int
+
+
+def _small_input(recipe: Recipe) -> bool:
+    return recipe.small_input if recipe.small_input is not None else recipe.image_size <= 32
+
+
+def init_weights(project: Project, recipe: Recipe, model: nn.Module) -> None:
+    """Load ``pretrained`` and/or the ``continue_from`` run's best checkpoint (multi-stage)."""
+    if recipe.pretrained:
+        load_pretrained(model, recipe.pretrained)
+    if recipe.continue_from:
+        folder = _runs.run_dir(project, recipe.continue_from)
+        ckpt = folder / "checkpoints" / "best.pt"
+        if not ckpt.is_file():
+            raise DataloupeError(f"continue_from={recipe.continue_from}: no checkpoint at {ckpt}")
+        load_pretrained(model, ckpt)
+
+
+def build_setup(project: Project, data: TrainData, recipe: Recipe, ctx: DistContext, train_set, val_set) -> Setup:
+    """Model, optimizer, schedule and loaders for ``recipe`` on this process."""
+    if recipe.batch_size % ctx.world_size:
+        raise DataloupeError(f"batch_size {recipe.batch_size} is not divisible by {ctx.world_size} processes")
+    cuda = ctx.device.type == "cuda"
+    per_rank = recipe.batch_size // ctx.world_size
+    small = _small_input(recipe)
+    torch.manual_seed(recipe.seed)
+    raw = create_model(recipe.model, len(data.classes), small_input=small)
+    init_weights(project, recipe, raw)
+    raw.to(ctx.device)
+    channels_last = recipe.channels_last and cuda
+    if channels_last:
+        raw = raw.to(memory_format=torch.channels_last)
+    model: nn.Module = raw
+    if recipe.compile:
+        model = torch.compile(model)
+    if ctx.distributed:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[ctx.local_rank] if cuda else None)
+    all_rows = len(data.train) + len(data.val)
+    plan = plan_loader(all_rows, recipe.image_size, loader=recipe.loader, cache_max_gb=recipe.cache_max_gb,
+                       num_workers=recipe.num_workers, cuda=cuda, world_size=ctx.world_size)
+    caches = [None, None]
+    if plan.mode == "cache":
+        for i, samples in enumerate((data.train, data.val)):
+            t0 = time.perf_counter()
+            caches[i] = open_cache(samples, recipe.image_size, project.cache_dir, primary=ctx.is_primary(),
+                                   barrier=ctx.barrier)
+            if ctx.is_primary() and time.perf_counter() - t0 > 5:
+                print(f"decoded {len(samples)} images at {recipe.image_size} px into {caches[i].path}"
+                      f" in {time.perf_counter() - t0:.0f}s", flush=True)
+            if ctx.is_primary():
+                for rid, why in sorted(caches[i].failed.items()):
+                    if rid in set(samples.ids.tolist()):
+                        print(f"warning: id {rid} could not be decoded (trained as black): {why}")
+    aug = AugmentConfig.from_recipe(recipe)
+    batched = recipe.augment == "batched" or (recipe.augment == "auto" and cuda)
+    sampler = WeightedEpochSampler(train_set.weights, num_replicas=ctx.world_size, rank=ctx.rank, seed=recipe.seed)
+    drop_last = len(train_set) >= 2 * recipe.batch_size
+    train_loader = make_loader(train_set, plan, image_size=recipe.image_size, batch_size=per_rank, cache=caches[0],
+                               transform=sample_transform(aug, only_autoaugment=batched), sampler=sampler,
+                               drop_last=drop_last, seed=recipe.seed + ctx.rank, pin_memory=cuda)
+    val_loader = make_loader(val_set, plan, image_size=recipe.image_size,
+                             batch_size=recipe.val_batch_size or 2 * per_rank, cache=caches[1],
+                             sampler=ShardSampler(len(val_set), num_replicas=ctx.world_size, rank=ctx.rank),
+                             pin_memory=cuda)
+    optimizer = build_optimizer(raw, recipe.optimizer, lr=recipe.effective_lr, momentum=recipe.momentum,
+                                nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
+    schedule = Schedule(recipe.scheduler, optimizer, lr=recipe.effective_lr, epochs=recipe.epochs,
+                        steps_per_epoch=len(train_loader), warmup_fraction=recipe.warmup_fraction,
+                        min_lr=recipe.min_lr, plateau_factor=recipe.plateau_factor,
+                        plateau_patience=recipe.plateau_patience)
+    amp = torch.bfloat16 if (recipe.amp == "bf16" or (recipe.amp == "auto" and cuda)) else None
+    opts = StepOptions(ctx.device, tuple(recipe.mean), tuple(recipe.std), amp, channels_last,
+                       augment=aug if batched else None)
+    return Setup(model, raw, optimizer, schedule, train_loader, val_loader, sampler,
+                 mix_transform(aug, len(data.classes)), opts, small, len(train_set))
+
+
+def _provenance_tables(data: TrainData) -> dict:
+    return {"train_table": data.train_table, "train_revision": data.train_revision, "val_table": data.val_table,
+            "val_revision": data.val_revision, "train_content_key": data.train.content_key,
+            "val_content_key": data.val.content_key, "classes": data.classes}
+
+
+def _provenance(data: TrainData, recipe: Recipe, run: str, ctx: DistContext) -> dict:
+    return {
+        "run": run, "status": "running", "recipe": recipe.name, "train_table": data.train_table,
+        "train_revision": data.train_revision, "val_table": data.val_table, "val_revision": data.val_revision,
+        "train_content_key": data.train.content_key, "val_content_key": data.val.content_key,
+        "classes": data.classes, "seed": recipe.seed, "version": _runs.package_version(),
+        "hardware": dict(_runs.hardware(), world_size=ctx.world_size, device=str(ctx.device)),
+        "created": _runs.now(), "epochs": recipe.epochs, "epochs_done": 0, "best_val_top1": None,
+        "best_epoch": None, "model": recipe.model, "image_size": recipe.image_size,
+        "num_train": int(data.train.trainable.sum()), "num_val": int(data.val.trainable.sum()),
+    }
+
+
+def check_resumable(info: dict, data: TrainData, *, force: bool) -> list[str]:
+    """Refuse to resume when the tables changed underneath the run, unless ``force``; returns the changes."""
+    changes = []
+    for side in ("train", "val"):
+        samples = getattr(data, side)
+        now = (getattr(data, f"{side}_table"), getattr(data, f"{side}_revision"), samples.content_key)
+        then = (info.get(f"{side}_table"), info.get(f"{side}_revision"), info.get(f"{side}_content_key"))
+        if now != then:
+            changes.append(f"{side}: {then[0]}@{then[1]} -> {now[0]}@{now[1]}")
+    if list(info.get("classes") or data.classes) != list(data.classes):
+        changes.append(f"classes {info.get('classes')} -> {data.classes}")
+    if changes and not force:
+        raise DataloupeError(f"run {info['run']}: tables changed since it started ({'; '.join(changes)});"
+                             " refusing to resume (pass --force to resume anyway)")
+    return changes
+
+
+def _start_run(project, data, recipe, run, ctx, *, resume: bool, force: bool):
+    folder = _runs.run_dir(project, run)
+    exists = (folder / "run.json").is_file()
+    if resume and not exists and folder.is_dir():
+        resume = False  # killed before its first write: start it afresh
+    if resume:
+        if not exists:
+            raise DataloupeError(f"cannot resume: run {run!r} does not exist")
+        info = _runs.read_run(project, run)
+        changes = check_resumable(info, data, force=force)
+        if changes and ctx.is_primary():  # forced: the run now continues on the new revisions; say so
+            forced = info.get("forced_resumes", []) + [{"after_epoch": info.get("epochs_done", 0), "changes": changes}]
+            info = _runs.update_run(folder, forced_resumes=forced, **_provenance_tables(data))
+    elif exists:
+        raise DataloupeError(f"run {run!r} already exists (use --resume to continue it, or another --run name)")
+    else:
+        info = _provenance(data, recipe, run, ctx)
+    ctx.barrier()
+    if ctx.is_primary() and not resume:
+        (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
+        save_recipe(recipe, folder / "recipe.yaml")
+        _runs.write_json_atomic(folder / "run.json", info)
+    return folder, info
+
+
+def train_samples(project: Project, data: TrainData, recipe: Recipe, *, run: str, resume: bool = False,
+                  force: bool = False, ctx: DistContext | None = None, tty: bool | None = None) -> dict:
+    """Train ``recipe`` on ``data`` into ``runs/<run>/``; returns the final ``run.json`` dict.
+
+    Trains on labeled rows with weight > 0 (weights are sampling weights); evaluates on
+    the validation rows with a label and weight > 0. Only the primary process writes.
+    """
+    ctx = ctx or init_distributed(recipe.device)
+    train_set = data.train.subset(data.train.trainable)
+    val_set = data.val.subset(data.val.trainable)
+    if len(train_set) == 0:
+        raise DataloupeError(f"training table {data.train_table}@{data.train_revision} has no labeled rows with"
+                             " weight > 0 to train on")
+    if len(val_set) == 0:
+        raise DataloupeError(f"validation table {data.val_table}@{data.val_revision} has no labeled rows with"
+                             " weight > 0")
+    folder, info = _start_run(project, data, recipe, run, ctx, resume=resume, force=force)
+    s = build_setup(project, data, recipe, ctx, train_set, val_set)
+    primary = ctx.is_primary()
+    start_epoch, best = 1, -1.0
+    dyn = Dynamics(train_set.ids, recipe.epochs)
+    if resume and (folder / "checkpoints" / "last.pt").is_file():
+        last = load_checkpoint(folder / "checkpoints" / "last.pt")
+        s.raw.load_state_dict(last["model"])
+        s.optimizer.load_state_dict(last["optimizer"])
+        s.schedule.resume(last["scheduler"], int(last["epoch"]) * len(s.train_loader))
+        start_epoch, best = int(last["epoch"]) + 1, float(last.get("best_val_top1", -1.0))
+        dyn = Dynamics.load(folder / "dynamics.npz", train_set.ids, recipe.epochs, upto=int(last["epoch"]))
+        if primary:
+            _runs.truncate_history(folder, int(last["epoch"]))
+    elif resume and primary:
+        _runs.truncate_history(folder, 0)
+    if primary:
+        info = _runs.update_run(folder, status="running", epochs=recipe.epochs,
+                                resumed=_runs.now() if resume else None)
+        if resume:
+            save_recipe(recipe, folder / "recipe.yaml")
+    k = len(data.classes)
+    try:
+        for epoch in range(start_epoch, recipe.epochs + 1):
+            best = _one_epoch(s, ctx, recipe, data, folder, epoch, best, dyn, k, tty)
+    except BaseException:
+        if primary:
+            _runs.update_run(folder, status="failed")
+        raise
+    if primary:
+        _runs.update_run(folder, status="completed", finished=_runs.now())
+    ctx.barrier()
+    return _runs.read_run_at(folder)
+
+
+def _one_epoch(s: Setup, ctx: DistContext, recipe: Recipe, data: TrainData, folder, epoch: int, best: float,
+               dyn: Dynamics, k: int, tty) -> float:
+    primary = ctx.is_primary()
+    torch.manual_seed(recipe.seed * 1_000_003 + epoch * 7919 + ctx.rank * 104_729)  # augmentation draws
+    s.sampler.set_epoch(epoch)
+    bar = Progress(len(s.train_loader), f"epoch {epoch}/{recipe.epochs}", enabled=primary, every=recipe.log_every,
+                   tty=tty)
+    tr = train_one_epoch(s.model, s.train_loader, optimizer=s.optimizer, schedule=s.schedule, opts=s.opts,
+                         num_samples=s.num_train, label_smoothing=recipe.label_smoothing, mix=s.mix,
+                         grad_clip=recipe.grad_clip, progress=bar)
+    ev = evaluate(s.model, s.val_loader, opts=s.opts, num_classes=k)
+    sums = ctx.all_reduce_sum(torch.tensor([tr["loss_sum"], tr["correct"], tr["count"], ev["loss_sum"],
+                                            ev["top1"], ev["top5"], ev["count"], tr["seconds"]]))
+    msum = ctx.all_reduce_sum(torch.from_numpy(tr["margin_sum"])).numpy()
+    mcnt = ctx.all_reduce_sum(torch.from_numpy(tr["margin_count"])).numpy()
+    tl, tc, tn, vl, v1, v5, vn, secs = sums.tolist()
+    val_loss = vl / vn
+    s.schedule.epoch_end(val_loss)
+    record = {"epoch": epoch, "train_loss": tl / tn, "train_top1": tc / tn, "val_loss": val_loss,
+              "val_top1": v1 / vn}
+    if k >= 5:
+        record["val_top5"] = v5 / vn
+    record.update(lr=current_lr(s.optimizer), images_per_s=tn / (secs / ctx.world_size),
+                  seconds=secs / ctx.world_size)
+    dyn.record(epoch, msum, mcnt)
+    improved = record["val_top1"] > best
+    best = max(best, record["val_top1"])
+    if primary:
+        _write_epoch(s, recipe, data, folder, epoch, record, best, improved, dyn)
+    ctx.barrier()
+    return best
+
+
+def _write_epoch(s, recipe, data, folder, epoch, record, best, improved, dyn) -> None:
+    _runs.append_history(folder, record)
+    dyn.save(folder / "dynamics.npz")
+    meta = dict(model_name=recipe.model, classes=data.classes, image_size=recipe.image_size,
+                small_input=s.small_input, mean=recipe.mean, std=recipe.std, epoch=epoch)
+    if improved:
+        atomic_save(model_checkpoint(s.raw, val_top1=record["val_top1"], **meta), folder / "checkpoints" / "best.pt")
+    last = model_checkpoint(s.raw, val_top1=record["val_top1"], **meta)
+    last.update(optimizer=s.optimizer.state_dict(), scheduler=s.schedule.state_dict(), best_val_top1=best,
+                rng_torch=torch.get_rng_state())
+    atomic_save(last, folder / "checkpoints" / "last.pt")
+    best_epoch = epoch if improved else _runs.read_run_at(folder).get("best_epoch")
+    _runs.update_run(folder, epochs_done=epoch, best_val_top1=best, best_epoch=best_epoch)
+    plot_history(_runs.read_history(folder), folder / "plots")
+    line = " ".join(f"{k_}={v:.4g}" if isinstance(v, float) else f"{k_}={v}" for k_, v in record.items())
+    print(line, flush=True)
+
+
+def train(project: Project, train_table: str, val_table: str, recipe: Recipe | dict | str, *,
+          overrides: list[str] | dict | None = None, run: str | None = None, resume: bool = False,
+          force: bool = False, tty: bool | None = None) -> dict:
+    """Train on table references ``TABLE[@REV]``; returns the run's ``run.json`` dict.
+
+    Args:
+        project: the project store.
+        train_table, val_table: ``TABLE`` or ``TABLE@REV``.
+        recipe: a :class:`Recipe`, a dict of recipe keys, or a recipe name / YAML path.
+        overrides: ``key=value`` strings or a dict applied on top of ``recipe``.
+        run: run name (default ``<recipe>-<n>``).
+        resume: continue run ``run`` from its last checkpoint.
+        force: resume even when the tables changed underneath.
+    """
+    if isinstance(recipe, str):
+        recipe = load_recipe(recipe)
+    elif isinstance(recipe, dict):
+        recipe = build_recipe(recipe)
+    if overrides:
+        recipe = build_recipe(parse_overrides(overrides) if isinstance(overrides, list) else overrides, base=recipe)
+    ctx = init_distributed(recipe.device)
+    try:
+        data = load_train_data(project, train_table, val_table)
+        if run is None:
+            if resume:
+                raise DataloupeError("--resume needs --run NAME")
+            run = ctx.broadcast_object(_runs.new_run_name(project, recipe.name) if ctx.is_primary() else None)
+        info = train_samples(project, data, recipe, run=run, resume=resume, force=force, ctx=ctx, tty=tty)
+        if recipe.collect and ctx.is_primary():
+            from dataloupe.train._collect import collect
+
+            for ref in (f"{data.train_table}@{data.train_revision}", f"{data.val_table}@{data.val_revision}"):
+                collect(project, run, ref)  # other ranks do not wait (no barrier timeout on big tables)
+        return info
+    finally:
+        shutdown_distributed(ctx)

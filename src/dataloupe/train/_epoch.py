@@ -1,0 +1,142 @@
+"""One training epoch and one evaluation pass: functions over a model, a loader and options."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dataloupe.data import AugmentConfig, batch_augment, normalize_batch
+from dataloupe.train._progress import Progress
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    """How batches become model inputs: device, normalisation, autocast, memory format."""
+
+    device: torch.device
+    mean: tuple
+    std: tuple
+    amp_dtype: torch.dtype | None = None
+    channels_last: bool = False
+    augment: AugmentConfig | None = None  # batched on-device augmentation (training only)
+
+    def inputs(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(self.device, non_blocking=True)
+        x = normalize_batch(x, self.mean, self.std)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def train_inputs(self, images: torch.Tensor) -> torch.Tensor:
+        if self.augment is None:
+            return self.inputs(images)
+        x = batch_augment(images.to(self.device, non_blocking=True), self.augment)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+
+def logit_margins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` assigned-class logit minus the largest other logit (AUM's margin)."""
+    logits = logits.detach().float()
+    assigned = logits.gather(1, labels[:, None]).squeeze(1)
+    other = logits.scatter(1, labels[:, None], float("-inf")).amax(1)
+    return assigned - other
+
+
+def train_one_epoch(model: nn.Module, loader, *, optimizer, schedule, opts: StepOptions, num_samples: int,
+                    label_smoothing: float = 0.0, mix=None, grad_clip: float | None = None,
+                    progress: Progress | None = None) -> dict:
+    """Train for one pass over ``loader``.
+
+    Returns:
+        dict with ``loss_sum``, ``correct``, ``count`` (this process), ``seconds``, and
+        ``margin_sum``/``margin_count`` ``(num_samples,)`` float64 arrays: each training
+        sample's logit margin from the same forward pass (no extra pass), by position.
+    """
+    model.train()
+    # Running sums stay on the device: no host sync per step (the GPU keeps its queue full).
+    loss_acc = torch.zeros((), device=opts.device, dtype=torch.float64)
+    correct_acc = torch.zeros((), device=opts.device, dtype=torch.int64)
+    count = 0
+    positions_seen, margins_seen = [], []
+    start = time.perf_counter()
+    for images, labels, positions in loader:
+        x = opts.train_inputs(images)
+        y = labels.to(opts.device, non_blocking=True)
+        target = y
+        if mix is not None:
+            x, target = mix(x, y)
+        with opts.autocast():
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        schedule.step()
+        n = len(y)
+        loss_acc += loss.detach().double() * n
+        correct_acc += (logits.detach().argmax(1) == y).sum()
+        count += n
+        positions_seen.append(positions)
+        margins_seen.append(logit_margins(logits, y))
+        if progress is not None:
+            progress.update(n, loss.detach())  # converted to a float only when shown
+    if progress is not None:
+        progress.close()
+    margin_sum = np.zeros(num_samples, dtype=np.float64)
+    margin_count = np.zeros(num_samples, dtype=np.float64)
+    if positions_seen:
+        pos = torch.cat(positions_seen).numpy()
+        np.add.at(margin_sum, pos, torch.cat(margins_seen).cpu().numpy())
+        np.add.at(margin_count, pos, 1.0)
+    return {"loss_sum": float(loss_acc), "correct": int(correct_acc), "count": count,
+            "seconds": time.perf_counter() - start, "margin_sum": margin_sum, "margin_count": margin_count}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, *, opts: StepOptions, num_classes: int) -> dict:
+    """Sums for loss, top-1 and top-5 (when ``num_classes >= 5``) over ``loader``'s labeled batches."""
+    model.eval()
+    sums = torch.zeros(3, device=opts.device, dtype=torch.float64)  # loss, top-1, top-5 (no per-batch sync)
+    count = 0
+    for images, labels, _ in loader:
+        x = opts.inputs(images)
+        y = labels.to(opts.device)
+        with opts.autocast():
+            logits = model(x)
+        logits = logits.float()
+        sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
+        sums[1] += (logits.argmax(1) == y).sum()
+        if num_classes >= 5:
+            sums[2] += (logits.topk(5, dim=1).indices == y[:, None]).any(1).sum()
+        count += len(y)
+    loss_sum, top1, top5 = sums.tolist()
+    return {"loss_sum": loss_sum, "top1": int(top1), "top5": int(top5), "count": count}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader, *, opts: StepOptions, num_rows: int, num_classes: int,
+            emb_dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(probs (N, K), embeddings (N, D))`` float32 for every position of ``loader``."""
+    model.eval()
+    probs = np.zeros((num_rows, num_classes), dtype=np.float32)
+    embs = np.zeros((num_rows, emb_dim), dtype=np.float32)
+    for images, _, positions in loader:
+        with opts.autocast():
+            logits, emb = model(opts.inputs(images), return_embedding=True)
+        pos = positions.numpy()
+        probs[pos] = torch.softmax(logits.float(), 1).cpu().numpy()
+        embs[pos] = emb.float().cpu().numpy()
+    return probs, embs

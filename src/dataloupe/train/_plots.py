@@ -1,0 +1,68 @@
+"""PNG plots of a run's history (accuracy, loss, LR per epoch) and of an LR range test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+
+def _save(fig, path: Path) -> None:
+    for ax in fig.axes:
+        if ax.get_xlabel() == "epoch":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
+    fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def plot_history(history: list[dict], folder: Path) -> list[Path]:
+    """Write ``accuracy.png``, ``loss.png`` and ``lr.png`` into ``folder``; returns the paths."""
+    if not history:
+        return []
+    ep = [h["epoch"] for h in history]
+    out = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(ep, [h["train_top1"] for h in history], "o-", label="train top-1")
+    ax.plot(ep, [h["val_top1"] for h in history], "o-", label="val top-1")
+    if all("val_top5" in h for h in history):
+        ax.plot(ep, [h["val_top5"] for h in history], "o-", label="val top-5")
+    ax.set(xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02), title="accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, folder / "accuracy.png")
+    out.append(folder / "accuracy.png")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(ep, [h["train_loss"] for h in history], "o-", label="train loss")
+    ax.plot(ep, [h["val_loss"] for h in history], "o-", label="val loss")
+    ax.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, folder / "loss.png")
+    out.append(folder / "loss.png")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(ep, [h["lr"] for h in history], "o-")
+    ax.set(xlabel="epoch", ylabel="learning rate (end of epoch)", title="learning rate", yscale="log")
+    ax.grid(alpha=0.3)
+    _save(fig, folder / "lr.png")
+    out.append(folder / "lr.png")
+    return out
+
+
+def plot_lr_find(lrs: list[float], losses: list[float], suggested: float, path: Path) -> Path:
+    """Loss vs learning rate (log x) with the suggested LR marked."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(lrs, losses)
+    ax.axvline(suggested, color="red", ls="--", label=f"suggested {suggested:.2e}")
+    ax.set(xscale="log", xlabel="learning rate", ylabel="loss (smoothed)", title="LR range test")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path)
+    return path

@@ -1,0 +1,247 @@
+"""Training recipes in layers: dataclass defaults -> YAML recipe -> ``key=value`` overrides.
+
+A recipe is a flat set of keys so that every one of them can be overridden from the
+command line (``epochs=2 image_size=64 lr=0.01``). Shipped recipes live in
+``dataloupe/train/recipes/*.yaml``; a path to a user YAML file works too.
+
+Example:
+    >>> r = load_recipe("chihuahua-muffin-resnet18", ["epochs=2", "image_size=64"])
+    >>> r.epochs, r.image_size, r.optimizer
+    (2, 64, 'adam')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from dataloupe.project import DataloupeError
+
+RECIPE_DIR = Path(__file__).parent / "recipes"
+
+_CHOICES: dict[str, tuple] = {
+    "optimizer": ("sgd", "adam", "adamw"),
+    "scheduler": ("none", "onecycle", "cosine", "plateau"),
+    "autoaugment": (None, "imagenet", "cifar10", "svhn"),
+    "loader": ("auto", "cache", "stream"),
+    "amp": ("auto", "bf16", "none"),
+    "device": ("auto", "cpu", "cuda"),
+    "augment": ("auto", "v2", "batched"),
+}
+
+
+@dataclass
+class Recipe:
+    """Every knob of a training run. Units in the comments; ``None`` means "automatic"."""
+
+    name: str = "custom"  # recipe name (informational)
+    # --- model
+    model: str = "resnet18"  # dataloupe.models name (torchvision ResNet or timm name)
+    pretrained: Optional[str] = None  # local weights file; never downloaded
+    small_input: Optional[bool] = None  # 3x3 stride-1 stem, no max-pool; None: image_size <= 32 (compute grows 16x)
+    continue_from: Optional[str] = None  # run name whose best checkpoint initialises the model
+    # --- data
+    image_size: int = 128  # px, side of the square training/eval image
+    batch_size: int = 64  # images per optimizer step, global (split across processes)
+    val_batch_size: Optional[int] = None  # images per eval batch per process; None: 2 * batch
+    loader: str = "auto"  # cache (decoded uint8 memmap) | stream (decode files in workers) | auto
+    cache_max_gb: float = 8.0  # GiB; auto picks stream when the decoded cache would exceed it
+    num_workers: Optional[int] = None  # DataLoader workers per process; None: automatic
+    # --- optimisation
+    epochs: int = 10  # passes over the (weighted) training set
+    optimizer: str = "adam"  # sgd (Nesterov when nesterov=true) | adam | adamw
+    lr: float = 1e-3  # peak learning rate at lr_reference_batch (or at batch_size)
+    lr_reference_batch: Optional[int] = None  # batch the lr is stated for; linear scaling rule
+    momentum: float = 0.9  # SGD momentum
+    nesterov: bool = True  # SGD Nesterov momentum
+    weight_decay: float = 0.0  # L2 (sgd/adam) or decoupled (adamw) weight decay
+    scheduler: str = "none"  # none | onecycle | cosine | plateau
+    warmup_fraction: float = 0.3  # onecycle: fraction of steps spent warming up
+    min_lr: float = 0.0  # cosine: final learning rate
+    plateau_factor: float = 0.1  # plateau: LR multiplier on a plateau of val loss
+    plateau_patience: int = 3  # plateau: epochs without val-loss improvement
+    label_smoothing: float = 0.0  # cross-entropy label smoothing, 0..1
+    grad_clip: Optional[float] = None  # max gradient L2 norm
+    # --- augmentation (torchvision.transforms.v2 on uint8 tensors)
+    rrc_scale: Optional[list] = field(default_factory=lambda: [0.08, 1.0])  # RandomResizedCrop area; None: off
+    rrc_ratio: list = field(default_factory=lambda: [0.75, 1.3333])  # RandomResizedCrop aspect ratio
+    hflip: float = 0.5  # horizontal flip probability
+    rotation: float = 0.0  # degrees, random rotation in [-r, r]
+    color_jitter: Optional[list] = None  # [brightness, contrast, saturation, hue]
+    autoaugment: Optional[str] = None  # AutoAugment policy: imagenet | cifar10 | svhn
+    random_erasing: float = 0.0  # RandomErasing probability
+    mixup_alpha: float = 0.0  # MixUp Beta(alpha, alpha); 0: off
+    cutmix_alpha: float = 0.0  # CutMix Beta(alpha, alpha); 0: off
+    augment: str = "auto"  # v2: per-image v2 transforms in the loader | batched: on the device | auto
+    mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])  # normalisation (RGB, 0..1)
+    std: list = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    # --- hardware
+    device: str = "auto"  # auto | cpu | cuda
+    amp: str = "auto"  # bf16 autocast on CUDA when auto
+    channels_last: bool = True  # memory format on CUDA
+    compile: bool = False  # torch.compile the model (CUDA)
+    # --- run
+    seed: int = 0  # seeds model init, sampling and augmentation
+    collect: bool = True  # write per-sample metrics for train and val tables at the end
+    log_every: float = 10.0  # seconds between plain progress lines (non-TTY)
+
+    @property
+    def effective_lr(self) -> float:
+        """Peak LR after the linear scaling rule (``lr * batch_size / lr_reference_batch``)."""
+        if self.lr_reference_batch:
+            return self.lr * self.batch_size / self.lr_reference_batch
+        return self.lr
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _field_types() -> dict[str, Any]:
+    hints = typing.get_type_hints(Recipe)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Recipe)}
+
+
+def valid_keys() -> list[str]:
+    return [f.name for f in dataclasses.fields(Recipe)]
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    optional = False
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        optional, typ = True, args[0]
+    nullish = isinstance(value, str) and value.lower() in ("null", "~", "none" if optional else "null")
+    if value is None or nullish:
+        if optional:
+            return None
+        raise DataloupeError(f"recipe key {key!r} cannot be null")
+    bad = DataloupeError(f"recipe key {key!r}: bad value {value!r} (expected {getattr(typ, '__name__', typ)})")
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise bad
+        return value
+    if typ is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise bad from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if typ is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    if typ is list:
+        if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+        ):
+            raise bad
+        return [float(v) for v in value]
+    return value
+
+
+def _check(r: Recipe) -> None:
+    for key, choices in _CHOICES.items():
+        if getattr(r, key) not in choices:
+            shown = ", ".join(str(c) for c in choices)
+            raise DataloupeError(f"recipe key {key!r}: bad value {getattr(r, key)!r} (one of: {shown})")
+    positive = ("image_size", "batch_size", "epochs")
+    for key in positive:
+        if getattr(r, key) < 1:
+            raise DataloupeError(f"recipe key {key!r}: must be >= 1, got {getattr(r, key)}")
+    if r.lr <= 0:
+        raise DataloupeError(f"recipe key 'lr': must be > 0, got {r.lr}")
+    for key in ("label_smoothing", "hflip", "random_erasing", "warmup_fraction"):
+        if not 0.0 <= getattr(r, key) <= 1.0:
+            raise DataloupeError(f"recipe key {key!r}: must be in [0, 1], got {getattr(r, key)}")
+    for key, n in (("rrc_scale", 2), ("rrc_ratio", 2), ("mean", 3), ("std", 3), ("color_jitter", 4)):
+        v = getattr(r, key)
+        if v is not None and len(v) != n:
+            raise DataloupeError(f"recipe key {key!r}: needs {n} numbers, got {v}")
+    if r.num_workers is not None and r.num_workers < 0:
+        raise DataloupeError(f"recipe key 'num_workers': must be >= 0, got {r.num_workers}")
+
+
+def list_recipes() -> list[str]:
+    """Names of the recipes shipped with the package."""
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+
+
+def _read_yaml(name_or_path: str) -> tuple[str, dict]:
+    path = Path(name_or_path)
+    if name_or_path.endswith((".yaml", ".yml")) or path.is_file():
+        if not path.is_file():
+            raise DataloupeError(f"recipe file not found: {path}")
+        name = path.stem
+    else:
+        path = RECIPE_DIR / f"{name_or_path}.yaml"
+        if not path.is_file():
+            raise DataloupeError(
+                f"unknown recipe {name_or_path!r}; known: {', '.join(list_recipes())} (or a path to a .yaml file)"
+            )
+        name = name_or_path
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise DataloupeError(f"recipe {path} is not valid YAML: {str(e).splitlines()[0]}") from e
+    if not isinstance(data, dict):
+        raise DataloupeError(f"recipe {path} must be a mapping of key: value")
+    return name, data
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["epochs=2", "rrc_scale=[0.8,1]"]`` -> ``{"epochs": 2, "rrc_scale": [0.8, 1]}`` (YAML values)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise DataloupeError(f"override {pair!r} is not key=value")
+        key, raw = pair.split("=", 1)
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out
+
+
+def build_recipe(values: dict[str, Any], base: Recipe | None = None) -> Recipe:
+    """Apply ``values`` on top of ``base`` (defaults when None), checking keys and types."""
+    types_ = _field_types()
+    unknown = sorted(set(values) - set(types_))
+    if unknown:
+        raise DataloupeError(f"unknown recipe key(s) {', '.join(unknown)}; valid keys: {', '.join(valid_keys())}")
+    kwargs = (base or Recipe()).to_dict()
+    for key, value in values.items():
+        kwargs[key] = _coerce(key, value, types_[key])
+    recipe = Recipe(**kwargs)
+    _check(recipe)
+    return recipe
+
+
+def load_recipe(name_or_path: str, overrides: list[str] | dict[str, Any] | None = None) -> Recipe:
+    """Load a shipped recipe by name (or a YAML file) and apply ``key=value`` overrides."""
+    name, data = _read_yaml(name_or_path)
+    data.setdefault("name", name)
+    recipe = build_recipe(data)
+    if overrides:
+        ov = parse_overrides(overrides) if isinstance(overrides, list) else overrides
+        recipe = build_recipe(ov, base=recipe)
+    return recipe
+
+
+def save_recipe(recipe: Recipe, path: Path) -> None:
+    path.write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))

@@ -1,0 +1,134 @@
+"""Run folders: ``run.json`` (provenance and status), ``history.jsonl``, listing.
+
+See the "Runs" section of docs/architecture.md for the layout other stages read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+import dataloupe
+from dataloupe.project import DataloupeError, Project
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_run_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise DataloupeError(f"bad run name {name!r}: use letters, digits, '.', '_' or '-'")
+    return name
+
+
+def run_dir(project: Project, name: str) -> Path:
+    return project.runs_dir / check_run_name(name)
+
+
+def new_run_name(project: Project, prefix: str) -> str:
+    """``<prefix>-<n>`` with the first unused ``n``."""
+    n = 1
+    while (project.runs_dir / f"{prefix}-{n}").exists():
+        n += 1
+    return f"{prefix}-{n}"
+
+
+def hardware() -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpu_count": os.cpu_count()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpu_count"] = torch.cuda.device_count()
+    return info
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def package_version() -> str:
+    return dataloupe.__version__
+
+
+def write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def read_run(project: Project, name: str) -> dict:
+    """``run.json`` of run ``name``."""
+    path = run_dir(project, name) / "run.json"
+    if not path.is_file():
+        known = ", ".join(list_run_names(project)) or "none"
+        raise DataloupeError(f"unknown run {name!r}; known runs: {known}")
+    return json.loads(path.read_text())
+
+
+def update_run(folder: Path, **fields) -> dict:
+    path = folder / "run.json"
+    info = json.loads(path.read_text()) if path.is_file() else {}
+    info.update(fields)
+    write_json_atomic(path, info)
+    return info
+
+
+def read_history(folder: Path) -> list[dict]:
+    path = folder / "history.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def truncate_history(folder: Path, last_epoch: int) -> list[dict]:
+    """Keep epochs ``<= last_epoch`` (resuming rewinds to the last checkpointed epoch)."""
+    kept = [h for h in read_history(folder) if h["epoch"] <= last_epoch]
+    tmp = folder / ".history.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(h) + "\n" for h in kept))
+    os.replace(tmp, folder / "history.jsonl")
+    return kept
+
+
+def append_history(folder: Path, record: dict) -> None:
+    with open(folder / "history.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def list_run_names(project: Project) -> list[str]:
+    return sorted(p.parent.name for p in project.runs_dir.glob("*/run.json"))
+
+
+_SUMMARY = ("run", "status", "recipe", "train_table", "train_revision", "val_table", "val_revision",
+            "epochs", "epochs_done", "best_val_top1", "best_epoch", "created")
+
+
+def list_runs(project: Project) -> list[dict]:
+    """One summary dict per run (oldest first)."""
+    out = []
+    for name in list_run_names(project):
+        info = read_run(project, name)
+        out.append({k: info.get(k) for k in _SUMMARY})
+    return sorted(out, key=lambda r: r.get("created") or "")
+
+
+def show_run(project: Project, name: str) -> dict:
+    """``run.json`` plus ``history``, the run folder and the files in ``plots/``."""
+    info = read_run(project, name)
+    folder = run_dir(project, name)
+    info["history"] = read_history(folder)
+    info["folder"] = str(folder)
+    info["plots"] = sorted(str(p) for p in (folder / "plots").glob("*.png"))
+    info["checkpoints"] = sorted(str(p) for p in (folder / "checkpoints").glob("*.pt"))
+    return info
+
+
+def read_run_at(folder: Path) -> dict:
+    path = folder / "run.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
