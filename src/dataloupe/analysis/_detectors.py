@@ -149,25 +149,21 @@ class PseudoLabelsDetector(Detector):
     target_precision = 0.95  # precision the thresholds must reach on labeled training rows
 
     def find(self, inputs: AnalysisInputs) -> DetectorResult:
-        from cleanlab.count import num_label_issues
-
         s = inputs.train
         lab = s.labeled
-        # Precision is measured against the given labels, some of them wrong: a correct
-        # prediction disagrees with a wrong label, so with label-noise rate eta a perfect
-        # classifier measures 1 - eta. The target is scaled by (1 - eta), eta estimated by
-        # confident learning's confident joint (cleanlab.count.num_label_issues), which
-        # errs low, so the correction stays conservative.
-        eta = num_label_issues(s.labels[lab], s.probs[lab]) / lab.sum() if lab.sum() > 1 else 0.0
-        target = self.target_precision * (1.0 - eta)
+        # Precision is measured against the given labels, wrong ones included, so it errs
+        # low under label noise and the thresholds err high: conservative on purpose (a
+        # noise-rate correction would trust an estimate that a weak model inflates).
+        target = self.target_precision
         nbrs = s.neighbours(inputs.k) if s.embeddings is not None else None
         r = pseudo_label(s.labels, s.probs, target_precision=target, neighbours=nbrs,
                          calibration_mask=lab, vote_labels=np.where(lab, s.labels, -1))
-        items = [dict(id=int(s.ids[i]), predicted=inputs.classes[int(p)], confidence=float(c), agreement=float(a))
+        # ``agreement`` is left out when none of the row's neighbours is labeled
+        items = [dict(id=int(s.ids[i]), predicted=inputs.classes[int(p)], confidence=float(c),
+                      **({"agreement": float(a)} if np.isfinite(a) else {}))
                  for i, p, c, a in zip(r["rows"], r["predicted"], r["confidence"], r["agreement"])]
         return DetectorResult(dict(
-            target_precision=self.target_precision, estimated_label_noise=float(eta),
-            measured_target=float(target), global_threshold=r["global_threshold"],
+            target_precision=self.target_precision, global_threshold=r["global_threshold"],
             class_thresholds={c: float(t) for c, t in zip(inputs.classes, r["class_thresholds"])},
             calibrated_on=int(lab.sum()), undefined=int((s.labels == -1).sum()), items=items))
 
