@@ -162,6 +162,17 @@ def test_analyze_json_finds_the_planted_problems(proj, base):
     assert any(r["exact"] and r["table"] == "train" for r in out["near_duplicates"])
     assert any(r["exact"] for r in out["leakage"])
     assert out["pseudo_labels"]["items"] and out["taxonomy"]["top1"] > 0.8
+    # pseudo-labels of undefined rows: right against the digits' true classes (file name = digit index)
+    from sklearn.datasets import load_digits
+
+    from dataloupe.project import Project
+    from dataloupe.tables import open_table
+
+    rows = open_table(Project.open(proj), "dg-train").to_arrow(columns=["id", "path"])
+    path = dict(zip(rows.column("id").to_pylist(), rows.column("path").to_pylist()))
+    truth = load_digits().target
+    hits = [r["predicted"] == f"d{truth[int(Path(path[r['id']]).stem)]}" for r in out["pseudo_labels"]["items"]]
+    assert len(hits) >= 5 and np.mean(hits) >= 0.95
     assert "cluster" in metrics_columns(proj, "dg-train") and "cluster" in metrics_columns(proj, "dg-val")
     # findings become edits through the table API
     r = dl(proj, "table", "edit", "dg-train", "--ids-from-analysis", "a:label_issues", "--exclude", "-m", "drop issues", "--json")

@@ -150,18 +150,22 @@ class PseudoLabelsDetector(Detector):
 
     def find(self, inputs: AnalysisInputs) -> DetectorResult:
         s = inputs.train
-        lab, issues = _issues(inputs, s)
-        calibrate = lab.copy()
-        calibrate[np.flatnonzero(lab)[issues.mask]] = False  # suspected label errors set aside
+        lab = s.labeled
+        # Precision is measured against the given labels, wrong ones included, so it errs
+        # low under label noise and the thresholds err high: conservative on purpose (a
+        # noise-rate correction would trust an estimate that a weak model inflates).
+        target = self.target_precision
         nbrs = s.neighbours(inputs.k) if s.embeddings is not None else None
-        r = pseudo_label(s.labels, s.probs, target_precision=self.target_precision, neighbours=nbrs,
-                         calibration_mask=calibrate, vote_labels=np.where(lab, s.labels, -1))
-        items = [dict(id=int(s.ids[i]), predicted=inputs.classes[int(p)], confidence=float(c), agreement=float(a))
+        r = pseudo_label(s.labels, s.probs, target_precision=target, neighbours=nbrs,
+                         calibration_mask=lab, vote_labels=np.where(lab, s.labels, -1))
+        # ``agreement`` is left out when none of the row's neighbours is labeled
+        items = [dict(id=int(s.ids[i]), predicted=inputs.classes[int(p)], confidence=float(c),
+                      **({"agreement": float(a)} if np.isfinite(a) else {}))
                  for i, p, c, a in zip(r["rows"], r["predicted"], r["confidence"], r["agreement"])]
         return DetectorResult(dict(
             target_precision=self.target_precision, global_threshold=r["global_threshold"],
             class_thresholds={c: float(t) for c, t in zip(inputs.classes, r["class_thresholds"])},
-            calibrated_on=int(calibrate.sum()), undefined=int((s.labels == -1).sum()), items=items))
+            calibrated_on=int(lab.sum()), undefined=int((s.labels == -1).sum()), items=items))
 
 
 @register_detector

@@ -5,16 +5,17 @@ validation labels: the global threshold is the lowest confidence t such that, am
 labeled rows predicted with confidence >= t, at least ``target_precision`` are correct;
 each class gets the same rule restricted to rows predicted as that class (a class that
 never reaches the target gets no pseudo-labels). An undefined row is pseudo-labeled when
-its confidence clears its predicted class's threshold. Labeled rows suspected of label
-errors should be left out of the calibration (``calibration_mask``): with 10% wrong labels
-no threshold could show 95% precision against them.
+its confidence clears its predicted class's threshold. The given labels may themselves be
+noisy, which makes the measured precision err low and the thresholds conservative. Dropping
+suspected label errors from the calibration would be circular (they are the rows the model
+disagrees with), and correcting by an estimated noise rate trusts an estimate that a weak
+model inflates, so neither is done.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from dataloupe.analysis._label_issues import knn_label_probs
 
 
 def precision_threshold(confidence: np.ndarray, correct: np.ndarray, *, target_precision: float) -> float:
@@ -57,8 +58,9 @@ def pseudo_label(
 
     Returns:
         dict with ``rows`` (undefined row indices accepted, most confident first),
-        ``predicted``, ``confidence``, ``agreement`` (fraction of labeled neighbours'
-        weighted votes for the predicted class; NaN without neighbours) — all aligned
+        ``predicted``, ``confidence``, ``agreement`` (similarity-weighted share of the
+        labeled neighbours voting for the predicted class; NaN when none of the k
+        neighbours is labeled) — all aligned
         with ``rows`` — plus ``global_threshold`` and ``class_thresholds`` (K floats).
 
     Example:
@@ -84,7 +86,13 @@ def pseudo_label(
     agreement = np.full(len(accept), np.nan, dtype=np.float32)
     if neighbours is not None and len(accept):
         sims, idx = neighbours
-        votes = knn_label_probs(labels if vote_labels is None else vote_labels, idx[accept], sims[accept], num_classes=k)
-        agreement = votes[np.arange(len(accept)), pred[accept]]
+        voters = labels if vote_labels is None else vote_labels
+        nb = idx[accept]
+        lab_nb = np.where(nb >= 0, voters[np.clip(nb, 0, None)], -1)
+        w = np.where(lab_nb >= 0, np.clip(sims[accept], 0.0, None), 0.0)
+        total = w.sum(1)
+        agree = (w * (lab_nb == pred[accept][:, None])).sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):  # NaN: no labeled neighbour voted
+            agreement = np.where(total > 0, agree / total, np.nan).astype(np.float32)
     return dict(rows=accept, predicted=pred[accept], confidence=conf[accept], agreement=agreement,
                 global_threshold=global_t, class_thresholds=class_t)
