@@ -85,7 +85,8 @@ def lr_find_cmd(
 
 def collect_cmd(
     run: str,
-    table: Annotated[Optional[str], typer.Option("--table", help="TABLE or TABLE@REV (default: the run's train and val).")] = None,
+    table: Annotated[Optional[str], typer.Option(
+        "--table", help="TABLE or TABLE@REV (default: the run's train and val).")] = None,
     project: ProjectOpt = None,
 ) -> None:
     """Write per-sample metrics (predictions, probabilities, embeddings, AUM) of a run."""
