@@ -33,7 +33,6 @@ import torch.nn.functional as F
 
 from dataloupe.models import create_model
 from dataloupe.project import Project
-from dataloupe.tables import import_imagefolder, open_table
 from dataloupe.train import load_recipe
 from dataloupe.train._engine import build_setup
 from dataloupe.train._epoch import train_one_epoch
@@ -149,6 +148,17 @@ def seed_style(root: Path, model_name, size, batch, device, max_batches, small_i
     return clock.rates(n)
 
 
+def folder_rows(root: Path, repeat: int) -> tuple[SampleSet, list[str]]:
+    """Rows of FOLDER/<class>/* repeated ``repeat`` times (distinct ids, same files)."""
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    files = [(f"{c}/{p.name}", k) for k, c in enumerate(classes) for p in sorted((root / c).iterdir())]
+    paths = [p for p, _ in files] * repeat
+    labels = np.array([k for _, k in files] * repeat, np.int64)
+    n = len(paths)
+    return SampleSet(np.arange(n, dtype=np.int64), labels, np.ones(n, np.float32), paths, root.resolve(),
+                     f"folder-{root.name}-{n}"), classes
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
@@ -164,16 +174,27 @@ def main():
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (a) and (b)")
     ap.add_argument("--rounds", type=int, default=2, help="alternating repeats; the best of each is reported")
     ap.add_argument("--project", default=None, help="project folder (default: a temporary one)")
+    ap.add_argument("--folder", default=None,
+                    help="build the rows straight from FOLDER/<class>/* instead of a table (no pylance "
+                         "needed, e.g. on a GPU machine); implies every row is trained on")
+    ap.add_argument("--repeat", type=int, default=1, help="with --folder: repeat the rows N times")
     args = ap.parse_args()
     device = torch.device(args.device)
     project = Project.open(args.project or tempfile.mkdtemp(prefix="dataloupe-bench-"))
-    if "cm-train" not in [p.name for p in project.tables_dir.iterdir()]:
-        import_imagefolder(project, CM_DIR, table="cm-train", unlabeled_dir="undefined")
-    t = open_table(project, "cm-train")
-    s = sample_set_from_table(t, list(t.classes))
-    if args.all_rows:
-        s = SampleSet(s.ids, s.ids % 2, np.ones(len(s), np.float32), s.paths, s.root, s.content_key)
-    data = TrainData(s, s.subset(s.trainable), list(t.classes), "cm-train", t.revision, "cm-train", t.revision)
+    if args.folder:
+        s, classes = folder_rows(Path(args.folder), args.repeat)
+        data = TrainData(s, s, classes, "folder", 0, "folder", 0)
+    else:
+        from dataloupe.tables import import_imagefolder, open_table
+
+        if "cm-train" not in [p.name for p in project.tables_dir.iterdir()]:
+            import_imagefolder(project, CM_DIR, table="cm-train", unlabeled_dir="undefined")
+        t = open_table(project, "cm-train")
+        s = sample_set_from_table(t, list(t.classes))
+        if args.all_rows:
+            s = SampleSet(s.ids, s.ids % 2, np.ones(len(s), np.float32), s.paths, s.root, s.content_key)
+        data = TrainData(s, s.subset(s.trainable), list(t.classes), "cm-train", t.revision, "cm-train",
+                         t.revision)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {device}, model {args.model}, "
           f"batch {args.batch}, train rows {int(s.trainable.sum())}")
     rows = []

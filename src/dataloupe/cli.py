@@ -22,15 +22,12 @@ app = typer.Typer(
 
 
 def _register_all() -> None:
-    # One line per stage; each module adds its commands or sub-apps to ``app``.
-    from dataloupe._cli import demo, loop, tables
+    # One module per stage; each adds its commands or sub-apps to ``app``. Analysis comes
+    # after train because it adds ``runs export`` to train's ``runs`` group.
+    from dataloupe._cli import analysis, demo, loop, serve, tables, train, ui
 
-    tables.register(app)
-    loop.register(app)
-    demo.register(app)
-    from dataloupe._cli import ui; ui.register(app)  # noqa: E702 - one line per stage
-    from dataloupe._cli import serve; serve.register(app)  # noqa: E702 - one line per stage
-    from dataloupe._cli import train; train.register(app)  # noqa: E702 - one line per stage
+    for stage in (tables, train, analysis, loop, ui, serve, demo):
+        stage.register(app)
 
 
 _register_all()

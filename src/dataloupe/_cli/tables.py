@@ -192,8 +192,9 @@ def run_metrics(project: Project, run: str, table: str):
     return ds.to_table(columns=cols)
 
 
-def ids_from_analysis(project: Project, spec: str) -> np.ndarray:
-    """``RUN:KIND`` -> the sample ids a finding of ``dataloupe analyze`` lists."""
+def analysis_ids(project: Project, spec: str, table: str | None = None) -> np.ndarray:
+    """``RUN:KIND`` -> the sample ids a finding of ``dataloupe analyze`` lists about ``table``
+    (records carry the run role, train/val, or a table name; ids are unique per table)."""
     run, sep, kind = spec.partition(":")
     if not sep:
         raise DataloupeError(f"--ids-from-analysis wants RUN:KIND (e.g. a:label_issues), got {spec!r}")
@@ -206,7 +207,11 @@ def ids_from_analysis(project: Project, spec: str) -> np.ndarray:
     items = found[kind]
     if isinstance(items, dict):
         items = items.get("items") or items.get("samples") or []
-    return np.array([int(r["id"]) for r in items if isinstance(r, dict) and "id" in r], np.int64)
+    info_path = project.runs_dir / run / "run.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    names = {table} | {role for role in ("train", "val") if info.get(f"{role}_table") == table}
+    return np.array([int(r["id"]) for r in items if isinstance(r, dict) and "id" in r
+                     and r.get("table", table) in names], np.int64)
 
 
 @table_app.command("edit")
@@ -239,7 +244,7 @@ def edit(
     if ids_file is not None:
         ids = _read_ids(ids_file)
     if ids_from_analysis is not None:
-        more = ids_from_analysis(p, ids_from_analysis)
+        more = analysis_ids(p, ids_from_analysis, name)
         ids = more if ids is None else np.intersect1d(ids, more)
     extra = run_metrics(p, run, name) if run else None
     res = T.edit_table(p, name, action=chosen[0], message=message, where=where, ids=ids,

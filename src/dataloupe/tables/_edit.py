@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import lance
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -165,6 +164,8 @@ def _filter_joined(rows: pa.Table, extra: pa.Table, where: str) -> np.ndarray:
     flat = joined.select([c for c in joined.column_names
                           if not pa.types.is_fixed_size_list(joined.schema.field(c).type)
                           and not pa.types.is_list(joined.schema.field(c).type)])
+    import lance  # noqa: PLC0415 (see the note in _store)
+
     ds = lance.write_dataset(flat, f"memory://select-{os.getpid()}-{id(flat)}")
     try:
         return ds.to_table(columns=["id"], filter=where)["id"].to_numpy()

@@ -15,6 +15,9 @@ leaves an orphan Lance version that no revision points to, so the previous lates
 revision stays the latest, readable and intact. Writers are serialised by the lock, so two
 concurrent edits both land (the second on top of the first) or, if the lock cannot be had
 in time, the second gets a clear conflict error and nothing is written.
+
+Lance is imported where it is used, so the stages above (data, train) also load on a
+machine that trains from arrays without pylance installed (e.g. a GPU box for benchmarks).
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-import lance
 import pyarrow as pa
 
 from dataloupe.project import DataloupeError, Project
@@ -142,6 +144,8 @@ def commit(
         raise DataloupeError("a revision needs a message (-m)")
     uri = tdir / "data.lance"
     mode = "overwrite" if uri.exists() else "create"
+    import lance  # noqa: PLC0415
+
     ds = lance.write_dataset(rows, uri, mode=mode, data_storage_version="stable")
     parent = log[-1]["revision"] if log else None
     entry = {
@@ -166,6 +170,8 @@ def write_log(tdir: Path, log: list[dict]) -> None:
 
 def read_rows(tdir: Path, lance_version: int, columns: list[str] | None = None,
               where: str | None = None) -> pa.Table:
+    import lance  # noqa: PLC0415
+
     ds = lance.dataset(tdir / "data.lance", version=lance_version)
     try:
         t = ds.to_table(columns=columns, filter=where)

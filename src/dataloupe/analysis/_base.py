@@ -1,0 +1,131 @@
+"""Inputs shared by the detectors, and the detector registry.
+
+A detector is a class with a ``name`` and one method, ``find(inputs) -> records``; it
+wraps one of the pure array functions of this package. ``analyze`` runs them all.
+
+Example:
+    >>> from dataloupe.analysis import get_detector, list_detectors
+    >>> "outliers" in list_detectors()
+    True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from dataloupe.analysis._knn import knn
+from dataloupe.project import DataloupeError
+
+UNDEFINED = -1  # label index of an undefined (unlabeled) row
+
+
+@dataclass
+class SampleSet:
+    """Per-sample arrays of one table as the run saw it (row i of every array = one sample).
+
+    Attributes:
+        ids: `(N,)` int64 table row ids.
+        labels: `(N,)` int64 class indices, ``UNDEFINED`` (-1) for undefined rows.
+        probs: `(N, K)` float class probabilities (out-of-sample when available).
+        embeddings: `(N, D)` float embeddings, or None.
+        aum: `(N,)` float area under the margin, NaN for rows not trained on; or None.
+        weights: `(N,)` float sample weights (0 = excluded), or None (all 1).
+        hashes: `(N,)` str content hashes of the image files, or None.
+    """
+
+    ids: np.ndarray
+    labels: np.ndarray
+    probs: np.ndarray
+    embeddings: np.ndarray | None = None
+    aum: np.ndarray | None = None
+    weights: np.ndarray | None = None
+    hashes: np.ndarray | None = None
+    _knn: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.ids = np.asarray(self.ids, dtype=np.int64)
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        self.probs = np.asarray(self.probs, dtype=np.float32)
+        n = len(self.ids)
+        for name in ("labels", "probs", "embeddings", "aum", "weights", "hashes"):
+            arr = getattr(self, name)
+            if arr is not None and len(arr) != n:
+                raise DataloupeError(f"{name} has {len(arr)} rows, ids has {n}")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def labeled(self) -> np.ndarray:
+        """`(N,)` bool: rows with a label and non-zero weight."""
+        mask = self.labels != UNDEFINED
+        if self.weights is not None:
+            mask &= np.asarray(self.weights) > 0
+        return mask
+
+    def neighbours(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Cached cosine kNN of the set with itself: `(sims (N, k), idx (N, k))`."""
+        if self.embeddings is None:
+            raise DataloupeError("this finding needs embeddings; the metrics have none")
+        best = max((kk for kk in self._knn if isinstance(kk, int) and kk >= k), default=None)
+        if best is None:
+            self._knn[k] = knn(self.embeddings, k=k)
+            best = k
+        sims, idx = self._knn[best]
+        return sims[:, :k], idx[:, :k]
+
+
+@dataclass
+class AnalysisInputs:
+    """Everything the detectors read for one run.
+
+    Attributes:
+        classes: class names; index i of ``probs`` is ``classes[i]``.
+        train: the training table's samples.
+        val: the validation table's samples, or None.
+        real_labels: ReaL-style valid class indices, one list per val sample, or None.
+        k: neighbours per sample for the kNN findings.
+        seed: random seed (cross-fitting folds, maps).
+    """
+
+    classes: list[str]
+    train: SampleSet
+    val: SampleSet | None = None
+    real_labels: list[list[int]] | None = None
+    k: int = 10
+    seed: int = 0
+
+
+class Detector:
+    """Base class: one named finding computed from ``AnalysisInputs``."""
+
+    name: ClassVar[str] = ""
+
+    def find(self, inputs: AnalysisInputs) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, type[Detector]] = {}
+
+
+def register_detector(cls: type[Detector]) -> type[Detector]:
+    """Class decorator adding a detector to the registry under ``cls.name``."""
+    if not cls.name or cls.name in _REGISTRY:
+        raise ValueError(f"detector name {cls.name!r} is empty or already registered")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def list_detectors() -> list[str]:
+    """Names of the registered detectors, in the order ``analyze`` runs them."""
+    return list(_REGISTRY)
+
+
+def get_detector(name: str) -> Detector:
+    """A new detector by name; unknown names raise with the list of known ones."""
+    if name not in _REGISTRY:
+        raise DataloupeError(f"unknown detector {name!r}; known: {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]()

@@ -1,0 +1,252 @@
+"""The registered detectors and ``analyze``: run them all over one run's samples.
+
+Every detector wraps pure array functions and turns row indices into table ``id``s and
+class indices into class names, so its records are JSON-ready.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from dataloupe.analysis._base import AnalysisInputs, Detector, SampleSet, get_detector, list_detectors, register_detector
+from dataloupe.analysis._clusters import cluster_embeddings, cluster_stats
+from dataloupe.analysis._crossfit import crossfit_probs
+from dataloupe.analysis._label_issues import find_label_issues
+from dataloupe.analysis._neighbours import duplicate_threshold, leakage_pairs, near_duplicate_pairs, outlier_mask, outlier_scores
+from dataloupe.analysis._pseudo import pseudo_label
+from dataloupe.analysis._taxonomy import CATEGORIES, error_taxonomy
+
+EXAMPLES = 25  # example ids listed per taxonomy category / cluster
+
+
+@dataclass
+class DetectorResult:
+    """What a detector found: JSON-ready ``records`` and optional per-row ``columns``
+    (role -> column name -> `(N,)` array) to store with the run's metrics."""
+
+    records: object
+    columns: dict = field(default_factory=dict)
+
+
+def _sets(inputs: AnalysisInputs) -> list[tuple[str, SampleSet]]:
+    return [(role, s) for role, s in (("train", inputs.train), ("val", inputs.val)) if s is not None and len(s)]
+
+
+def _issues(inputs: AnalysisInputs, s: SampleSet):
+    """Label issues of the labeled rows of ``s`` (computed once per set, cached on it)."""
+    key = ("label_issues", inputs.k)
+    if key not in s._knn:
+        s._knn[key] = _compute_issues(inputs, s)
+    return s._knn[key]
+
+
+def _compute_issues(inputs: AnalysisInputs, s: SampleSet):
+    lab = s.labeled
+    nbrs = None
+    if s.embeddings is not None:
+        sims, idx = s.neighbours(inputs.k)
+        nbrs = (sims[lab], idx[lab])
+    aum = None if s.aum is None else np.asarray(s.aum, dtype=np.float64)[lab]
+    labels_all = np.where(s.labeled, s.labels, -1)
+    return lab, find_label_issues(s.labels[lab], s.probs[lab], aum=aum, neighbours=nbrs, nbr_labels=labels_all)
+
+
+@register_detector
+class LabelIssuesDetector(Detector):
+    name = "label_issues"
+
+    def find(self, inputs: AnalysisInputs) -> DetectorResult:
+        records = []
+        for role, s in _sets(inputs):
+            lab, r = _issues(inputs, s)
+            rows = np.flatnonzero(lab)
+            for j in np.flatnonzero(r.mask)[np.argsort(-r.scores[r.mask], kind="stable")]:
+                records.append(dict(id=int(s.ids[rows[j]]), table=role, score=float(r.scores[j]),
+                                    label=inputs.classes[s.labels[rows[j]]],
+                                    suggested_label=inputs.classes[int(r.suggested[j])]))
+        records.sort(key=lambda x: -x["score"])
+        return DetectorResult(records)
+
+
+@register_detector
+class OutliersDetector(Detector):
+    name = "outliers"
+
+    def find(self, inputs: AnalysisInputs) -> DetectorResult:
+        records = []
+        for role, s in _sets(inputs):
+            if s.embeddings is None:
+                continue
+            scores = outlier_scores(s.neighbours(inputs.k)[0])
+            for i in np.flatnonzero(outlier_mask(scores)):
+                records.append(dict(id=int(s.ids[i]), table=role, score=float(scores[i])))
+        records.sort(key=lambda x: -x["score"])
+        return DetectorResult(records)
+
+
+@register_detector
+class NearDuplicatesDetector(Detector):
+    name = "near_duplicates"
+
+    def find(self, inputs: AnalysisInputs) -> DetectorResult:
+        records = []
+        for role, s in _sets(inputs):
+            if s.embeddings is None:
+                continue
+            sims, idx = s.neighbours(inputs.k)
+            pairs, sim, exact = near_duplicate_pairs(sims, idx, hashes=s.hashes)
+            for (a, b), v, e in zip(pairs, sim, exact):
+                records.append(dict(ids=[int(s.ids[a]), int(s.ids[b])], table=role, similarity=float(v), exact=bool(e)))
+        return DetectorResult(records)
+
+
+@register_detector
+class LeakageDetector(Detector):
+    name = "leakage"
+
+    def find(self, inputs: AnalysisInputs) -> DetectorResult:
+        tr, va = inputs.train, inputs.val
+        if va is None or not len(va) or tr.embeddings is None or va.embeddings is None:
+            return DetectorResult([])
+        thr = duplicate_threshold(tr.neighbours(inputs.k)[0])
+        pairs, sim, exact = leakage_pairs(va.embeddings, tr.embeddings, threshold=thr,
+                                          query_hashes=va.hashes, base_hashes=tr.hashes)
+        return DetectorResult([dict(val_id=int(va.ids[q]), train_id=int(tr.ids[b]), similarity=float(v), exact=bool(e))
+                               for (q, b), v, e in zip(pairs, sim, exact)])
+
+
+@register_detector
+class ClustersDetector(Detector):
+    name = "clusters"
+
+    def find(self, inputs: AnalysisInputs) -> DetectorResult:
+        sets = [(role, s) for role, s in _sets(inputs) if s.embeddings is not None]
+        if not sets:
+            return DetectorResult([])
+        emb = np.concatenate([s.embeddings for _, s in sets])
+        labels = np.concatenate([np.where(s.labeled, s.labels, -1) for _, s in sets])
+        conf = np.concatenate([s.probs.max(1) for _, s in sets])
+        ids = np.concatenate([s.ids for _, s in sets])
+        assign = cluster_embeddings(emb, seed=inputs.seed)
+        records = []
+        for rec in cluster_stats(assign, labels, conf, examples=EXAMPLES):
+            rec["majority_label"] = inputs.classes[rec["majority_label"]] if rec["majority_label"] >= 0 else None
+            rec["example_ids"] = [int(ids[r]) for r in rec.pop("rows")]
+            records.append(rec)
+        columns, start = {}, 0
+        for role, s in sets:
+            columns[role] = {"cluster": assign[start : start + len(s)]}
+            start += len(s)
+        return DetectorResult(records, columns)
+
+
+@register_detector
+class PseudoLabelsDetector(Detector):
+    name = "pseudo_labels"
+    target_precision = 0.95  # precision the thresholds must reach on labeled training rows
+
+    def find(self, inputs: AnalysisInputs) -> DetectorResult:
+        s = inputs.train
+        lab, issues = _issues(inputs, s)
+        calibrate = lab.copy()
+        calibrate[np.flatnonzero(lab)[issues.mask]] = False  # suspected label errors set aside
+        nbrs = s.neighbours(inputs.k) if s.embeddings is not None else None
+        r = pseudo_label(s.labels, s.probs, target_precision=self.target_precision, neighbours=nbrs,
+                         calibration_mask=calibrate, vote_labels=np.where(lab, s.labels, -1))
+        items = [dict(id=int(s.ids[i]), predicted=inputs.classes[int(p)], confidence=float(c), agreement=float(a))
+                 for i, p, c, a in zip(r["rows"], r["predicted"], r["confidence"], r["agreement"])]
+        return DetectorResult(dict(
+            target_precision=self.target_precision, global_threshold=r["global_threshold"],
+            class_thresholds={c: float(t) for c, t in zip(inputs.classes, r["class_thresholds"])},
+            calibrated_on=int(calibrate.sum()), undefined=int((s.labels == -1).sum()), items=items))
+
+
+@register_detector
+class TaxonomyDetector(Detector):
+    name = "taxonomy"
+
+    def find(self, inputs: AnalysisInputs) -> DetectorResult:
+        s = inputs.val
+        if s is None or not s.labeled.any():
+            return DetectorResult(dict(note="no labeled validation samples"))
+        lab, issues = _issues(inputs, s)
+        real = None
+        if inputs.real_labels is not None:  # one entry per val sample (sorted by id)
+            real = [inputs.real_labels[i] for i in np.flatnonzero(lab)]
+        t = error_taxonomy(s.labels[lab], s.probs[lab], label_issue_mask=issues.mask, real_labels=real)
+        ids = s.ids[lab]
+        t["confusable_pairs"] = [[inputs.classes[a], inputs.classes[b]] for a, b in t["confusable_pairs"]]
+        pred = s.probs[lab].argmax(1)
+        labels = s.labels[lab]
+        t["categories"] = {name: dict(count=len(rows), example_ids=[int(ids[i]) for i in rows[:EXAMPLES]],
+                                      examples=[dict(id=int(ids[i]), label=inputs.classes[labels[i]],
+                                                     predicted=inputs.classes[pred[i]]) for i in rows[:EXAMPLES]])
+                           for name, rows in ((n, t["categories"][n]) for n in CATEGORIES)}
+        return DetectorResult(t)
+
+
+def with_crossfit(inputs: AnalysisInputs, *, folds: int) -> AnalysisInputs:
+    """Inputs whose labeled training rows carry K-fold out-of-sample probabilities."""
+    s = inputs.train
+    if s.embeddings is None:
+        from dataloupe.project import DataloupeError
+
+        raise DataloupeError("--folds needs embeddings in the run's metrics")
+    lab = s.labeled
+    probs = s.probs.copy()
+    probs[lab] = crossfit_probs(s.embeddings[lab], s.labels[lab], num_classes=len(inputs.classes),
+                                folds=folds, seed=inputs.seed)
+    graphs = {k: v for k, v in s._knn.items() if isinstance(k, int)}  # kNN graphs stay valid
+    return replace(inputs, train=replace(s, probs=probs, _knn=graphs))
+
+
+def _clean(obj):
+    """JSON-safe copy: NaN/inf -> None, numpy scalars -> Python."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def analyze(inputs: AnalysisInputs, *, detectors: list[str] | None = None,
+            folds: int | None = None) -> tuple[dict, dict]:
+    """Run detectors (default: all registered) over ``inputs``.
+
+    Args:
+        inputs: the run's samples.
+        detectors: names to run, default ``list_detectors()``.
+        folds: when set, cross-fit the training probabilities first (``crossfit_probs``).
+
+    Returns:
+        `(findings, columns)`: findings maps detector name -> JSON-ready records (plus
+        ``probabilities``: "crossfit-K" or "model"); columns maps role -> column -> array.
+
+    Example:
+        >>> from sklearn.datasets import load_digits
+        >>> from dataloupe.analysis import AnalysisInputs, SampleSet, crossfit_probs
+        >>> d = load_digits(); p = crossfit_probs(d.data, d.target, num_classes=10, folds=3)
+        >>> s = SampleSet(ids=range(len(p)), labels=d.target, probs=p, embeddings=d.data)
+        >>> findings, _ = analyze(AnalysisInputs([str(c) for c in range(10)], s, val=s))
+        >>> sorted(findings)[:3]
+        ['clusters', 'label_issues', 'leakage']
+    """
+    names = detectors or list_detectors()
+    found = [get_detector(n) for n in names]  # unknown names fail before any work
+    if folds:
+        inputs = with_crossfit(inputs, folds=folds)
+    findings, columns = {}, {}
+    for det in found:
+        res = det.find(inputs)
+        findings[det.name] = _clean(res.records)
+        for role, cols in res.columns.items():
+            columns.setdefault(role, {}).update(cols)
+    findings["probabilities"] = f"crossfit-{folds}" if folds else "model"
+    return findings, columns

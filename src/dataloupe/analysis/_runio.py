@@ -1,0 +1,144 @@
+"""Read a run's per-sample metrics into ``AnalysisInputs``; write findings and columns back.
+
+Layout and columns: docs/architecture.md ("Runs", "Per-sample metrics"). Writes are
+atomic (temporary file or dataset, then rename), and happen only after every input has
+been read and checked, so a bad input leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from dataloupe.analysis._base import UNDEFINED, AnalysisInputs, SampleSet
+from dataloupe.analysis._neighbours import content_hashes
+from dataloupe.project import DataloupeError, Project
+
+
+def read_run(project: Project, run: str) -> dict:
+    """``runs/<run>/run.json`` as a dict (error when the run does not exist)."""
+    path = project.runs_dir / run / "run.json"
+    if not path.is_file():
+        known = sorted(p.name for p in project.runs_dir.iterdir() if (p / "run.json").is_file())
+        raise DataloupeError(f"unknown run {run!r}; known runs: {', '.join(known) or 'none'}")
+    return json.loads(path.read_text())
+
+
+def run_tables(info: dict) -> dict[str, str]:
+    """Role -> table name for the run's train and val tables."""
+    return {role: info[f"{role}_table"] for role in ("train", "val") if info.get(f"{role}_table")}
+
+
+def metrics_path(project: Project, run: str, table: str) -> Path:
+    return project.runs_dir / run / "metrics" / f"{table}.lance"
+
+
+def load_metrics(project: Project, run: str, table: str, *, columns: list[str] | None = None) -> pa.Table:
+    """The run's metrics for ``table``, sorted by id; a clear error when not collected."""
+    import lance
+
+    path = metrics_path(project, run, table)
+    if not path.exists():
+        raise DataloupeError(f"run {run!r} has no per-sample metrics for table {table!r}: "
+                             f"run `dataloupe collect {run} --table {table}` first")
+    want = None if columns is None else (["id"] + [c for c in columns if c != "id"])
+    return lance.dataset(str(path)).to_table(columns=want).sort_by("id")
+
+
+def check_revision(metrics: pa.Table, run: str, table: str, revision: int | str | None) -> int:
+    """The table revision the metrics were collected on; error if ``revision`` differs."""
+    revs = set(metrics.column("table_revision").to_pylist()) if metrics.num_rows else set()
+    have = revs.pop() if len(revs) == 1 else None
+    if revision is not None and str(revision) != str(have):
+        raise DataloupeError(f"run {run!r} has metrics for {table}@{have}, not @{revision}: "
+                             f"run `dataloupe collect {run} --table {table}@{revision}`")
+    return have
+
+
+def _matrix(col: pa.ChunkedArray, width: int | None = None) -> np.ndarray:
+    arr = col.combine_chunks()
+    if pa.types.is_fixed_size_list(arr.type):
+        return arr.values.to_numpy(zero_copy_only=False).reshape(len(arr), arr.type.list_size)
+    return np.stack(arr.to_numpy(zero_copy_only=False)) if len(arr) else np.zeros((0, width or 0))
+
+
+def sample_set(project: Project, run: str, table: str, classes: list[str], *, hashes: bool = True) -> SampleSet:
+    """A ``SampleSet`` from the run's metrics for ``table``, joined with the table's
+    weights (and content hashes of its image files) at the collected revision."""
+    from dataloupe.tables import open_table
+
+    m = load_metrics(project, run, table)
+    rev = check_revision(m, run, table, None)
+    t = open_table(project, table, rev)
+    rows = t.to_arrow(columns=["id", "path", "weight"])
+    by_id = {int(i): j for j, i in enumerate(rows.column("id").to_numpy())}
+    ids = m.column("id").to_numpy()
+    missing = [int(i) for i in ids if int(i) not in by_id]
+    if missing:
+        raise DataloupeError(f"metrics of run {run!r} name ids absent from {table}@{rev} (e.g. {missing[:3]}); "
+                             f"re-run `dataloupe collect {run} --table {table}@{rev}`")
+    pos = np.array([by_id[int(i)] for i in ids], dtype=np.int64)
+    index = {c: i for i, c in enumerate(classes)}
+    labels = np.array([UNDEFINED if v is None else index.get(v, -2) for v in m.column("label").to_pylist()])
+    if (labels == -2).any():
+        raise DataloupeError(f"metrics of run {run!r} on {table} hold labels outside the run's classes")
+    probs = _matrix(m.column("probs")).astype(np.float32)
+    if probs.shape[1] != len(classes):
+        raise DataloupeError(f"metrics of run {run!r} on {table} have {probs.shape[1]} class "
+                             f"probabilities, the run has {len(classes)} classes")
+    emb = _matrix(m.column("embedding")).astype(np.float32) if "embedding" in m.column_names else None
+    aum = None
+    if "aum" in m.column_names:
+        aum = m.column("aum").to_numpy(zero_copy_only=False).astype(np.float64)  # nulls -> NaN
+    weights = rows.column("weight").to_numpy()[pos].astype(np.float32)
+    paths = np.array(rows.column("path").to_pylist(), dtype=object)[pos]
+    h = content_hashes([t.image_root / p for p in paths]) if hashes else None
+    return SampleSet(ids=ids, labels=labels, probs=probs, embeddings=emb, aum=aum, weights=weights, hashes=h)
+
+
+def load_inputs(project: Project, run: str, *, hashes: bool = True, k: int = 10) -> tuple[AnalysisInputs, dict]:
+    """``AnalysisInputs`` of a run (train and val tables) plus its ``run.json``."""
+    info = read_run(project, run)
+    classes = list(info.get("classes") or [])
+    if not classes:
+        raise DataloupeError(f"run {run!r} records no classes in run.json")
+    tables = run_tables(info)
+    sets = {role: sample_set(project, run, name, classes, hashes=hashes) for role, name in tables.items()}
+    if "train" not in sets:
+        raise DataloupeError(f"run {run!r} has no train table")
+    return AnalysisInputs(classes, sets["train"], sets.get("val"), k=k, seed=int(info.get("seed") or 0)), info
+
+
+def write_json(path: Path, obj) -> None:
+    """Atomic JSON write."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, allow_nan=False))
+    os.replace(tmp, path)
+
+
+def write_columns(project: Project, run: str, table: str, ids: np.ndarray, columns: dict[str, np.ndarray],
+                  *, drop: tuple[str, ...] = ()) -> None:
+    """Add or replace per-row ``columns`` (aligned with ``ids``) in the run's metrics for ``table``."""
+    import lance
+
+    path = metrics_path(project, run, table)
+    m = load_metrics(project, run, table)
+    order = {int(i): j for j, i in enumerate(np.asarray(ids))}
+    pos = np.array([order[int(i)] for i in m.column("id").to_numpy()], dtype=np.int64)
+    for name in (*columns, *drop):
+        if name in m.column_names:
+            m = m.drop_columns([name])
+    for name, values in columns.items():
+        m = m.append_column(name, pa.array(np.asarray(values)[pos]))
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    lance.write_dataset(m, str(tmp))
+    old = path.with_name(f".{path.name}.old{os.getpid()}")
+    os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
