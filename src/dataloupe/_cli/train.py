@@ -30,7 +30,9 @@ def train_cmd(
     val: Annotated[Optional[str], typer.Option("--val", help="Validation table: TABLE or TABLE@REV.")] = None,
     recipe: Annotated[Optional[str], typer.Option("--recipe", help="Recipe name or YAML file.")] = None,
     run: Annotated[Optional[str], typer.Option(
-        "--run", "--run-name", help="Run name (default: <recipe>-<n>). Under torchrun on Python 3.11 use --run-name.")] = None,
+        "--run", "--run-name",
+        help="Run name (default: <recipe>-<n>). Under torchrun use --run-name (torchrun takes --run for --run-path).",
+    )] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue run --run from its last checkpoint.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Resume even if the tables changed.")] = False,
     project: ProjectOpt = None,
@@ -83,7 +85,8 @@ def lr_find_cmd(
 
 def collect_cmd(
     run: str,
-    table: Annotated[Optional[str], typer.Option("--table", help="TABLE or TABLE@REV (default: the run's train and val).")] = None,
+    table: Annotated[Optional[str], typer.Option(
+        "--table", help="TABLE or TABLE@REV (default: the run's train and val).")] = None,
     project: ProjectOpt = None,
 ) -> None:
     """Write per-sample metrics (predictions, probabilities, embeddings, AUM) of a run."""

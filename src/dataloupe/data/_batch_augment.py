@@ -44,7 +44,9 @@ def _geometry(x: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
         w = h = torch.ones(b, device=dev)
         cx = cy = torch.zeros(b, device=dev)
     flip = torch.where(torch.rand(b, device=dev) < cfg.hflip, -1.0, 1.0)
-    ang = _uniform(-cfg.rotation, cfg.rotation, b, dev) * (math.pi / 180) if cfg.rotation > 0 else torch.zeros(b, device=dev)
+    ang = torch.zeros(b, device=dev)
+    if cfg.rotation > 0:
+        ang = _uniform(-cfg.rotation, cfg.rotation, b, dev) * (math.pi / 180)
     cos, sin = torch.cos(ang), torch.sin(ang)
     theta = torch.stack([torch.stack([cos * w * flip, -sin * h, cx], 1),
                          torch.stack([sin * w * flip, cos * h, cy], 1)], 1)

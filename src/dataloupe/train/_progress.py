@@ -53,5 +53,6 @@ class Progress:
             self.bar.close()
         elif self.enabled and self.done:
             secs = time.perf_counter() - self.start
-            print(f"{self.desc} [{self.done}/{self.total}] done in {secs:.1f}s, {self.images / max(secs, 1e-9):.1f} img/s"
+            rate = self.images / max(secs, 1e-9)
+            print(f"{self.desc} [{self.done}/{self.total}] done in {secs:.1f}s, {rate:.1f} img/s"
                   " (ETA 0s)", file=sys.stderr, flush=True)

@@ -42,12 +42,14 @@ class Schedule:
         self.total = total
         if name == "onecycle":
             self.sched = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer, max_lr=lr, total_steps=total, pct_start=warmup_fraction,
+                # total + 1: OneCycleLR's schedule ends at step total_steps - 1, and we step `total` times
+                optimizer, max_lr=lr, total_steps=total + 1, pct_start=warmup_fraction,
                 anneal_strategy="cos", div_factor=25.0, final_div_factor=1e4, cycle_momentum=False,
             )
         elif name == "cosine":
             self.sched = torch.optim.lr_scheduler.LambdaLR(
-                optimizer, lambda s: (min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(s, total) / total))) / lr
+                optimizer,
+                lambda s: (min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(s, total) / total))) / lr,
             )
         elif name == "plateau":
             self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
