@@ -72,7 +72,11 @@ def test_rules_become_one_revision(project, digits_dir):
                                   "items": [dict(id=i, predicted="1", confidence=.9, agreement=1)
                                             for i in undefined[:4]]},
                 "label_issues": [dict(id=0, table="train", score=1, label="0", suggested_label="2")]}
-    ctx = RuleContext(t.classes, rows, pa.table({"id": rows["id"]}), findings)
+    ids = rows["id"].to_pylist()
+    metrics = pa.table({"id": rows["id"], "predicted": pa.array(["1"] * len(ids)),
+                        "confidence": pa.array([.9 if i in undefined[:4] else .2 for i in ids],
+                                               pa.float32())})
+    ctx = RuleContext(t.classes, rows, metrics, findings)
     ops = get_rule("auto_label")(ctx).ops + get_rule("exclude_label_issues")(ctx).ops
     res = apply_edits(project, "d", ops, message="iteration 1")
     assert res.changes == {"labeled": 4, "excluded": 1}

@@ -115,12 +115,14 @@ def auto_label(ctx: RuleContext, *, threshold: float | str = "auto", per_class: 
     """
     pl = ctx.findings.get("pseudo_labels") or {}
     items = pl.get("items", []) if isinstance(pl, dict) else []
-    undefined = {int(i) for i, lab in zip(ctx.rows["id"].to_pylist(), ctx.rows["label"].to_pylist())
-                 if lab is None}
+    agreement = {int(it["id"]): it.get("agreement") for it in items}
+    labels = ctx.labels()
+    undefined = {int(i) for i, lab in zip(ctx.rows["id"].to_pylist(), labels) if lab is None}
+    # Candidates: every undefined row the run predicted (not only those analyze listed).
+    pred, conf = ctx.column("predicted"), ctx.column("confidence").astype(float)
     chosen: dict[str, list[tuple[float, int]]] = {}
-    for it in items:
-        i, c, conf = int(it["id"]), it["predicted"], float(it["confidence"])
-        if i not in undefined:
+    for i, c, cf in zip(ctx.rows["id"].to_pylist(), pred, conf):
+        if i not in undefined or c is None or np.isnan(cf):
             continue
         if threshold == "auto":
             t = pl.get("class_thresholds", {}).get(c) if per_class else pl.get("global_threshold")
@@ -128,11 +130,11 @@ def auto_label(ctx: RuleContext, *, threshold: float | str = "auto", per_class: 
                 continue
         else:
             t = float(threshold)
-        if conf < t:
+        if cf < t:
             continue
-        if min_agreement is not None and float(it.get("agreement", 0.0)) < min_agreement:
+        if min_agreement is not None and (agreement.get(i) or 0.0) < min_agreement:
             continue
-        chosen.setdefault(c, []).append((conf, i))
+        chosen.setdefault(c, []).append((float(cf), i))
     ops = []
     n_undef = max(1, len(undefined))
     for c in sorted(chosen):

@@ -1,0 +1,59 @@
+"""The loop end to end on a tiny real table with the real engine and analysis."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dataloupe.loop import load_policy, run_loop
+from dataloupe.project import DataloupeError
+from dataloupe.tables import diff_revisions, open_table
+
+from _train_helpers import make_digit_tables
+
+
+def _policy(tmp_path, iterations=2):
+    f = tmp_path / "tiny.yaml"
+    f.write_text(f"""
+recipe: chihuahua-muffin-resnet18
+overrides: {{model: convnet-xxs, image_size: 16, batch_size: 32, lr: 0.01, rrc_scale: null,
+            hflip: 0, rotation: 0, color_jitter: null, log_every: 0.5}}
+schedule: [{{epochs: 2}}, {{epochs: 3}}]
+max_iterations: {iterations}
+stop_when_no_change: false
+rules:
+  - {{rule: auto_label, threshold: 0.0, per_class: false}}
+  - {{rule: flag_low_confidence, max_confidence: 0.5}}
+""")
+    return load_policy(str(f))
+
+
+def test_loop_makes_one_revision_per_iteration_and_resumes(project, tmp_path):
+    make_digit_tables(project, tmp_path, n_train=200, n_val=100, undefined=30)
+    pol = _policy(tmp_path)
+    logs = []
+    res = run_loop(project, train="dig-train", val="dig-val", policy=pol, name="t",
+                   iterations=1, log=logs.append)
+    assert [r["iteration"] for r in res.iterations] == [1]
+    row = res.iterations[0]
+    assert set(row) >= {"iteration", "revision", "labeled", "undefined", "excluded", "val_top1",
+                        "run", "minutes"}
+    assert row["revision"] == 1 and row["undefined"] == 30 and 0 <= row["val_top1"] <= 1
+    t = open_table(project, "dig-train")
+    assert t.revision == 2 and t.entry["message"].startswith("loop t iteration 1: auto-label 30")
+    assert diff_revisions(project, "dig-train", 1, 2).summary == {"labeled": 30}
+    # the run's recipe came from the policy's schedule for iteration 1
+    recipe = (project.runs_dir / "t-it1" / "recipe.yaml").read_text()
+    assert "epochs: 2" in recipe
+    with pytest.raises(DataloupeError, match="--resume"):
+        run_loop(project, train="dig-train", val="dig-val", policy=pol, name="t", iterations=2)
+    res = run_loop(project, train="dig-train", val="dig-val", policy=pol, name="t",
+                   iterations=2, resume=True, log=logs.append)
+    assert [r["iteration"] for r in res.iterations] == [1, 2]  # iteration 1 not redone
+    assert res.iterations[1]["revision"] == 2 and res.iterations[1]["undefined"] == 0
+    assert open_table(project, "dig-train").revision == 2  # nothing left to label: no revision
+    assert "epochs: 3" in (project.runs_dir / "t-it2" / "recipe.yaml").read_text()
+    saved = json.loads((project.root / "loops" / "t" / "summary.json").read_text())
+    assert [r["run"] for r in saved["iterations"]] == ["t-it1", "t-it2"]
+    assert (project.root / "loops" / "t" / "accuracy.png").stat().st_size > 0
