@@ -46,6 +46,10 @@ def test_label_issue_rules_use_training_records_only():
                                  dict(id=3, table="val", score=.99, label="b", suggested_label="a")]}
     out = get_rule("exclude_label_issues")(_ctx(findings))
     assert [op.ids.tolist() for op in out.ops] == [[1]] and out.ops[0].action == "exclude"
+    many = {"label_issues": [dict(id=i, table="train", score=s, label="a", suggested_label="b")
+                             for i, s in ((0, .5), (1, .9), (2, .7), (3, .8))]}
+    capped = get_rule("exclude_label_issues")(_ctx(many), max_fraction=0.5)  # 4 labeled rows
+    assert [sorted(op.ids.tolist()) for op in capped.ops] == [[1, 3]]  # the two highest scores
     out = get_rule("relabel_label_issues")(_ctx(findings), min_confidence=0.5)
     assert [(op.label, op.ids.tolist()) for op in out.ops] == [("b", [1])]
     assert get_rule("relabel_label_issues")(_ctx(findings), min_confidence=0.7).ops == []

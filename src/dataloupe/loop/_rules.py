@@ -146,11 +146,18 @@ def auto_label(ctx: RuleContext, *, threshold: float | str = "auto", per_class: 
 
 
 @rule("exclude_label_issues")
-def exclude_label_issues(ctx: RuleContext, *, min_score: float = 0.0,
-                         weight: float = 0.0) -> RuleOutput:
-    """Exclude (``weight=0``) or down-weight training rows flagged as likely mislabeled."""
-    ids = np.array([r["id"] for r in ctx.train_records("label_issues")
-                    if float(r.get("score", 0)) >= min_score], np.int64)
+def exclude_label_issues(ctx: RuleContext, *, min_score: float = 0.0, weight: float = 0.0,
+                         max_fraction: float = 1.0) -> RuleOutput:
+    """Exclude (``weight=0``) or down-weight training rows flagged as likely mislabeled.
+
+    ``max_fraction`` caps the rows set aside per iteration at that share of the labeled,
+    trainable rows (highest scores first), so a weak early model cannot empty the set.
+    """
+    recs = sorted((r for r in ctx.train_records("label_issues")
+                   if float(r.get("score", 0)) >= min_score), key=lambda r: -float(r.get("score", 0)))
+    active = int(np.sum((ctx.labels() != None) & (ctx.weights() > 0)))  # noqa: E711
+    cap = int(np.floor(max_fraction * active)) if max_fraction < 1 else len(recs)
+    ids = np.array([r["id"] for r in recs[:cap]], np.int64)
     if not len(ids):
         return RuleOutput()
     if weight == 0:
