@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from dataloupe._fileio import write_json_atomic
 from dataloupe.loop._policy import Policy, load_policy
 from dataloupe.loop._rules import RuleContext, get_rule
 from dataloupe.project import DataloupeError, Project
@@ -45,9 +46,7 @@ def loops_dir(project: Project) -> Path:
 
 
 def _save(folder: Path, state: dict) -> None:
-    tmp = folder / ".state.json.tmp"
-    tmp.write_text(json.dumps(state, indent=1))
-    os.replace(tmp, folder / "state.json")
+    write_json_atomic(folder / "state.json", state)
 
 
 def _marker(name: str, k: int) -> str:

@@ -30,10 +30,11 @@ import re
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import pyarrow as pa
 
+from dataloupe._fileio import write_json_atomic
 from dataloupe.project import DataloupeError, Project
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -71,20 +72,6 @@ def list_table_names(project: Project) -> list[str]:
     return sorted(p.name for p in project.tables_dir.iterdir() if (p / "revisions.json").is_file())
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
 def read_log(tdir: Path) -> list[dict]:
     with open(tdir / "revisions.json") as f:
         return json.load(f)["revisions"]
@@ -96,7 +83,7 @@ def read_settings(tdir: Path) -> dict:
 
 
 def write_settings(tdir: Path, settings: dict) -> None:
-    _write_json_atomic(tdir / "table.json", settings)
+    write_json_atomic(tdir / "table.json", settings)
 
 
 @contextlib.contextmanager
@@ -159,13 +146,13 @@ def commit(
         "rows": rows.num_rows,
         **(extra or {}),
     }
-    _write_json_atomic(tdir / "revisions.json", {"revisions": [*log, entry]})
+    write_json_atomic(tdir / "revisions.json", {"revisions": [*log, entry]})
     return entry
 
 
 def write_log(tdir: Path, log: list[dict]) -> None:
     """Rewrite the log (only to change non-historical fields such as tags)."""
-    _write_json_atomic(tdir / "revisions.json", {"revisions": log})
+    write_json_atomic(tdir / "revisions.json", {"revisions": log})
 
 
 def read_rows(tdir: Path, lance_version: int, columns: list[str] | None = None,

@@ -218,8 +218,8 @@ def train_samples(project: Project, data: TrainData, recipe: Recipe, *, run: str
     elif resume and primary:
         _runs.truncate_history(folder, 0)
     if primary:
-        info = _runs.update_run(folder, status="running", epochs=recipe.epochs,
-                                resumed=_runs.now() if resume else None)
+        _runs.update_run(folder, status="running", epochs=recipe.epochs,
+                         resumed=_runs.now() if resume else None)
         if resume:
             save_recipe(recipe, folder / "recipe.yaml")
     k = len(data.classes)

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 import dataloupe
+from dataloupe._fileio import write_json_atomic
 from dataloupe.project import DataloupeError, Project
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -53,12 +54,6 @@ def now() -> str:
 
 def package_version() -> str:
     return dataloupe.__version__
-
-
-def write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 def read_run(project: Project, name: str) -> dict:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hmac
 import threading
 from pathlib import Path
-from typing import Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
