@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from _serve_fixtures import DIGIT_CLASSES, digits_run, single_thread  # noqa: F401
 from dataloupe.project import DataloupeError, Project
 from dataloupe.serve import MicroBatcher, ServeConfig, create_app, load_bundle, resolve_token, run_server
-from dataloupe.serve._auth import host_header_is_loopback, is_loopback
+from dataloupe._netsafety import host_header_is_loopback, is_loopback
 
 
 def _png_header_only(width: int, height: int) -> bytes:

@@ -251,12 +251,16 @@ def test_token_guards_every_api_call(proj):
 def test_local_server_refuses_foreign_host_headers(proj):
     c = TestClient(create_app(proj[0], allowed_hosts=LOCAL_HOSTS), base_url="http://evil.example")
     assert c.get("/api/tables").status_code == 400
-    c = TestClient(create_app(proj[0], allowed_hosts=LOCAL_HOSTS), base_url="http://127.0.0.1:8765")
-    assert c.get("/api/tables").status_code == 200
+    for ok in ("http://127.0.0.1:8765", "http://[::1]:8765", "http://127.0.0.2:8765", "http://localhost"):
+        c = TestClient(create_app(proj[0], allowed_hosts=LOCAL_HOSTS), base_url=ok)
+        assert c.get("/api/tables").status_code == 200, ok
+    c = TestClient(create_app(proj[0], allowed_hosts=LOCAL_HOSTS), base_url="http://127.0.0.1.evil.example")
+    assert c.get("/api/tables").status_code == 400
 
 
 def test_security_rules_for_hosts():
     assert resolve_security(ServeConfig()) == (None, LOCAL_HOSTS, False)
+    assert resolve_security(ServeConfig(host="127.0.0.2")) == (None, LOCAL_HOSTS, False)  # loopback too
     token, hosts, generated = resolve_security(ServeConfig(host="0.0.0.0"))
     assert generated and len(token) >= 24 and hosts is None
     assert resolve_security(ServeConfig(host="0.0.0.0", token="given-token")) == ("given-token", None, False)

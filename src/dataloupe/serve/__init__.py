@@ -7,7 +7,7 @@ Example:
 """
 
 from dataloupe.serve._app import ServeConfig, create_app, run_server
-from dataloupe.serve._auth import is_loopback, resolve_token
+from dataloupe._netsafety import is_loopback, resolve_token
 from dataloupe.serve._batcher import MicroBatcher
 from dataloupe.serve._bundle import FORMATS, ModelBundle, load_bundle, preprocess, sidecar_path, softmax, top_k
 from dataloupe.serve._export import export_model

@@ -15,7 +15,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from dataloupe.data import ImageDecodeError
-from dataloupe.serve._auth import host_header_is_loopback, token_matches
+from dataloupe._netsafety import host_header_is_loopback, token_matches
 from dataloupe.serve._batcher import MicroBatcher, QueueFullError
 from dataloupe.serve._bundle import ModelBundle, top_k
 
@@ -177,7 +177,7 @@ def run_server(bundle: ModelBundle, *, host: str = "127.0.0.1", port: int = 8000
     import uvicorn
 
     from dataloupe.project import DataloupeError
-    from dataloupe.serve._auth import is_loopback
+    from dataloupe._netsafety import is_loopback
 
     config = config or ServeConfig()
     if not is_loopback(host) and not config.token:

@@ -12,7 +12,6 @@ Example:
 
 from __future__ import annotations
 
-import hmac
 import threading
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
 from dataloupe import __version__
+from dataloupe._netsafety import host_of, is_loopback, token_matches
 from dataloupe.project import DataloupeError, Project
 from dataloupe.tables import diff_revisions, list_tables, open_table, revert_table
 from dataloupe.ui import _actions, _images, _runs, _samples
@@ -30,7 +30,7 @@ from dataloupe.ui._cache import LRU
 from dataloupe.ui._points import build_points
 
 STATIC = Path(__file__).parent / "static"
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")  # Host header names, see host_of
 MUTATION_HEADER = "x-dataloupe"  # custom header: cross-site forms cannot send it
 
 
@@ -73,17 +73,19 @@ def create_app(project: Project, *, token: str | None = None,
     paths = _images.PathIndex(project)
     samples = _samples.SampleReader(project)
 
+    # A loopback-only list admits every loopback name (127.0.0.2 too), as the server does.
+    loopback_only = allowed_hosts is not None and all(is_loopback(h) for h in allowed_hosts)
+
     @app.middleware("http")
     async def guard(request: Request, call_next):
         if allowed_hosts is not None:
-            host = request.headers.get("host", "").rsplit(":", 1)[0] if "]" not in request.headers.get("host", "") \
-                else request.headers.get("host", "").split("]")[0] + "]"
-            if host not in allowed_hosts:
+            host = host_of(request.headers.get("host"))
+            if host not in allowed_hosts and not (loopback_only and is_loopback(host)):
                 return _error(400, f"host {host!r} not allowed")
         if request.url.path.startswith("/api/"):
             if token is not None:
-                given = _token_of(request)
-                if not given or not hmac.compare_digest(given.encode(), token.encode()):
+                given = request.headers.get("x-dataloupe-token") or request.query_params.get("token")
+                if not token_matches(token, request.headers.get("authorization"), given):
                     return _error(401, "missing or wrong token (pass --token's value as ?token= or a Bearer header)")
             if request.method not in ("GET", "HEAD") and request.headers.get(MUTATION_HEADER) != "1":
                 return _error(403, f"mutating requests need the header '{MUTATION_HEADER}: 1'")
@@ -238,13 +240,6 @@ def create_app(project: Project, *, token: str | None = None,
 
     app.state.prewarm = prewarm_points
     return app
-
-
-def _token_of(request: Request) -> str | None:
-    auth = request.headers.get("authorization", "")
-    if auth.lower().startswith("bearer "):
-        return auth[7:].strip()
-    return request.headers.get("x-dataloupe-token") or request.query_params.get("token")
 
 
 def _error(status: int, message: str) -> JSONResponse:

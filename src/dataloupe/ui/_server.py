@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import secrets
 import sys
 import threading
 import webbrowser
 from dataclasses import dataclass
 
+from dataloupe._netsafety import is_loopback, resolve_token
 from dataloupe.project import DataloupeError, Project
 from dataloupe.ui._app import LOCAL_HOSTS, create_app
 
@@ -28,14 +28,12 @@ def resolve_security(cfg: ServeConfig) -> tuple[str | None, tuple[str, ...] | No
     """
     if not 0 < cfg.port < 65536:
         raise DataloupeError(f"port must be 1..65535, got {cfg.port}")
-    if cfg.token is not None and len(cfg.token) < 8:
-        raise DataloupeError("--token must be at least 8 characters")
-    local = cfg.host in LOCAL_HOSTS
-    if local:
-        return cfg.token, (None if cfg.token else LOCAL_HOSTS), False
-    if cfg.token:
-        return cfg.token, None, False
-    return secrets.token_urlsafe(24), None, True
+    try:
+        token, generated = resolve_token(cfg.host, cfg.token)
+    except ValueError as e:
+        raise DataloupeError(str(e)) from None
+    hosts = LOCAL_HOSTS if is_loopback(cfg.host) and token is None else None
+    return token, hosts, generated
 
 
 def serve(project: Project, cfg: ServeConfig, echo=print) -> None:

@@ -1,4 +1,6 @@
-"""The host/token rule shared by the inference server (and the dashboard).
+"""The host/token rule shared by the two servers, the dashboard and the inference server.
+
+It sits below both stages (neither may import the other).
 
 Loopback hosts need no token. Any other host gets the given ``--token`` or a generated
 one, and then every API call must carry it (``Authorization: Bearer T`` or ``?token=T``).
@@ -42,20 +44,21 @@ def resolve_token(host: str, token: str | None) -> tuple[str | None, bool]:
     return secrets.token_urlsafe(24), True
 
 
+def host_of(host_header: str | None) -> str:
+    """The host name of a ``Host`` header, without port or IPv6 brackets ("" when absent)."""
+    h = (host_header or "").strip()
+    if h.startswith("["):
+        return h[1:h.find("]")] if "]" in h else h[1:]
+    return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
+
+
 def host_header_is_loopback(host_header: str | None) -> bool:
     """True when a request's ``Host`` header names a loopback host (port ignored).
 
     A loopback server without a token accepts only these, so a web page on another
     origin cannot reach it through DNS rebinding.
     """
-    if not host_header:
-        return False
-    h = host_header.strip()
-    if h.startswith("["):
-        name = h[1:h.find("]")] if "]" in h else h
-    else:
-        name = h.rsplit(":", 1)[0] if h.count(":") == 1 else h
-    return is_loopback(name)
+    return bool(host_header) and is_loopback(host_of(host_header))
 
 
 def token_matches(expected: str, authorization: str | None, query_token: str | None) -> bool:
