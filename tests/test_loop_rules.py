@@ -41,6 +41,66 @@ def test_auto_label_thresholds_agreement_and_labeled_rows_untouched():
     assert {op.label: op.ids.tolist() for op in out.ops} == {"b": [5]}
 
 
+def _emb_ctx(origin=None):
+    """Two clusters in embedding space: labeled a's near +x, b's near +y; undefined rows
+    4 (near a), 5 (near b, predicted a: neighbours disagree), 6 (near b), 7 (near a, predicted b)."""
+    e = np.array([[1, .1], [1, -.1], [.1, 1], [-.1, 1], [1, 0], [0, 1], [.05, 1], [1, .05]], np.float32)
+    rows = pa.table({"id": pa.array(np.arange(8, dtype=np.int64)),
+                     "label": pa.array(["a", "a", "b", "b", None, None, None, None]),
+                     "weight": pa.array(np.ones(8, np.float32))})
+    emb = pa.FixedSizeListArray.from_arrays(pa.array(e.ravel()), 2)
+    metrics = pa.table({"id": np.arange(8, dtype=np.int64),
+                        "predicted": ["a", "b", "b", "b", "a", "a", "b", "b"],
+                        "confidence": np.array([.9, .95, .95, .99, .97, .99, .96, .93], np.float32),
+                        "embedding": emb})
+    return RuleContext(["a", "b"], rows, metrics, {}, origin_labels=origin)
+
+
+def test_auto_label_agreement_from_embeddings_and_per_class_cap():
+    rule = get_rule("auto_label")
+    out = rule(_emb_ctx(), threshold=0.9, min_agreement=0.8, agreement_from="embeddings", neighbours=2)
+    assert {op.label: op.ids.tolist() for op in out.ops} == {"a": [4], "b": [6]}  # 5 and 7 disagree
+    out = rule(_emb_ctx(), threshold=0.9)  # no agreement test: all four, by predicted class
+    assert {op.label: op.ids.tolist() for op in out.ops} == {"a": [4, 5], "b": [6, 7]}
+    out = rule(_emb_ctx(), threshold=0.9, max_fraction=0.5)  # the most confident half of each class
+    assert {op.label: op.ids.tolist() for op in out.ops} == {"a": [5], "b": [6]}
+    with pytest.raises(DataloupeError, match="agreement_from"):
+        rule(_emb_ctx(), min_agreement=0.5, agreement_from="vibes")
+    with pytest.raises(DataloupeError, match="embedding"):  # the run has no embeddings
+        rule(_ctx(PSEUDO), threshold=0.5, min_agreement=0.5, agreement_from="embeddings")
+
+
+def test_undefine_disputed_only_touches_the_loops_own_labels():
+    ctx = _emb_ctx(origin={0: "a", 1: "a", 2: "b", 3: "b", 4: None, 5: None, 6: None, 7: None})
+    rows = ctx.rows.set_column(1, "label", pa.array(["a", "a", "b", "b", "a", "b", "a", None]))
+    ctx = RuleContext(ctx.classes, rows, ctx.metrics, {}, origin_labels=ctx.origin_labels)
+    # row 1 (given "a", predicted b) is an original label: left alone; row 5 (auto "b",
+    # predicted a at .99) and row 6 (auto "a", predicted b at .96) go back to the pool
+    out = get_rule("undefine_disputed")(ctx, min_confidence=0.9)
+    assert [(op.action, op.ids.tolist()) for op in out.ops] == [("undefine", [5, 6])]
+    assert get_rule("undefine_disputed")(ctx, min_confidence=0.999).ops == []
+    assert get_rule("undefine_disputed")(_emb_ctx()).ops == []  # origin unknown: no-op
+
+
+def test_auto_label_precision_estimate_hides_then_scores_validation_labels():
+    from dataloupe.loop._loop import estimate_auto_label_precision
+    from dataloupe.loop._policy import Policy, RuleSpec
+
+    ctx = _emb_ctx()
+    e = np.array([[1, 0], [0, 1], [.02, 1], [0, 1]], np.float32)  # row 2 sits among the b's
+    val = pa.table({"id": np.arange(4, dtype=np.int64), "label": ["a", "b", "b", "b"],
+                    "predicted": ["a", "b", "a", "a"], "confidence": np.array([.99, .98, .97, .6], np.float32),
+                    "embedding": pa.FixedSizeListArray.from_arrays(pa.array(e.ravel()), 2)})
+    pol = Policy("p", "r", rules=(RuleSpec("auto_label", {"threshold": 0.9, "max_fraction": 0.1}),))
+    est = estimate_auto_label_precision(pol, ctx, val)
+    # the cap is lifted; val rows 0, 1, 2 pass the gate (row 3 is unsure); row 2 is wrong
+    assert est == {"precision": round(2 / 3, 4), "coverage": 0.75, "rows": 4}
+    pol = Policy("p", "r", rules=(RuleSpec("auto_label", {"threshold": 0.9, "min_agreement": 0.8,
+                                                          "agreement_from": "embeddings", "neighbours": 2}),))
+    assert estimate_auto_label_precision(pol, ctx, val)["precision"] == 1.0  # neighbours veto row 2
+    assert estimate_auto_label_precision(Policy("p", "r"), ctx, val) is None  # no auto_label rule
+
+
 def test_label_issue_rules_use_training_records_only():
     findings = {"label_issues": [dict(id=1, table="train", score=.9, label="a", suggested_label="b"),
                                  dict(id=3, table="val", score=.99, label="b", suggested_label="a")]}
@@ -104,7 +164,7 @@ def test_bad_policies_are_refused(tmp_path, text, match):
 
 
 def test_shipped_policies_load():
-    for name in ("hackathon", "default"):
+    for name in ("hackathon", "default", "fashion-mnist-demo"):
         p = load_policy(name)
         assert p.rules and p.recipe
         assert p.overrides_for(99) == {**p.overrides, **p.schedule[-1]}

@@ -139,3 +139,25 @@ def test_every_augmentation_runs_in_the_engine(project, augment):
     info = train(project, "dig-train", "dig-val", r, run=f"aug-{augment}", tty=False)
     h = show_run(project, f"aug-{augment}")["history"][0]
     assert info["status"] == "completed" and np.isfinite(h["train_loss"]) and np.isfinite(h["val_loss"])
+
+
+def test_tta_hflip_averages_the_mirror_in_eval_and_collect(project):
+    from dataloupe.models import create_model
+    from dataloupe.train._epoch import StepOptions
+
+    torch.manual_seed(0)
+    model = create_model("convnet-xxs", 3, small_input=True).eval()
+    x = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    plain = StepOptions(torch.device("cpu"), (0.5,) * 3, (0.25,) * 3)
+    tta = StepOptions(torch.device("cpu"), (0.5,) * 3, (0.25,) * 3, tta_hflip=True)
+    with torch.no_grad():
+        want = (torch.softmax(plain.eval_forward(model, x), 1) + torch.softmax(plain.eval_forward(model, x.flip(3)), 1)) / 2
+        logits, emb = tta.eval_forward(model, x, return_embedding=True)
+        _, e1 = plain.eval_forward(model, x, return_embedding=True)
+        _, e2 = plain.eval_forward(model, x.flip(3), return_embedding=True)
+    torch.testing.assert_close(torch.softmax(logits, 1), want)
+    torch.testing.assert_close(emb, (e1 + e2) / 2)
+    # the run remembers it: its checkpoint says so, and collect uses it
+    train(project, "dig-train", "dig-val", _recipe("epochs=1", "tta_hflip=true", "collect=true"), run="t", tty=False)
+    assert _checkpoint.load_checkpoint(project.runs_dir / "t" / "checkpoints" / "best.pt")["tta_hflip"] is True
+    assert (project.runs_dir / "t" / "metrics" / "dig-train.lance").exists()

@@ -1,4 +1,4 @@
-"""``dataloupe demo``: the README's main job."""
+"""``dataloupe demo``: the README's main job (the loop on a Fashion-MNIST scenario)."""
 
 from __future__ import annotations
 
@@ -8,48 +8,43 @@ from typing import Annotated, Optional
 import typer
 
 from dataloupe._cli.common import ProjectOpt, project_from
-from dataloupe.project import DataloupeError
-from dataloupe.tables import import_idx, list_tables, open_table
-
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                   "Sneaker", "Bag", "Ankle boot"]
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_FILES = {"fmnist-train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "train"),
-                 "fmnist-test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "test")}
-
-
-def _find(folder: Path, stem: str) -> Path | None:
-    for cand in (folder / f"{stem}.gz", folder / stem):
-        if cand.is_file():
-            return cand
-    return None
 
 
 def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(
         fashion_dir: Annotated[Optional[Path], typer.Option(help="Folder with the Fashion-MNIST IDX files.")] = None,
+        per_class: Annotated[int, typer.Option(help="Labels kept per class.")] = 20,
+        flip: Annotated[float, typer.Option(help="Share of the kept labels flipped to a wrong class.")] = 0.1,
+        pool: Annotated[int, typer.Option(help="Undefined (unlabeled) training images.")] = 6000,
+        val_size: Annotated[int, typer.Option(help="Validation images (from the test split).")] = 2000,
+        policy: Annotated[str, typer.Option(help="Loop policy.")] = "fashion-mnist-demo",
+        iterations: Annotated[Optional[int], typer.Option(help="Iterations (default: the policy's).")] = None,
+        name: Annotated[str, typer.Option(help="Loop name; tables are NAME-train / NAME-val.")] = "demo",
         project: ProjectOpt = None,
     ) -> None:
-        """Import Fashion-MNIST into versioned tables and show them."""
+        """Run the loop on Fashion-MNIST with few, partly wrong labels; print what each revision bought."""
+        from dataloupe.loop import summary_table
+        from dataloupe.loop._demo import fashion_mnist_demo
+
         p = project_from(project)
-        folder = fashion_dir or FASHION_DIR
-        existing = {t["name"] for t in list_tables(p)}
-        for name, (img, lab, split) in FASHION_FILES.items():
-            if name in existing:
-                continue
-            xi, yl = _find(folder, img), _find(folder, lab)
-            if xi is None or yl is None:
-                raise DataloupeError(
-                    f"Fashion-MNIST not found in {folder}: install it with "
-                    "`sudo apt-get install dataset-fashion-mnist` (Debian) or pass --fashion-dir "
-                    "DIR holding the four IDX files")
-            typer.echo(f"importing {xi.name} -> table {name} ...")
-            import_idx(p, xi, yl, table=name, classes=FASHION_CLASSES, split=split)
-        for name in FASHION_FILES:
-            s = open_table(p, name).summary()
-            typer.echo(f"\n{name} (revision {s['revision']}, {s['rows']} rows, {s['labeled']} "
-                       f"labeled, {s['undefined']} undefined, {s['excluded']} excluded)")
-            for c, n in s["classes"].items():
-                typer.echo(f"  {c:<12} {n:>6}")
-        typer.echo(f"\nproject: {p.root}\nnext: dataloupe table ls --project {p.root}")
+        r = fashion_mnist_demo(p, fashion_dir=fashion_dir, per_class=per_class, flip=flip, pool=pool,
+                               val_size=val_size, policy=policy, iterations=iterations, name=name,
+                               log=typer.echo)
+        typer.echo("\n" + summary_table(r.loop))
+        s = r.score
+        prec = "-" if s["precision"] is None else f"{100 * s['precision']:.1f}%"
+        typer.echo(f"\nautomatic labels: {s['auto_labeled']} of {s['pool']} pool images "
+                   f"({100 * s['coverage']:.1f}% coverage), {prec} correct against the hidden truth")
+        cpu = sum(row["cpu_minutes"] for row in r.loop.iterations)
+        wall = sum(row["minutes"] for row in r.loop.iterations)
+        typer.echo(f"loop time: {wall:.1f} min wall, {cpu:.1f} CPU-min")
+        last = r.loop.iterations[-1] if r.loop.iterations else None
+        typer.echo(f"\nproject: {p.root}\nsummary: {r.loop.folder}/summary.txt, accuracy.png")
+        if r.report:
+            typer.echo(f"report:  {r.report}")
+        typer.echo("look further:\n"
+                   f"  dataloupe table log {name}-train --project {p.root}\n"
+                   + (f"  dataloupe table diff {name}-train {last['revision']} {last['next_revision']}"
+                      f" --project {p.root}\n" if last else "")
+                   + f"  dataloupe ui --project {p.root}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from typing import Annotated, Optional
 
 import typer
@@ -25,8 +27,11 @@ def register(app: typer.Typer) -> None:
         from dataloupe.loop import run_loop, summary_table
 
         log = (lambda m: typer.echo(m, err=True)) if as_json else typer.echo
-        res = run_loop(project_from(project), train=train, val=val, policy=policy,
-                       iterations=iterations, name=name, resume=resume, log=log)
+        # With --json, standard output carries only the JSON: training's epoch lines go to stderr.
+        quiet = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
+        with quiet:
+            res = run_loop(project_from(project), train=train, val=val, policy=policy,
+                           iterations=iterations, name=name, resume=resume, log=log)
         if as_json:
             print_json(res.to_dict())
         else:

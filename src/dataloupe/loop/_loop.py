@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+
+import numpy as np
+import pyarrow as pa
 
 from dataloupe._fileio import write_json_atomic
 from dataloupe.loop._policy import Policy, load_policy
@@ -23,7 +27,8 @@ from dataloupe.project import DataloupeError, Project
 from dataloupe.tables import TableRef, apply_edits, open_table
 
 SUMMARY_KEYS = ("iteration", "revision", "labeled", "undefined", "excluded", "val_top1",
-                "val_top1_last", "run", "minutes", "cpu_minutes", "next_revision", "changes")
+                "val_top1_last", "run", "minutes", "cpu_minutes", "next_revision", "changes",
+                "auto_label_estimate")
 
 
 @dataclass
@@ -62,6 +67,48 @@ def plan_edits(policy: Policy, ctx: RuleContext) -> tuple[list, list[tuple[str, 
         flagged += out.flagged
         per_rule.append((spec.rule, len(out.ops)))
     return ops, per_rule, flagged
+
+
+_SHADOW_OFFSET = 1 << 40  # validation ids are shifted by this in the shadow context
+
+
+def estimate_auto_label_precision(policy: Policy, ctx: RuleContext, val_metrics: pa.Table) -> dict | None:
+    """Estimate how often the policy's ``auto_label`` gate is right, on validation rows.
+
+    The validation rows join the training rows as if they were undefined (their labels
+    hidden), every ``auto_label`` rule runs on them without its per-iteration cap, and the
+    rows it would label are then scored against their real labels. The labels only
+    score; they choose nothing. Without the cap the gate is looser than what the loop
+    applies, so the estimate errs low. Returns ``{"precision", "coverage", "rows"}`` or None.
+    """
+    specs = [r for r in policy.rules if r.rule == "auto_label"]
+    if not specs or val_metrics is None or not val_metrics.num_rows:
+        return None
+    cols = [c for c in ("id", "predicted", "confidence", "embedding") if c in ctx.metrics.column_names
+            and c in val_metrics.column_names]
+    vid = pa.array(val_metrics["id"].to_numpy() + _SHADOW_OFFSET, pa.int64())
+    vm = val_metrics.select(cols).set_column(0, "id", vid)
+    metrics = pa.concat_tables([ctx.metrics.select(cols).cast(vm.schema), vm])
+    rows = pa.table({"id": pa.concat_arrays([ctx.rows["id"].combine_chunks().cast(pa.int64()), vid]),
+                     "label": pa.concat_arrays([ctx.rows["label"].combine_chunks().cast(pa.string()),
+                                                pa.nulls(len(vid), pa.string())]),
+                     "weight": pa.concat_arrays([ctx.rows["weight"].combine_chunks().cast(pa.float32()),
+                                                 pa.array(np.zeros(len(vid), np.float32))])})
+    shadow = RuleContext(ctx.classes, rows, metrics, ctx.findings)
+    truth = dict(zip(vid.to_pylist(), val_metrics["label"].to_pylist()))
+    chosen: dict[int, str] = {}
+    for spec in specs:
+        out = get_rule("auto_label")(shadow, **{**spec.params, "max_fraction": 1.0})
+        for op in out.ops:
+            for i in op.ids.tolist():
+                if i >= _SHADOW_OFFSET and truth.get(i) is not None:
+                    chosen.setdefault(i, op.label)
+    labeled = sum(v is not None for v in truth.values())
+    if not labeled:
+        return None
+    hits = sum(chosen[i] == truth[i] for i in chosen)
+    return {"precision": round(hits / len(chosen), 4) if chosen else None,
+            "coverage": round(len(chosen) / labeled, 4), "rows": labeled}
 
 
 def _edit_message(name: str, k: int, per_op: tuple, flagged: int) -> str:
@@ -126,9 +173,10 @@ def run_loop(
             since_best += 1
     stopped = ""
     for k in range(len(state["iterations"]) + 1, n_iter + 1):
-        t0, c0 = time.time(), time.process_time()
+        t0, c0 = time.time(), cpu_seconds()
         table = open_table(project, train)
         run = f"{name}-it{k}"
+        state.setdefault("start_revision", int(table.revision))
         overrides = pol.overrides_for(k - 1)
         log(f"[loop {name}] iteration {k}/{n_iter}: training {run} on {train}@{table.revision} "
             f"({', '.join(f'{a}={b}' for a, b in overrides.items())})")
@@ -139,9 +187,13 @@ def run_loop(
         latest = open_table(project, train)
         if latest.entry["message"].startswith(_marker(name, k)):
             res_rev, changes = latest.revision, latest.entry["changes"]  # applied before a kill
+            estimate = None
         else:
-            ctx = RuleContext(latest.classes, latest.to_arrow(), metrics, findings)
+            origin = open_table(project, train, state["start_revision"]).to_arrow(columns=["id", "label"])
+            ctx = RuleContext(latest.classes, latest.to_arrow(), metrics, findings,
+                              origin_labels=dict(zip(origin["id"].to_pylist(), origin["label"].to_pylist())))
             ops, _, flagged = plan_edits(pol, ctx)
+            estimate = estimate_auto_label_precision(pol, ctx, _val_metrics(project, run))
             (folder / f"review-it{k}.json").write_text(json.dumps({"flagged": flagged}))
             if ops:
                 res = apply_edits(project, train, ops,
@@ -156,8 +208,9 @@ def run_loop(
                "val_top1": info.get("best_val_top1") if isinstance(info, dict) else None,
                "val_top1_last": history[-1].get("val_top1") if history else None,
                "run": run, "minutes": round((time.time() - t0) / 60, 2),
-               "cpu_minutes": round((time.process_time() - c0) / 60, 2),
-               "next_revision": res_rev, "changes": changes}
+               "cpu_minutes": round((cpu_seconds() - c0) / 60, 2),
+               "next_revision": res_rev, "changes": changes,
+               "auto_label_estimate": estimate}
         state["iterations"].append(row)
         _save(folder, state)
         log(format_row(row))
@@ -179,6 +232,23 @@ def run_loop(
     return result
 
 
+def cpu_seconds() -> float:
+    """CPU seconds of this process (all threads) plus its finished children (loader workers)."""
+    ch = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + ch.ru_utime + ch.ru_stime
+
+
+def _val_metrics(project: Project, run: str) -> pa.Table | None:
+    from dataloupe.analysis._runio import load_metrics, read_run  # noqa: PLC0415
+
+    info = read_run(project, run)
+    try:
+        return load_metrics(project, run, info["val_table"],
+                            columns=["id", "label", "predicted", "confidence", "embedding"])
+    except DataloupeError:
+        return None
+
+
 def _history(project: Project, run: str) -> list[dict]:
     path = project.runs_dir / run / "history.jsonl"
     if not path.exists():
@@ -188,18 +258,21 @@ def _history(project: Project, run: str) -> list[dict]:
 
 def format_row(r: dict) -> str:
     pct = lambda v: "   -  " if v is None else f"{100 * v:6.2f}"  # noqa: E731
+    est = r.get("auto_label_estimate") or {}
     return (f"{r['iteration']:>4} {r['revision']:>8} {r['labeled']:>8} {r['undefined']:>9} "
             f"{r['excluded']:>8} {pct(r['val_top1'])} {pct(r['val_top1_last'])} "
-            f"{r['minutes']:>7.1f} {r['cpu_minutes']:>7.1f}  {r['run']}")
+            f"{r['minutes']:>7.1f} {r['cpu_minutes']:>7.1f} {pct(est.get('precision')):>9}  {r['run']}")
 
 
 HEADER = (f"{'iter':>4} {'revision':>8} {'labeled':>8} {'undefined':>9} {'excluded':>8} "
-          f"{'best%':>6} {'last%':>6} {'minutes':>7} {'cpu-min':>7}  run")
+          f"{'best%':>6} {'last%':>6} {'minutes':>7} {'cpu-min':>7} {'est.prec%':>9}  run")
 
 
 def summary_table(result: LoopResult) -> str:
     return "\n".join([HEADER, *(format_row(r) for r in result.iterations),
-                      f"stopped: {result.stopped}"])
+                      f"stopped: {result.stopped}",
+                      "best%/last%: val top-1 at the best / last epoch; est.prec%: precision of the"
+                      " auto-label rule measured on the validation rows with their labels hidden"])
 
 
 def write_outputs(result: LoopResult) -> None:

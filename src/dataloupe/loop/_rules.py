@@ -33,6 +33,23 @@ class RuleContext:
     rows: pa.Table
     metrics: pa.Table
     findings: dict
+    origin_labels: dict | None = None  # id -> label when the loop started (None: unknown)
+
+    def embeddings(self) -> np.ndarray:
+        """``(N, D)`` float32 run embeddings aligned with ``rows`` (NaN rows where missing)."""
+        m = self.metrics
+        if "embedding" not in m.column_names:
+            raise DataloupeError("rule needs the run's embeddings (metrics column 'embedding')")
+        col = m["embedding"].combine_chunks()
+        d = col.type.list_size
+        vals = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, d)
+        pos = {int(i): k for k, i in enumerate(m["id"].to_pylist())}
+        out = np.full((self.rows.num_rows, d), np.nan, np.float32)
+        for r, i in enumerate(self.rows["id"].to_pylist()):
+            k = pos.get(int(i))
+            if k is not None:
+                out[r] = vals[k]
+        return out
 
     def column(self, name: str) -> np.ndarray:
         """A metrics column aligned with ``rows`` (NaN/None where the run has no value)."""
@@ -102,47 +119,95 @@ def _by_class(ids: np.ndarray, labels: np.ndarray, name: str) -> list[EditOp]:
     return ops
 
 
+def neighbour_agreement(ctx: RuleContext, query: np.ndarray, predicted: np.ndarray, *,
+                        k: int = 10) -> np.ndarray:
+    """Similarity-weighted share of each query row's ``k`` nearest labeled neighbours (cosine,
+    on the run's embeddings) whose label is the row's predicted class; NaN without neighbours.
+
+    Voters are the training rows that are labeled with weight > 0 (never validation rows).
+    """
+    from dataloupe.analysis import knn  # noqa: PLC0415 (loop sits above analysis)
+
+    emb = ctx.embeddings()
+    labels, w = ctx.labels(), ctx.weights()
+    voters = np.flatnonzero((labels != None) & (w > 0) & ~np.isnan(emb[:, 0]))  # noqa: E711
+    out = np.full(len(query), np.nan)
+    if not len(voters) or not len(query):
+        return out
+    sims, idx = knn(emb[voters], k=min(k, len(voters)), queries=emb[query])
+    vote = np.where(idx >= 0, labels[voters][np.clip(idx, 0, None)], None)
+    wts = np.where(idx >= 0, np.clip(sims, 0.0, None), 0.0)
+    total = wts.sum(1)
+    agree = (wts * (vote == predicted[:, None])).sum(1)
+    np.divide(agree, total, out=out, where=total > 0)
+    return out
+
+
 @rule("auto_label")
 def auto_label(ctx: RuleContext, *, threshold: float | str = "auto", per_class: bool = True,
-               min_agreement: float | None = None, max_fraction: float = 1.0) -> RuleOutput:
+               min_agreement: float | None = None, agreement_from: str = "findings", neighbours: int = 10,
+               max_fraction: float = 1.0) -> RuleOutput:
     """Label undefined rows whose prediction is confident enough.
 
     ``threshold="auto"`` uses the thresholds ``analyze`` chose on labeled training rows
     (per class when ``per_class``); a number is a global confidence threshold.
-    ``min_agreement`` also requires that share of embedding neighbours to agree;
-    ``max_fraction`` caps, per class, the share of the remaining undefined rows labeled in
-    one iteration (most confident first), so the loop grows its labels gradually.
+    ``min_agreement`` also requires that share of embedding neighbours to agree, taken from
+    the ``pseudo_labels`` finding (``agreement_from: findings``) or computed here among the
+    ``neighbours`` nearest labeled training rows (``agreement_from: embeddings``).
+    ``max_fraction`` caps, per predicted class, the share of the undefined rows predicted as
+    that class that are labeled in one iteration (most confident first): the loop then grows
+    its labels gradually, curriculum style, and each class keeps its share of the pool.
     """
+    if agreement_from not in ("findings", "embeddings"):
+        raise DataloupeError(f"auto_label: agreement_from must be findings or embeddings, not {agreement_from!r}")
     pl = ctx.findings.get("pseudo_labels") or {}
     items = pl.get("items", []) if isinstance(pl, dict) else []
-    agreement = {int(it["id"]): it.get("agreement") for it in items}
     labels = ctx.labels()
-    undefined = {int(i) for i, lab in zip(ctx.rows["id"].to_pylist(), labels) if lab is None}
+    ids = ctx.rows["id"].to_numpy()
     # Candidates: every undefined row the run predicted (not only those analyze listed).
     pred, conf = ctx.column("predicted"), ctx.column("confidence").astype(float)
-    chosen: dict[str, list[tuple[float, int]]] = {}
-    for i, c, cf in zip(ctx.rows["id"].to_pylist(), pred, conf):
-        if i not in undefined or c is None or np.isnan(cf):
-            continue
-        if threshold == "auto":
-            t = pl.get("class_thresholds", {}).get(c) if per_class else pl.get("global_threshold")
-            if t is None:
-                continue
+    undefined = np.flatnonzero((labels == None) & (pred != None) & ~np.isnan(conf))  # noqa: E711
+    if threshold == "auto":
+        table = pl.get("class_thresholds", {}) if per_class else {}
+        t = np.array([table.get(c, np.inf) if per_class else pl.get("global_threshold", np.inf)
+                      for c in pred[undefined]], float)
+        t = np.where(np.isnan(t.astype(float)), np.inf, t)
+    else:
+        t = np.full(len(undefined), float(threshold))
+    keep = conf[undefined] >= t
+    if min_agreement is not None:
+        if agreement_from == "embeddings":
+            agree = neighbour_agreement(ctx, undefined, pred[undefined], k=neighbours)
         else:
-            t = float(threshold)
-        if cf < t:
-            continue
-        if min_agreement is not None and (agreement.get(i) or 0.0) < min_agreement:
-            continue
-        chosen.setdefault(c, []).append((float(cf), i))
+            by_id = {int(it["id"]): it.get("agreement") for it in items}
+            agree = np.array([by_id.get(int(i)) or 0.0 for i in ids[undefined]], float)
+        keep &= np.nan_to_num(agree, nan=0.0) >= min_agreement
     ops = []
-    n_undef = max(1, len(undefined))
-    for c in sorted(chosen):
-        picks = sorted(chosen[c], reverse=True)
-        cap = int(np.ceil(max_fraction * n_undef)) if max_fraction < 1 else len(picks)
-        ids = np.array([i for _, i in picks[:cap]], np.int64)
-        ops.append(EditOp("set_label", ids=ids, label=c, name="auto-label"))
+    for c in sorted({str(x) for x in pred[undefined]}):
+        of_class = pred[undefined] == c
+        cand = undefined[of_class & keep]
+        cap = int(np.ceil(max_fraction * of_class.sum())) if max_fraction < 1 else len(cand)
+        cand = cand[np.argsort(-conf[cand], kind="stable")][:cap]
+        if len(cand):
+            ops.append(EditOp("set_label", ids=np.sort(ids[cand]).astype(np.int64), label=c, name="auto-label"))
     return RuleOutput(ops)
+
+
+@rule("undefine_disputed")
+def undefine_disputed(ctx: RuleContext, *, min_confidence: float = 0.9) -> RuleOutput:
+    """Return to the pool the rows the loop labeled itself that the newest model, trained on
+    them, confidently assigns to another class (a model rarely contradicts its own training
+    labels, so this is strong evidence the automatic label was wrong). Labels that were
+    there when the loop started are left alone (``exclude_label_issues`` handles those).
+    """
+    if ctx.origin_labels is None:
+        return RuleOutput()
+    labels = ctx.labels()
+    pred, conf = ctx.column("predicted"), ctx.column("confidence").astype(float)
+    ids = ctx.rows["id"].to_numpy()
+    auto = np.array([ctx.origin_labels.get(int(i)) is None for i in ids]) & (labels != None)  # noqa: E711
+    bad = auto & (pred != None) & (pred != labels) & (np.nan_to_num(conf) >= min_confidence)  # noqa: E711
+    return RuleOutput([EditOp("undefine", ids=ids[bad], name="undefine disputed auto-labels")] if bad.any() else [])
 
 
 @rule("exclude_label_issues")

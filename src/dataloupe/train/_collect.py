@@ -96,7 +96,7 @@ def collect(project: Project, run: str, table: str | None = None, *, batch_size:
     model.to(device)
     size = int(ckpt["image_size"])
     opts = StepOptions(device, tuple(ckpt["mean"]), tuple(ckpt["std"]),
-                       torch.bfloat16 if device.type == "cuda" else None)
+                       torch.bfloat16 if device.type == "cuda" else None, tta_hflip=bool(ckpt.get("tta_hflip")))
     out = []
     for ref in refs:
         t = open_ref(project, ref)

@@ -119,7 +119,7 @@ def build_setup(project: Project, data: TrainData, recipe: Recipe, ctx: DistCont
                         plateau_patience=recipe.plateau_patience)
     amp = torch.bfloat16 if (recipe.amp == "bf16" or (recipe.amp == "auto" and cuda)) else None
     opts = StepOptions(ctx.device, tuple(recipe.mean), tuple(recipe.std), amp, channels_last,
-                       augment=aug if batched else None)
+                       augment=aug if batched else None, tta_hflip=recipe.tta_hflip)
     return Setup(model, raw, optimizer, schedule, train_loader, val_loader, sampler,
                  mix_transform(aug, len(data.classes)), opts, small, len(train_set))
 
@@ -273,7 +273,8 @@ def _write_epoch(s, recipe, data, folder, epoch, record, best, improved, dyn) ->
     _runs.append_history(folder, record)
     dyn.save(folder / "dynamics.npz")
     meta = dict(model_name=recipe.model, classes=data.classes, image_size=recipe.image_size,
-                small_input=s.small_input, mean=recipe.mean, std=recipe.std, epoch=epoch)
+                small_input=s.small_input, mean=recipe.mean, std=recipe.std, epoch=epoch,
+                tta_hflip=recipe.tta_hflip)
     if improved:
         atomic_save(model_checkpoint(s.raw, val_top1=record["val_top1"], **meta), folder / "checkpoints" / "best.pt")
     last = model_checkpoint(s.raw, val_top1=record["val_top1"], **meta)

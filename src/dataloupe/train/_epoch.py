@@ -25,6 +25,7 @@ class StepOptions:
     amp_dtype: torch.dtype | None = None
     channels_last: bool = False
     augment: AugmentConfig | None = None  # batched on-device augmentation (training only)
+    tta_hflip: bool = False  # evaluation averages the image and its horizontal mirror
 
     def inputs(self, images: torch.Tensor) -> torch.Tensor:
         x = images.to(self.device, non_blocking=True)
@@ -38,6 +39,26 @@ class StepOptions:
             return self.inputs(images)
         x = batch_augment(images.to(self.device, non_blocking=True), self.augment)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def eval_forward(self, model: nn.Module, images: torch.Tensor, *, return_embedding: bool = False):
+        """Eval-mode forward pass: logits (and embeddings), averaged over the mirror when ``tta_hflip``.
+
+        With the mirror, the logits are the log of the mean softmax (so softmax gives the mean
+        probability) and the embedding is the mean embedding.
+        """
+        x = self.inputs(images)
+        with self.autocast():
+            out = model(x, return_embedding=True) if return_embedding else model(x)
+            if not self.tta_hflip:
+                return out
+            out2 = model(x.flip(3), return_embedding=True) if return_embedding else model(x.flip(3))
+        if return_embedding:
+            (l1, e1), (l2, e2) = out, out2
+        else:
+            l1, l2 = out, out2
+        probs = (torch.softmax(l1.float(), 1) + torch.softmax(l2.float(), 1)) / 2
+        logits = probs.clamp_min(1e-12).log()
+        return (logits, (e1.float() + e2.float()) / 2) if return_embedding else logits
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -112,11 +133,8 @@ def evaluate(model: nn.Module, loader, *, opts: StepOptions, num_classes: int) -
     sums = torch.zeros(3, device=opts.device, dtype=torch.float64)  # loss, top-1, top-5 (no per-batch sync)
     count = 0
     for images, labels, _ in loader:
-        x = opts.inputs(images)
         y = labels.to(opts.device)
-        with opts.autocast():
-            logits = model(x)
-        logits = logits.float()
+        logits = opts.eval_forward(model, images).float()
         sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
         sums[1] += (logits.argmax(1) == y).sum()
         if num_classes >= 5:
@@ -134,8 +152,7 @@ def predict(model: nn.Module, loader, *, opts: StepOptions, num_rows: int, num_c
     probs = np.zeros((num_rows, num_classes), dtype=np.float32)
     embs = np.zeros((num_rows, emb_dim), dtype=np.float32)
     for images, _, positions in loader:
-        with opts.autocast():
-            logits, emb = model(opts.inputs(images), return_embedding=True)
+        logits, emb = opts.eval_forward(model, images, return_embedding=True)
         pos = positions.numpy()
         probs[pos] = torch.softmax(logits.float(), 1).cpu().numpy()
         embs[pos] = emb.float().cpu().numpy()

@@ -89,6 +89,7 @@ class Recipe:
     # --- run
     seed: int = 0  # seeds model init, sampling and augmentation
     collect: bool = True  # write per-sample metrics for train and val tables at the end
+    tta_hflip: bool = False  # evaluate and collect on the mean of the image and its mirror (2x eval cost)
     log_every: float = 10.0  # seconds between plain progress lines (non-TTY)
 
     @property
