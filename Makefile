@@ -7,9 +7,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
+CM_DIR ?= ../shared/datasets/chihuahua-muffin
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps demo test test-all bench clean
+.PHONY: setup system-deps demo demo-hackathon test test-all bench clean
 
 setup: $(STAMP) system-deps
 
@@ -40,6 +41,12 @@ system-deps:
 demo: setup
 	$(PY) -m dataloupe demo
 
+# The chihuahua-muffin benchmark (bench/hackathon.py): baseline, hackathon and default policies.
+#   make demo-hackathon [CM_DIR=path/to/chihuahua-muffin] [HACKATHON_ARGS="--only default"]
+demo-hackathon: setup
+	@if [ -d "$(CM_DIR)/train128" ]; then $(PY) bench/hackathon.py --data "$(CM_DIR)" $(HACKATHON_ARGS); \
+	else echo "chihuahua-muffin data not found at $(CM_DIR): pass CM_DIR=path/to/chihuahua-muffin"; exit 1; fi
+
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -47,4 +54,4 @@ test-all: setup
 	$(PY) -m pytest -m "" $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) dataloupe-project
+	rm -rf $(VENV) dataloupe-project bench/.hackathon-project

@@ -161,3 +161,17 @@ def test_tta_hflip_averages_the_mirror_in_eval_and_collect(project):
     train(project, "dig-train", "dig-val", _recipe("epochs=1", "tta_hflip=true", "collect=true"), run="t", tty=False)
     assert _checkpoint.load_checkpoint(project.runs_dir / "t" / "checkpoints" / "best.pt")["tta_hflip"] is True
     assert (project.runs_dir / "t" / "metrics" / "dig-train.lance").exists()
+
+
+def test_consistency_on_undefined_rows_trains_and_logs_its_usage(project):
+    r = _recipe("epochs=2", "unlabeled_weight=1.0", "unlabeled_ratio=2", "unlabeled_threshold=0.0", "epoch_samples=96")
+    info = train(project, "dig-train", "dig-val", r, run="fm", tty=False)
+    hist = [json.loads(line) for line in (project.runs_dir / "fm" / "history.jsonl").read_text().splitlines()]
+    assert info["status"] == "completed" and len(hist) == 2
+    assert all(h["unlabeled_used"] == 1.0 for h in hist)  # threshold 0: every undefined image is used
+    r = _recipe("epochs=1", "unlabeled_weight=1.0", "unlabeled_threshold=1.0")
+    train(project, "dig-train", "dig-val", r, run="fm1", tty=False)
+    hist = [json.loads(line) for line in (project.runs_dir / "fm1" / "history.jsonl").read_text().splitlines()]
+    assert hist[0]["unlabeled_used"] < 0.5  # a fresh model is rarely certain
+    with pytest.raises(DataloupeError, match="unlabeled_ratio"):
+        _recipe("unlabeled_ratio=0")

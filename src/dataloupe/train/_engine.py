@@ -24,7 +24,7 @@ from dataloupe.train import _runs
 from dataloupe.train._checkpoint import atomic_save, load_checkpoint, model_checkpoint
 from dataloupe.train._distributed import DistContext, init_distributed, shutdown_distributed
 from dataloupe.train._dynamics import Dynamics
-from dataloupe.train._epoch import StepOptions, evaluate, train_one_epoch
+from dataloupe.train._epoch import Consistency, StepOptions, consistency_configs, evaluate, train_one_epoch
 from dataloupe.train._inputs import TrainData, load_train_data
 from dataloupe.train._plots import plot_history
 from dataloupe.train._progress import Progress
@@ -47,6 +47,12 @@ class Setup:
     opts: StepOptions
     small_input: bool
     num_train: int
+    consistency: Consistency | None = None
+    unlabeled_batches: object = None  # the consistency loader's running iterator (across epochs)
+
+    def __post_init__(self) -> None:
+        if self.consistency is not None:
+            self.unlabeled_batches = self.consistency.batches()
 
 
 def _small_input(recipe: Recipe) -> bool:
@@ -102,8 +108,9 @@ def build_setup(project: Project, data: TrainData, recipe: Recipe, ctx: DistCont
                         print(f"warning: id {rid} could not be decoded (trained as black): {why}")
     aug = AugmentConfig.from_recipe(recipe)
     batched = recipe.augment == "batched" or (recipe.augment == "auto" and cuda)
-    sampler = WeightedEpochSampler(train_set.weights, num_replicas=ctx.world_size, rank=ctx.rank, seed=recipe.seed)
-    drop_last = len(train_set) >= 2 * recipe.batch_size
+    sampler = WeightedEpochSampler(train_set.weights, num_replicas=ctx.world_size, rank=ctx.rank, seed=recipe.seed,
+                                   num_samples=recipe.epoch_samples)
+    drop_last = len(sampler) * ctx.world_size >= 2 * recipe.batch_size
     train_loader = make_loader(train_set, plan, image_size=recipe.image_size, batch_size=per_rank, cache=caches[0],
                                transform=sample_transform(aug, only_autoaugment=batched), sampler=sampler,
                                drop_last=drop_last, seed=recipe.seed + ctx.rank, pin_memory=cuda)
@@ -111,6 +118,20 @@ def build_setup(project: Project, data: TrainData, recipe: Recipe, ctx: DistCont
                              batch_size=recipe.val_batch_size or 2 * per_rank, cache=caches[1],
                              sampler=ShardSampler(len(val_set), num_replicas=ctx.world_size, rank=ctx.rank),
                              pin_memory=cuda)
+    consistency = None
+    if recipe.unlabeled_weight > 0:
+        pool = data.train.subset((data.train.labels < 0) & (data.train.weights > 0))
+        if len(pool):
+            draw = torch.utils.data.RandomSampler(range(len(pool)), replacement=True, num_samples=len(pool),
+                                                  generator=torch.Generator().manual_seed(recipe.seed + 7 + ctx.rank))
+            u_loader = make_loader(pool, plan, image_size=recipe.image_size,
+                                   batch_size=per_rank * recipe.unlabeled_ratio, cache=caches[0], sampler=draw,
+                                   drop_last=len(pool) >= per_rank * recipe.unlabeled_ratio, pin_memory=cuda)
+            weak, strong = consistency_configs(aug)
+            consistency = Consistency(u_loader, weak, strong, recipe.unlabeled_weight, recipe.unlabeled_threshold)
+        elif ctx.is_primary():
+            print("note: unlabeled_weight > 0 but the training table has no undefined rows with weight > 0;"
+                  " training on labeled rows only", flush=True)
     optimizer = build_optimizer(raw, recipe.optimizer, lr=recipe.effective_lr, momentum=recipe.momentum,
                                 nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
     schedule = Schedule(recipe.scheduler, optimizer, lr=recipe.effective_lr, epochs=recipe.epochs,
@@ -121,7 +142,7 @@ def build_setup(project: Project, data: TrainData, recipe: Recipe, ctx: DistCont
     opts = StepOptions(ctx.device, tuple(recipe.mean), tuple(recipe.std), amp, channels_last,
                        augment=aug if batched else None, tta_hflip=recipe.tta_hflip)
     return Setup(model, raw, optimizer, schedule, train_loader, val_loader, sampler,
-                 mix_transform(aug, len(data.classes)), opts, small, len(train_set))
+                 mix_transform(aug, len(data.classes)), opts, small, len(train_set), consistency)
 
 
 def _provenance_tables(data: TrainData) -> dict:
@@ -245,7 +266,8 @@ def _one_epoch(s: Setup, ctx: DistContext, recipe: Recipe, data: TrainData, fold
                    tty=tty)
     tr = train_one_epoch(s.model, s.train_loader, optimizer=s.optimizer, schedule=s.schedule, opts=s.opts,
                          num_samples=s.num_train, label_smoothing=recipe.label_smoothing, mix=s.mix,
-                         grad_clip=recipe.grad_clip, progress=bar)
+                         grad_clip=recipe.grad_clip, progress=bar, consistency=s.consistency,
+                         unlabeled=s.unlabeled_batches)
     ev = evaluate(s.model, s.val_loader, opts=s.opts, num_classes=k)
     sums = ctx.all_reduce_sum(torch.tensor([tr["loss_sum"], tr["correct"], tr["count"], ev["loss_sum"],
                                             ev["top1"], ev["top5"], ev["count"], tr["seconds"]]))
@@ -258,6 +280,9 @@ def _one_epoch(s: Setup, ctx: DistContext, recipe: Recipe, data: TrainData, fold
               "val_top1": v1 / vn}
     if k >= 5:
         record["val_top5"] = v5 / vn
+    if s.consistency is not None:
+        used = ctx.all_reduce_sum(torch.tensor([tr["unlabeled_used"], tr["unlabeled_seen"]], dtype=torch.float64))
+        record["unlabeled_used"] = float(used[0] / max(1.0, float(used[1])))
     record.update(lr=current_lr(s.optimizer), images_per_s=tn / (secs / ctx.world_size),
                   seconds=secs / ctx.world_size)
     dyn.record(epoch, msum, mcnt)

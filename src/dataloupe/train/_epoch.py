@@ -66,6 +66,42 @@ class StepOptions:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
 
+@dataclass(frozen=True)
+class Consistency:
+    """FixMatch-style consistency on undefined rows (Sohn et al., 2020).
+
+    Each step also draws ``ratio`` x batch undefined images; the model's prediction on a
+    weakly augmented view (flip + mild crop) becomes the target of a strongly augmented view
+    (crop, colour jitter, erasing) wherever its confidence reaches ``threshold``; that loss
+    is added with ``weight``. Undefined rows thus shape the model without a single edit to
+    the table; the masked share of the batch is logged as ``unlabeled_used``.
+
+    Written here rather than taken from a library: the step shares the engine's model,
+    optimizer, autocast, on-device augmentation (``batch_augment``) and DDP wrapping, which
+    the reference implementations do not expose.
+    """
+
+    loader: object  # yields (uint8 images, labels, positions) of undefined rows, endlessly
+    weak: AugmentConfig
+    strong: AugmentConfig
+    weight: float
+    threshold: float
+
+    def batches(self):
+        while True:
+            yield from self.loader
+
+
+def consistency_configs(aug: AugmentConfig) -> tuple[AugmentConfig, AugmentConfig]:
+    """(weak, strong) on-device augmentations for the consistency loss, from the recipe's."""
+    weak = AugmentConfig(image_size=aug.image_size, rrc_scale=(0.7, 1.0), rrc_ratio=(0.9, 1.1), hflip=aug.hflip,
+                         mean=aug.mean, std=aug.std)
+    strong = AugmentConfig(image_size=aug.image_size, rrc_scale=aug.rrc_scale or (0.35, 1.0),
+                           rrc_ratio=aug.rrc_ratio, hflip=aug.hflip, rotation=max(aug.rotation, 15.0),
+                           color_jitter=(0.4, 0.4, 0.4, 0.1), random_erasing=0.5, mean=aug.mean, std=aug.std)
+    return weak, strong
+
+
 def logit_margins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """``(B,)`` assigned-class logit minus the largest other logit (AUM's margin)."""
     logits = logits.detach().float()
@@ -76,13 +112,16 @@ def logit_margins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def train_one_epoch(model: nn.Module, loader, *, optimizer, schedule, opts: StepOptions, num_samples: int,
                     label_smoothing: float = 0.0, mix=None, grad_clip: float | None = None,
-                    progress: Progress | None = None) -> dict:
+                    progress: Progress | None = None, consistency: Consistency | None = None,
+                    unlabeled=None) -> dict:
     """Train for one pass over ``loader``.
 
     Returns:
         dict with ``loss_sum``, ``correct``, ``count`` (this process), ``seconds``, and
         ``margin_sum``/``margin_count`` ``(num_samples,)`` float64 arrays: each training
-        sample's logit margin from the same forward pass (no extra pass), by position.
+        sample's logit margin from the same forward pass (no extra pass), by position;
+        with ``consistency`` (and ``unlabeled``, its running batch iterator) also
+        ``unlabeled_used`` and ``unlabeled_seen``: undefined images above the threshold / drawn.
     """
     model.train()
     # Running sums stay on the device: no host sync per step (the GPU keeps its queue full).
@@ -90,6 +129,10 @@ def train_one_epoch(model: nn.Module, loader, *, optimizer, schedule, opts: Step
     correct_acc = torch.zeros((), device=opts.device, dtype=torch.int64)
     count = 0
     positions_seen, margins_seen = [], []
+    u_used = torch.zeros((), device=opts.device, dtype=torch.int64)
+    u_seen = 0
+    if consistency is not None and unlabeled is None:
+        unlabeled = consistency.batches()
     start = time.perf_counter()
     for images, labels, positions in loader:
         x = opts.train_inputs(images)
@@ -97,9 +140,28 @@ def train_one_epoch(model: nn.Module, loader, *, optimizer, schedule, opts: Step
         target = y
         if mix is not None:
             x, target = mix(x, y)
-        with opts.autocast():
-            logits = model(x)
-            loss = F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
+        if consistency is None:
+            with opts.autocast():
+                logits = model(x)
+                loss = F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
+            sup = loss
+        else:
+            u = next(unlabeled)[0].to(opts.device, non_blocking=True)
+            with torch.no_grad(), opts.autocast():
+                guess = torch.softmax(model(batch_augment(u, consistency.weak)).float(), 1)
+            conf, pseudo = guess.max(1)
+            mask = (conf >= consistency.threshold).float()
+            strong = batch_augment(u, consistency.strong)
+            if opts.channels_last:
+                strong = strong.contiguous(memory_format=torch.channels_last)
+            with opts.autocast():
+                both = model(torch.cat([x, strong]))
+                logits, u_logits = both[: len(x)], both[len(x):]
+                sup = F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
+                u_loss = (F.cross_entropy(u_logits.float(), pseudo, reduction="none") * mask).mean()
+                loss = sup + consistency.weight * u_loss
+            u_used += mask.sum().long()
+            u_seen += len(u)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip:
@@ -107,7 +169,7 @@ def train_one_epoch(model: nn.Module, loader, *, optimizer, schedule, opts: Step
         optimizer.step()
         schedule.step()
         n = len(y)
-        loss_acc += loss.detach().double() * n
+        loss_acc += sup.detach().double() * n  # the labeled loss (comparable with and without consistency)
         correct_acc += (logits.detach().argmax(1) == y).sum()
         count += n
         positions_seen.append(positions)
@@ -122,8 +184,11 @@ def train_one_epoch(model: nn.Module, loader, *, optimizer, schedule, opts: Step
         pos = torch.cat(positions_seen).numpy()
         np.add.at(margin_sum, pos, torch.cat(margins_seen).cpu().numpy())
         np.add.at(margin_count, pos, 1.0)
-    return {"loss_sum": float(loss_acc), "correct": int(correct_acc), "count": count,
-            "seconds": time.perf_counter() - start, "margin_sum": margin_sum, "margin_count": margin_count}
+    out = {"loss_sum": float(loss_acc), "correct": int(correct_acc), "count": count,
+           "seconds": time.perf_counter() - start, "margin_sum": margin_sum, "margin_count": margin_count}
+    if consistency is not None:
+        out.update(unlabeled_used=int(u_used), unlabeled_seen=u_seen)
+    return out
 
 
 @torch.no_grad()

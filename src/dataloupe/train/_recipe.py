@@ -55,6 +55,7 @@ class Recipe:
     num_workers: Optional[int] = None  # DataLoader workers per process; None: automatic
     # --- optimisation
     epochs: int = 10  # passes over the (weighted) training set
+    epoch_samples: Optional[int] = None  # labeled draws per epoch (with replacement); None: the set's size
     optimizer: str = "adam"  # sgd (Nesterov when nesterov=true) | adam | adamw
     lr: float = 1e-3  # peak learning rate at lr_reference_batch (or at batch_size)
     lr_reference_batch: Optional[int] = None  # batch the lr is stated for; linear scaling rule
@@ -78,6 +79,10 @@ class Recipe:
     random_erasing: float = 0.0  # RandomErasing probability
     mixup_alpha: float = 0.0  # MixUp Beta(alpha, alpha); 0: off
     cutmix_alpha: float = 0.0  # CutMix Beta(alpha, alpha); 0: off
+    # --- semi-supervised: FixMatch-style consistency on the table's undefined rows
+    unlabeled_weight: float = 0.0  # weight of the consistency loss on undefined rows; 0: off
+    unlabeled_ratio: int = 2  # undefined images per labeled image in each step
+    unlabeled_threshold: float = 0.95  # confidence on the weak view needed to use an undefined image
     augment: str = "auto"  # v2: per-image v2 transforms in the loader | batched: on the device | auto
     mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])  # normalisation (RGB, 0..1)
     std: list = field(default_factory=lambda: [0.229, 0.224, 0.225])
@@ -174,6 +179,12 @@ def _check(r: Recipe) -> None:
         v = getattr(r, key)
         if v is not None and len(v) != n:
             raise DataloupeError(f"recipe key {key!r}: needs {n} numbers, got {v}")
+    if r.epoch_samples is not None and r.epoch_samples < 1:
+        raise DataloupeError(f"recipe key 'epoch_samples': must be >= 1, got {r.epoch_samples}")
+    if r.unlabeled_weight < 0 or r.unlabeled_ratio < 1 or not 0.0 <= r.unlabeled_threshold <= 1.0:
+        raise DataloupeError("recipe keys unlabeled_weight >= 0, unlabeled_ratio >= 1 and unlabeled_threshold"
+                             f" in [0, 1] are needed; got {r.unlabeled_weight}, {r.unlabeled_ratio},"
+                             f" {r.unlabeled_threshold}")
     if r.num_workers is not None and r.num_workers < 0:
         raise DataloupeError(f"recipe key 'num_workers': must be >= 0, got {r.num_workers}")
 
