@@ -79,6 +79,11 @@ def test_undefine_disputed_only_touches_the_loops_own_labels():
     out = get_rule("undefine_disputed")(ctx, min_confidence=0.9)
     assert [(op.action, op.ids.tolist()) for op in out.ops] == [("undefine", [5, 6])]
     assert get_rule("undefine_disputed")(ctx, min_confidence=0.999).ops == []
+    issues = {"label_issues": [dict(id=4, table="train", score=.9), dict(id=0, table="train", score=.9),
+                               dict(id=7, table="val", score=.9)]}
+    ctx2 = RuleContext(ctx.classes, rows, ctx.metrics, issues, origin_labels=ctx.origin_labels)
+    out = get_rule("undefine_disputed")(ctx2, min_confidence=0.999, label_issues=True)
+    assert [op.ids.tolist() for op in out.ops] == [[4]]  # id 0 is an original label; id 7 a val record
     assert get_rule("undefine_disputed")(_emb_ctx()).ops == []  # origin unknown: no-op
 
 

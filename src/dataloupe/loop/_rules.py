@@ -194,11 +194,15 @@ def auto_label(ctx: RuleContext, *, threshold: float | str = "auto", per_class: 
 
 
 @rule("undefine_disputed")
-def undefine_disputed(ctx: RuleContext, *, min_confidence: float = 0.9) -> RuleOutput:
+def undefine_disputed(ctx: RuleContext, *, min_confidence: float = 0.9, label_issues: bool = False) -> RuleOutput:
     """Return to the pool the rows the loop labeled itself that the newest model, trained on
     them, confidently assigns to another class (a model rarely contradicts its own training
-    labels, so this is strong evidence the automatic label was wrong). Labels that were
-    there when the loop started are left alone (``exclude_label_issues`` handles those).
+    labels, so this is strong evidence the automatic label was wrong); with
+    ``label_issues``, also those ``analyze`` flags as label issues (training dynamics,
+    out-of-sample probabilities, neighbours). Labels that were there when the loop started
+    are left alone (``exclude_label_issues`` handles those). Undefining, rather than
+    excluding, removes the doubtful label from the table; a later, better model may label
+    the row again.
     """
     if ctx.origin_labels is None:
         return RuleOutput()
@@ -207,6 +211,9 @@ def undefine_disputed(ctx: RuleContext, *, min_confidence: float = 0.9) -> RuleO
     ids = ctx.rows["id"].to_numpy()
     auto = np.array([ctx.origin_labels.get(int(i)) is None for i in ids]) & (labels != None)  # noqa: E711
     bad = auto & (pred != None) & (pred != labels) & (np.nan_to_num(conf) >= min_confidence)  # noqa: E711
+    if label_issues:
+        flagged = {int(r["id"]) for r in ctx.train_records("label_issues")}
+        bad |= auto & np.isin(ids, np.fromiter(flagged, np.int64, len(flagged)))
     return RuleOutput([EditOp("undefine", ids=ids[bad], name="undefine disputed auto-labels")] if bad.any() else [])
 
 
