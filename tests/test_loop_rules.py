@@ -87,19 +87,29 @@ def test_undefine_disputed_only_touches_the_loops_own_labels():
     assert get_rule("undefine_disputed")(_emb_ctx()).ops == []  # origin unknown: no-op
 
 
-def test_auto_label_precision_estimate_hides_then_scores_validation_labels():
+def test_auto_label_precision_estimate_replays_the_rule_on_hidden_validation_rows():
     from dataloupe.loop._loop import estimate_auto_label_precision
     from dataloupe.loop._policy import Policy, RuleSpec
 
     ctx = _emb_ctx()
-    e = np.array([[1, 0], [0, 1], [.02, 1], [0, 1]], np.float32)  # row 2 sits among the b's
+    e = np.array([[1, 0], [0, 1], [.02, 1], [0, 1]], np.float32)  # val row 2 sits among the b's
     val = pa.table({"id": np.arange(4, dtype=np.int64), "label": ["a", "b", "b", "b"],
-                    "predicted": ["a", "b", "a", "a"], "confidence": np.array([.99, .98, .97, .6], np.float32),
+                    "predicted": ["a", "b", "a", "a"], "confidence": np.array([.99, .98, .975, .6], np.float32),
                     "embedding": pa.FixedSizeListArray.from_arrays(pa.array(e.ravel()), 2)})
-    pol = Policy("p", "r", rules=(RuleSpec("auto_label", {"threshold": 0.9, "max_fraction": 0.1}),))
-    est = estimate_auto_label_precision(pol, ctx, val)
-    # the cap is lifted; val rows 0, 1, 2 pass the gate (row 3 is unsure); row 2 is wrong
-    assert est == {"precision": round(2 / 3, 4), "coverage": 0.75, "rows": 4}
+    pol = Policy("p", "r", rules=(RuleSpec("auto_label", {"threshold": 0.9}),))
+    shadow: dict = {}
+    est = estimate_auto_label_precision(pol, ctx, val, shadow)
+    # val rows 0, 1, 2 pass the gate (row 3 is unsure); row 2 is wrong
+    assert est == {"precision": round(2 / 3, 4), "labeled": 3, "cumulative_precision": round(2 / 3, 4),
+                   "coverage": 0.75, "rows": 4}
+    assert shadow == {0: "a", 1: "b", 2: "a"}
+    # the next iteration only draws from what is left: nothing passes now
+    again = estimate_auto_label_precision(pol, ctx, val, shadow)
+    assert again["labeled"] == 0 and again["precision"] is None and again["cumulative_precision"] == round(2 / 3, 4)
+    # the per-class cap is applied as in the loop, ranked together with the pool
+    capped = Policy("p", "r", rules=(RuleSpec("auto_label", {"threshold": 0.9, "max_fraction": 0.25}),))
+    est = estimate_auto_label_precision(capped, ctx, val, {})
+    assert est["labeled"] == 2 and est["precision"] == 1.0  # the top quarter of the a's, the top b: val rows 0, 1
     pol = Policy("p", "r", rules=(RuleSpec("auto_label", {"threshold": 0.9, "min_agreement": 0.8,
                                                           "agreement_from": "embeddings", "neighbours": 2}),))
     assert estimate_auto_label_precision(pol, ctx, val)["precision"] == 1.0  # neighbours veto row 2

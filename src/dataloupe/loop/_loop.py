@@ -72,43 +72,54 @@ def plan_edits(policy: Policy, ctx: RuleContext) -> tuple[list, list[tuple[str, 
 _SHADOW_OFFSET = 1 << 40  # validation ids are shifted by this in the shadow context
 
 
-def estimate_auto_label_precision(policy: Policy, ctx: RuleContext, val_metrics: pa.Table) -> dict | None:
-    """Estimate how often the policy's ``auto_label`` gate is right, on validation rows.
+def estimate_auto_label_precision(policy: Policy, ctx: RuleContext, val_metrics: pa.Table,
+                                  shadow: dict | None = None) -> dict | None:
+    """Estimate how right the policy's automatic labels are, on validation rows.
 
-    The validation rows join the training rows as if they were undefined (their labels
-    hidden), every ``auto_label`` rule runs on them without its per-iteration cap, and the
-    rows it would label are then scored against their real labels. The labels only
-    score; they choose nothing. Without the cap the gate is looser than what the loop
-    applies, so the estimate errs low. Returns ``{"precision", "coverage", "rows"}`` or None.
+    The validation rows act as a hidden part of the pool: those not yet "shadow-labeled"
+    join the undefined training rows, every ``auto_label`` rule runs as the loop runs it
+    (same gate, same per-class cap, ranked together with the pool), and the validation rows
+    it picks are scored against their real labels, then kept in ``shadow`` (id -> label,
+    updated in place, saved in the loop state) so that later iterations, like the pool,
+    only draw from what is left. The labels only score; they choose nothing.
+
+    Returns ``{"precision", "labeled"}`` for this iteration's picks and
+    ``{"cumulative_precision", "coverage"}`` for all picks so far (the estimate for the
+    latest revision's automatic labels), plus ``rows``; None without an ``auto_label`` rule.
+    Known biases: the validation set also picks each run's checkpoint (optimistic), and
+    shadow rows are never trained on nor returned to the pool.
     """
     specs = [r for r in policy.rules if r.rule == "auto_label"]
     if not specs or val_metrics is None or not val_metrics.num_rows:
         return None
+    shadow = {} if shadow is None else shadow
+    truth = dict(zip(val_metrics["id"].to_pylist(), val_metrics["label"].to_pylist()))
     cols = [c for c in ("id", "predicted", "confidence", "embedding") if c in ctx.metrics.column_names
             and c in val_metrics.column_names]
     vid = pa.array(val_metrics["id"].to_numpy() + _SHADOW_OFFSET, pa.int64())
     vm = val_metrics.select(cols).set_column(0, "id", vid)
+    vm = vm.filter(pa.array([i not in shadow and truth[i] is not None for i in val_metrics["id"].to_pylist()]))
+    vid = vm["id"].combine_chunks()
     metrics = pa.concat_tables([ctx.metrics.select(cols).cast(vm.schema), vm])
     rows = pa.table({"id": pa.concat_arrays([ctx.rows["id"].combine_chunks().cast(pa.int64()), vid]),
                      "label": pa.concat_arrays([ctx.rows["label"].combine_chunks().cast(pa.string()),
                                                 pa.nulls(len(vid), pa.string())]),
                      "weight": pa.concat_arrays([ctx.rows["weight"].combine_chunks().cast(pa.float32()),
                                                  pa.array(np.zeros(len(vid), np.float32))])})
-    shadow = RuleContext(ctx.classes, rows, metrics, ctx.findings)
-    truth = dict(zip(vid.to_pylist(), val_metrics["label"].to_pylist()))
-    chosen: dict[int, str] = {}
+    combined = RuleContext(ctx.classes, rows, metrics, ctx.findings)
+    picked: dict[int, str] = {}
     for spec in specs:
-        out = get_rule("auto_label")(shadow, **{**spec.params, "max_fraction": 1.0})
-        for op in out.ops:
+        for op in get_rule("auto_label")(combined, **spec.params).ops:
             for i in op.ids.tolist():
-                if i >= _SHADOW_OFFSET and truth.get(i) is not None:
-                    chosen.setdefault(i, op.label)
+                if i >= _SHADOW_OFFSET:
+                    picked.setdefault(i - _SHADOW_OFFSET, op.label)
+    shadow.update(picked)
     labeled = sum(v is not None for v in truth.values())
-    if not labeled:
-        return None
-    hits = sum(chosen[i] == truth[i] for i in chosen)
-    return {"precision": round(hits / len(chosen), 4) if chosen else None,
-            "coverage": round(len(chosen) / labeled, 4), "rows": labeled}
+    hits = sum(picked[i] == truth[i] for i in picked)
+    all_hits = sum(shadow[i] == truth.get(i) for i in shadow)
+    return {"precision": round(hits / len(picked), 4) if picked else None, "labeled": len(picked),
+            "cumulative_precision": round(all_hits / len(shadow), 4) if shadow else None,
+            "coverage": round(len(shadow) / max(1, labeled), 4), "rows": labeled}
 
 
 def _edit_message(name: str, k: int, per_op: tuple, flagged: int) -> str:
@@ -193,7 +204,9 @@ def run_loop(
             ctx = RuleContext(latest.classes, latest.to_arrow(), metrics, findings,
                               origin_labels=dict(zip(origin["id"].to_pylist(), origin["label"].to_pylist())))
             ops, _, flagged = plan_edits(pol, ctx)
-            estimate = estimate_auto_label_precision(pol, ctx, _val_metrics(project, run))
+            shadow = {int(i): c for i, c in state.get("shadow_labels", {}).items()}
+            estimate = estimate_auto_label_precision(pol, ctx, _val_metrics(project, run), shadow)
+            state["shadow_labels"] = {str(i): c for i, c in shadow.items()}
             (folder / f"review-it{k}.json").write_text(json.dumps({"flagged": flagged}))
             if ops:
                 res = apply_edits(project, train, ops,
@@ -259,6 +272,7 @@ def _history(project: Project, run: str) -> list[dict]:
 def format_row(r: dict) -> str:
     pct = lambda v: "   -  " if v is None else f"{100 * v:6.2f}"  # noqa: E731
     est = r.get("auto_label_estimate") or {}
+    est = {"precision": est.get("cumulative_precision", est.get("precision"))}
     return (f"{r['iteration']:>4} {r['revision']:>8} {r['labeled']:>8} {r['undefined']:>9} "
             f"{r['excluded']:>8} {pct(r['val_top1'])} {pct(r['val_top1_last'])} "
             f"{r['minutes']:>7.1f} {r['cpu_minutes']:>7.1f} {pct(est.get('precision')):>9}  {r['run']}")
@@ -271,8 +285,8 @@ HEADER = (f"{'iter':>4} {'revision':>8} {'labeled':>8} {'undefined':>9} {'exclud
 def summary_table(result: LoopResult) -> str:
     return "\n".join([HEADER, *(format_row(r) for r in result.iterations),
                       f"stopped: {result.stopped}",
-                      "best%/last%: val top-1 at the best / last epoch; est.prec%: precision of the"
-                      " auto-label rule measured on the validation rows with their labels hidden"])
+                      "best%/last%: val top-1 at the best / last epoch; est.prec%: estimated precision of the"
+                      " automatic labels so far (the rule replayed on validation rows, labels hidden)"])
 
 
 def write_outputs(result: LoopResult) -> None:
