@@ -9,8 +9,8 @@ validation) it runs, each on its own copy of the training table:
 
 and prints test128 top-1 (best epoch of the final model; validation labels only pick the
 checkpoint and report), wall and CPU minutes, rows auto-labeled per class, and the loop's
-own estimate of its auto-label precision (the auto-label rule run on test128 with the
-labels hidden, then scored). The baseline, measured in the same run, is the reference.
+own estimate of its auto-label precision (test128 replayed as a hidden part of the pool:
+the auto-label rule runs on it with the labels hidden, then it is scored). The baseline, measured in the same run, is the reference.
 
     PYTHONPATH=src python bench/hackathon.py [--data DIR] [--only baseline default] [--project DIR]
 """
@@ -76,7 +76,8 @@ def run_variant(project: Project, data: Path, variant: str, iterations: int | No
     return {"variant": variant, "test_top1": final["val_top1"], "best_iteration_top1": max(r["val_top1"] for r in rows),
             "iterations": len(rows), "minutes": round((time.time() - t0) / 60, 1),
             "cpu_minutes": round((cpu_seconds() - c0) / 60, 1), "auto_labeled": auto_labeled(project, table),
-            "est_precision": est.get("precision"), "per_iteration": [
+            "est_precision": est.get("cumulative_precision", est.get("precision")),
+            "est_coverage": est.get("coverage"), "per_iteration": [
                 {k: r.get(k) for k in ("iteration", "labeled", "undefined", "excluded", "val_top1", "minutes",
                                        "auto_label_estimate")} for r in rows]}
 
