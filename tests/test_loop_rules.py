@@ -183,3 +183,25 @@ def test_shipped_policies_load():
         p = load_policy(name)
         assert p.rules and p.recipe
         assert p.overrides_for(99) == {**p.overrides, **p.schedule[-1]}
+
+
+def test_later_rules_see_what_earlier_rules_did():
+    from dataloupe.loop._loop import plan_edits
+    from dataloupe.loop._policy import Policy, RuleSpec
+
+    rows = pa.table({"id": pa.array(np.arange(12, dtype=np.int64)),
+                     "label": pa.array(["a"] * 8 + ["b"] * 4),
+                     "weight": pa.array(np.ones(12, np.float32))})
+    loss = np.full(12, .1, np.float32)
+    loss[5] = 9.0
+    metrics = pa.table({"id": np.arange(12, dtype=np.int64), "predicted": ["a"] * 12,
+                        "confidence": np.full(12, .9, np.float32), "loss": loss})
+    ctx = RuleContext(["a", "b"], rows, metrics, {})
+    pol = Policy("p", "r", rules=(RuleSpec("exclude_high_loss", {"quantile": 0.9}),
+                                  RuleSpec("cap_imbalance", {"max_ratio": 1.5})))
+    ops, per_rule, _ = plan_edits(pol, ctx)
+    assert [op.action for op in ops] == ["exclude", "set_weight"] and per_rule == [("exclude_high_loss", 1),
+                                                                                    ("cap_imbalance", 1)]
+    assert ops[0].ids.tolist() == [5]
+    assert sorted(ops[1].ids.tolist()) == [0, 1, 2, 3, 4, 6, 7]  # row 5 stays excluded
+    assert ops[1].weight == pytest.approx(6 / 7, abs=1e-4)  # seven active a's against four b's, ratio 1.5

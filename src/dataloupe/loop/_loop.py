@@ -9,6 +9,7 @@ and never applies an iteration's edits twice (the revision message carries the m
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import resource
@@ -58,14 +59,41 @@ def _marker(name: str, k: int) -> str:
     return f"loop {name} iteration {k}"
 
 
+def rows_after(rows: pa.Table, ops: list) -> pa.Table:
+    """``rows`` (``id``, ``label``, ``weight``, ...) as they will be once ``ops`` (by ids) apply."""
+    ids = rows["id"].to_numpy()
+    labels = np.array(rows["label"].to_pylist(), dtype=object)
+    weights = rows["weight"].to_numpy().astype(np.float32).copy()
+    keep = np.ones(len(ids), bool)
+    for op in ops:
+        hit = np.isin(ids, np.asarray(op.ids, np.int64))
+        if op.action == "set_label":
+            labels[hit] = op.label
+        elif op.action == "undefine":
+            labels[hit] = None
+        elif op.action in ("exclude", "include", "set_weight"):
+            weights[hit] = {"exclude": 0.0, "include": 1.0}.get(op.action, op.weight)
+        elif op.action == "delete":
+            keep &= ~hit
+    out = rows.set_column(rows.column_names.index("label"), "label", pa.array(labels.tolist(), pa.string()))
+    out = out.set_column(out.column_names.index("weight"), "weight", pa.array(weights, pa.float32()))
+    return out.filter(pa.array(keep))
+
+
 def plan_edits(policy: Policy, ctx: RuleContext) -> tuple[list, list[tuple[str, int]], list[int]]:
-    """Run the policy's rules in order: (edit ops, [(rule, steps)], flagged ids)."""
+    """Run the policy's rules in order: (edit ops, [(rule, steps)], flagged ids).
+
+    Each rule sees the rows as the earlier rules left them (so, e.g., a row excluded by one
+    rule is not re-weighted back in by a later one); all steps still make one revision.
+    """
     ops, per_rule, flagged = [], [], []
     for spec in policy.rules:
         out = get_rule(spec.rule)(ctx, **spec.params)
         ops += out.ops
         flagged += out.flagged
         per_rule.append((spec.rule, len(out.ops)))
+        if out.ops:
+            ctx = dataclasses.replace(ctx, rows=rows_after(ctx.rows, out.ops))
     return ops, per_rule, flagged
 
 
