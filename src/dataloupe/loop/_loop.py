@@ -25,7 +25,7 @@ from dataloupe._fileio import write_json_atomic
 from dataloupe.loop._policy import Policy, load_policy
 from dataloupe.loop._rules import RuleContext, get_rule
 from dataloupe.project import DataloupeError, Project
-from dataloupe.tables import TableRef, apply_edits, open_table
+from dataloupe.tables import TableRef, apply_edits, open_table, rows_after_ops
 
 SUMMARY_KEYS = ("iteration", "revision", "labeled", "undefined", "excluded", "val_top1",
                 "val_top1_last", "run", "minutes", "cpu_minutes", "next_revision", "changes",
@@ -59,27 +59,6 @@ def _marker(name: str, k: int) -> str:
     return f"loop {name} iteration {k}"
 
 
-def rows_after(rows: pa.Table, ops: list) -> pa.Table:
-    """``rows`` (``id``, ``label``, ``weight``, ...) as they will be once ``ops`` (by ids) apply."""
-    ids = rows["id"].to_numpy()
-    labels = np.array(rows["label"].to_pylist(), dtype=object)
-    weights = rows["weight"].to_numpy().astype(np.float32).copy()
-    keep = np.ones(len(ids), bool)
-    for op in ops:
-        hit = np.isin(ids, np.asarray(op.ids, np.int64))
-        if op.action == "set_label":
-            labels[hit] = op.label
-        elif op.action == "undefine":
-            labels[hit] = None
-        elif op.action in ("exclude", "include", "set_weight"):
-            weights[hit] = {"exclude": 0.0, "include": 1.0}.get(op.action, op.weight)
-        elif op.action == "delete":
-            keep &= ~hit
-    out = rows.set_column(rows.column_names.index("label"), "label", pa.array(labels.tolist(), pa.string()))
-    out = out.set_column(out.column_names.index("weight"), "weight", pa.array(weights, pa.float32()))
-    return out.filter(pa.array(keep))
-
-
 def plan_edits(policy: Policy, ctx: RuleContext) -> tuple[list, list[tuple[str, int]], list[int]]:
     """Run the policy's rules in order: (edit ops, [(rule, steps)], flagged ids).
 
@@ -93,7 +72,7 @@ def plan_edits(policy: Policy, ctx: RuleContext) -> tuple[list, list[tuple[str, 
         flagged += out.flagged
         per_rule.append((spec.rule, len(out.ops)))
         if out.ops:
-            ctx = dataclasses.replace(ctx, rows=rows_after(ctx.rows, out.ops))
+            ctx = dataclasses.replace(ctx, rows=rows_after_ops(ctx.rows, out.ops, ctx.classes))
     return ops, per_rule, flagged
 
 

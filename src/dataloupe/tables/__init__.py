@@ -23,6 +23,7 @@ from dataloupe.tables._edit import (
     edit_table,
     joined_with,
     revert_table,
+    rows_after_ops,
     set_classes,
     set_root,
     tag_table,
@@ -40,7 +41,7 @@ from dataloupe.tables._store import TableConflictError
 from dataloupe.tables._table import Table, TableRef, list_tables, open_ref, open_table, summarize
 
 __all__ = [
-    "ACTIONS", "EditOp", "EditResult", "apply_edits", "ImportReport", "Table", "TableConflictError", "TableDiff",
+    "ACTIONS", "EditOp", "rows_after_ops", "EditResult", "apply_edits", "ImportReport", "Table", "TableConflictError", "TableDiff",
     "TableRef", "add_rows", "change_summary", "check_image", "create_table", "diff_revisions",
     "edit_table", "export_csv", "import_csv", "import_idx", "import_imagefolder", "joined_with",
     "list_tables", "open_ref", "open_table", "read_idx", "revert_table", "set_classes",

@@ -214,6 +214,20 @@ class EditOp:
     name: str | None = None
 
 
+def rows_after_ops(rows: pa.Table, ops: list[EditOp], classes: list[str]) -> pa.Table:
+    """``rows`` as they will be once ``ops`` (steps that select by ``ids``) apply; nothing is
+    written. The loop uses it so that each rule sees what the earlier rules of an iteration did.
+    """
+    ids = rows["id"].to_numpy()
+    for op in ops:
+        if op.ids is None or op.where is not None or op.set_label_from is not None:
+            raise DataloupeError("rows_after_ops takes only steps that select by ids")
+        mask = np.isin(ids, np.asarray(op.ids, np.int64))
+        rows = _apply(rows, mask, op.action, label=op.label, weight=op.weight, new_labels=None, classes=classes)
+        ids = rows["id"].to_numpy()
+    return rows
+
+
 def _op_mask_and_labels(op: EditOp, rows: pa.Table, tdir: Path, version: int | None,
                         extra: pa.Table | None, classes: list[str]):
     if op.action not in ACTIONS:
