@@ -205,3 +205,9 @@ def test_later_rules_see_what_earlier_rules_did():
     assert ops[0].ids.tolist() == [5]
     assert sorted(ops[1].ids.tolist()) == [0, 1, 2, 3, 4, 6, 7]  # row 5 stays excluded
     assert ops[1].weight == pytest.approx(6 / 7, abs=1e-4)  # seven active a's against four b's, ratio 1.5
+    from dataloupe.tables import EditOp, rows_after_ops
+
+    with pytest.raises(DataloupeError, match="select by ids"):  # a predicate needs the stored table
+        rows_after_ops(rows, [EditOp("exclude", where="loss > 1")], ["a", "b"])
+    with pytest.raises(DataloupeError, match="unknown class"):
+        rows_after_ops(rows, [EditOp("set_label", ids=[1], label="zebra")], ["a", "b"])

@@ -175,3 +175,5 @@ def test_consistency_on_undefined_rows_trains_and_logs_its_usage(project):
     assert hist[0]["unlabeled_used"] < 0.5  # a fresh model is rarely certain
     with pytest.raises(DataloupeError, match="unlabeled_ratio"):
         _recipe("unlabeled_ratio=0")
+    with pytest.raises(DataloupeError, match="epoch_samples"):
+        _recipe("epoch_samples=0")
