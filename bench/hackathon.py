@@ -13,6 +13,8 @@ own estimate of its auto-label precision (test128 replayed as a hidden part of t
 the auto-label rule runs on it with the labels hidden, then it is scored). The baseline, measured in the same run, is the reference.
 
     PYTHONPATH=src python bench/hackathon.py [--data DIR] [--only baseline default] [--project DIR]
+    # a second attempt with another policy, kept apart from the first:
+    PYTHONPATH=src python bench/hackathon.py --only default --policy my.yaml --suffix -mine
 """
 
 from __future__ import annotations
@@ -37,11 +39,11 @@ from dataloupe.train import train  # noqa: E402
 VARIANTS = ("baseline", "hackathon", "default")
 
 
-def _tables(project: Project, data: Path, variant: str) -> str:
+def _tables(project: Project, data: Path, variant: str, suffix: str = "") -> str:
     have = {t["name"] for t in list_tables(project)}
     if "cm-test" not in have:
         import_imagefolder(project, data / "test128", table="cm-test")
-    name = f"cm-train-{variant}"
+    name = f"cm-train-{variant}{suffix}"
     if name not in have:
         import_imagefolder(project, data / "train128", table=name, unlabeled_dir="undefined")
     return name
@@ -59,8 +61,9 @@ def auto_labeled(project: Project, table: str) -> dict:
     return dict(sorted(out.items())) | {"pool": len(pool)}
 
 
-def run_variant(project: Project, data: Path, variant: str, iterations: int | None) -> dict:
-    table = _tables(project, data, variant)
+def run_variant(project: Project, data: Path, variant: str, iterations: int | None, *,
+                policy: str | None = None, suffix: str = "") -> dict:
+    table = _tables(project, data, variant, suffix)
     t0, c0 = time.time(), cpu_seconds()
     if variant == "baseline":
         info = train(project, table, "cm-test", "chihuahua-muffin-resnet18", run="hk-baseline", tty=False,
@@ -68,8 +71,9 @@ def run_variant(project: Project, data: Path, variant: str, iterations: int | No
                      resume=(project.runs_dir / "hk-baseline" / "run.json").exists())
         rows = [{"iteration": 1, "val_top1": info["best_val_top1"], "run": "hk-baseline"}]
     else:
-        res = run_loop(project, train=table, val="cm-test", policy=variant, name=f"hk-{variant}",
-                       iterations=iterations, resume=(project.root / "loops" / f"hk-{variant}" / "state.json").exists())
+        loop = f"hk-{variant}{suffix}"
+        res = run_loop(project, train=table, val="cm-test", policy=policy or variant, name=loop,
+                       iterations=iterations, resume=(project.root / "loops" / loop / "state.json").exists())
         rows = res.iterations
     final = rows[-1]
     est = final.get("auto_label_estimate") or {}
@@ -88,6 +92,10 @@ def main() -> None:
     ap.add_argument("--project", type=Path, default=ROOT / "bench" / ".hackathon-project")
     ap.add_argument("--only", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     ap.add_argument("--iterations", type=int, default=None, help="Loop iterations (default: the policy's).")
+    ap.add_argument("--policy", default=None,
+                    help="A policy YAML to run in place of the shipped one (loop variants; pair with --suffix).")
+    ap.add_argument("--suffix", default="",
+                    help="Appended to the loop variants' table and loop names, to keep a second attempt apart.")
     ap.add_argument("--out", type=Path, default=None, help="Also write the results as JSON here.")
     a = ap.parse_args()
     if not (a.data / "train128").is_dir() or not (a.data / "test128").is_dir():
@@ -96,7 +104,7 @@ def main() -> None:
     results = []
     for v in a.only:
         print(f"=== {v} ===", flush=True)
-        results.append(run_variant(project, a.data, v, a.iterations))
+        results.append(run_variant(project, a.data, v, a.iterations, policy=a.policy, suffix=a.suffix))
         print(json.dumps(results[-1]), flush=True)
     print(f"\n{'variant':<10} {'test128 top-1':>13} {'vs baseline':>11} {'minutes':>8} {'CPU-min':>8} "
           f"{'auto-labeled (per class)':<34} {'est. precision':>14}")
