@@ -17,7 +17,7 @@ def _policy(tmp_path, iterations=2):
     f = tmp_path / "tiny.yaml"
     f.write_text(f"""
 recipe: chihuahua-muffin-resnet18
-overrides: {{model: convnet-xxs, image_size: 16, batch_size: 32, lr: 0.01, rrc_scale: null,
+overrides: {{model: convnet-xxs, image_size: 16, batch_size: 32, lr: 0.01, rrc_scale: null, scheduler: cosine,
             hflip: 0, rotation: 0, color_jitter: null, log_every: 0.5}}
 schedule: [{{epochs: 2}}, {{epochs: 3}}]
 max_iterations: {iterations}
@@ -57,6 +57,20 @@ def test_loop_makes_one_revision_per_iteration_and_resumes(project, tmp_path):
     saved = json.loads((project.root / "loops" / "t" / "summary.json").read_text())
     assert [r["run"] for r in saved["iterations"]] == ["t-it1", "t-it2"]
     assert (project.root / "loops" / "t" / "accuracy.png").stat().st_size > 0
+
+
+def test_loop_refuses_a_schedule_that_reads_validation_loss(project, tmp_path):
+    make_digit_tables(project, tmp_path, n_train=60, n_val=30, undefined=10)
+    f = tmp_path / "plateau.yaml"
+    f.write_text("recipe: chihuahua-muffin-resnet18\n"  # the starter recipe: ReduceLROnPlateau on val loss
+                 "overrides: {model: convnet-xxs, image_size: 16}\n"
+                 "schedule: [{epochs: 1, scheduler: cosine}, {epochs: 1}]\n"
+                 "rules:\n  - {rule: auto_label, threshold: 0.0}\n")
+    before = open_table(project, "dig-train").revision
+    with pytest.raises(DataloupeError, match="iteration 2 would train with scheduler 'plateau'"):
+        run_loop(project, train="dig-train", val="dig-val", policy=str(f), name="p")
+    assert open_table(project, "dig-train").revision == before  # nothing trained, nothing edited
+    assert not (project.root / "loops" / "p").exists()
 
 
 def test_loop_cli_json_is_the_only_thing_on_stdout(cli, tmp_path):

@@ -59,6 +59,25 @@ def _marker(name: str, k: int) -> str:
     return f"loop {name} iteration {k}"
 
 
+def check_validation_use(policy: Policy) -> None:
+    """Refuse a policy whose training would read validation labels beyond picking checkpoints.
+
+    The loop's honesty rule: validation labels pick the best checkpoint, may stop the loop
+    (``patience``) and are reported; nothing else. ``scheduler: plateau`` lowers the LR when
+    validation loss stalls, so it would steer every model the loop trains (and with it the
+    automatic labels) by the validation labels.
+    """
+    from dataloupe.train._recipe import load_recipe  # noqa: PLC0415 (loop sits above train)
+
+    for i in range(max(1, len(policy.schedule))):
+        if load_recipe(policy.recipe, policy.overrides_for(i)).scheduler == "plateau":
+            raise DataloupeError(
+                f"policy {policy.name}: iteration {i + 1} would train with scheduler 'plateau', which "
+                "lowers the LR when validation loss stalls; in the loop validation labels only pick "
+                "checkpoints, stop the loop and report. Set scheduler: cosine (or onecycle, none) in "
+                "the policy's overrides")
+
+
 def plan_edits(policy: Policy, ctx: RuleContext) -> tuple[list, list[tuple[str, int]], list[int]]:
     """Run the policy's rules in order: (edit ops, [(rule, steps)], flagged ids).
 
@@ -167,6 +186,7 @@ def run_loop(
         The :class:`LoopResult` (also saved as ``loops/<name>/state.json``).
     """
     pol = policy if isinstance(policy, Policy) else load_policy(policy)
+    check_validation_use(pol)
     if TableRef.parse(train).revision is not None:
         raise DataloupeError("the loop edits the latest revision: give the table name without @REV")
     n_iter = iterations or pol.max_iterations
