@@ -179,9 +179,12 @@ def test_bad_policies_are_refused(tmp_path, text, match):
 
 
 def test_shipped_policies_load():
+    from dataloupe.loop._loop import check_validation_use
+
     for name in ("hackathon", "default", "fashion-mnist-demo"):
         p = load_policy(name)
         assert p.rules and p.recipe
+        check_validation_use(p)  # no shipped policy lets validation loss steer training
         assert p.overrides_for(99) == {**p.overrides, **p.schedule[-1]}
 
 
