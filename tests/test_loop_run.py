@@ -87,3 +87,23 @@ def test_loop_cli_json_is_the_only_thing_on_stdout(cli, tmp_path):
     assert "epoch=" in r.stderr
     log = cli("table", "log", "dig-train").stdout
     assert "loop dig-train-tiny iteration 1: auto-label 20" in log
+
+
+def test_loop_stops_when_val_top1_stops_improving_or_nothing_changes(project, tmp_path):
+    from dataclasses import replace
+
+    from dataloupe.train import train
+
+    make_digit_tables(project, tmp_path, n_train=60, n_val=30, undefined=10)
+    pol = replace(_policy(tmp_path, iterations=3), patience=1)
+    seen = iter([0.8, 0.7, 0.9])  # iteration 2 is worse than 1: patience 1 stops there
+
+    def scripted_val(*args, **kw):
+        return {**train(*args, **kw), "best_val_top1": next(seen)}
+
+    res = run_loop(project, train="dig-train", val="dig-val", policy=pol, name="pat", train_fn=scripted_val)
+    assert len(res.iterations) == 2 and "did not improve for 1" in res.stopped
+
+    quiet = replace(pol, patience=0, stop_when_no_change=True, rules=pol.rules[1:])  # only flags, no edits
+    res = run_loop(project, train="dig-train", val="dig-val", policy=quiet, name="quiet")
+    assert len(res.iterations) == 1 and res.stopped == "no rule changed anything"
