@@ -58,6 +58,59 @@ rules:
     again = fashion_mnist_demo(project, fashion_dir=src, per_class=5, pool=100, val_size=60, policy=str(pol),
                                name="d", log=logs.append)
     assert [row["run"] for row in again.loop.iterations] == ["d-it1", "d-it2"]
+    # measured against the baseline (labels given only) and the oracle (every true label)
+    assert 0 < r.baseline <= 1 and 0 < r.oracle <= 1
+    j = again.to_json()
+    assert set(j) >= {"seed", "baseline", "oracle", "loop", "gap_closed", "auto_label_precision",
+                      "auto_label_coverage", "minutes"}
+    assert j["loop"] == r.loop.iterations[-1]["val_top1"] and j["baseline"] == r.baseline
+    if r.oracle > r.baseline:
+        assert j["gap_closed"] == pytest.approx((j["loop"] - r.baseline) / (r.oracle - r.baseline))
+    oracle = open_table(project, "d-oracle").to_arrow(columns=["label", "truth_id"])
+    truth = open_table(project, "fmnist-train").to_arrow(columns=["id", "label"])
+    tmap = dict(zip(truth["id"].to_pylist(), truth["label"].to_pylist()))
+    assert oracle.num_rows == 150 and oracle["label"].to_pylist() == [tmap[i] for i in oracle["truth_id"].to_pylist()]
+
+
+def test_demo_seed_draws_another_scenario(project, tmp_path):
+    from dataloupe.loop._scenario import few_labels_scenario
+
+    src = _fake_fashion(tmp_path / "fm")
+    from dataloupe.loop._demo import import_fashion_mnist
+
+    import_fashion_mnist(project, src, log=lambda m: None)
+    a = few_labels_scenario(project, "fmnist-train", train="a", per_class=5, pool=100, seed=0)
+    b = few_labels_scenario(project, "fmnist-train", train="b", per_class=5, pool=100, seed=7)
+    lab = lambda t: open_table(project, t).to_arrow(columns=["truth_id", "label"])  # noqa: E731
+    assert lab("a")["truth_id"].to_pylist() != lab("b")["truth_id"].to_pylist()
+    assert a.flipped_ids != b.flipped_ids or lab("a")["label"] != lab("b")["label"]
+
+
+def test_demo_cli_json_with_a_seed(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    src = _fake_fashion(tmp_path / "fm")
+    pol = tmp_path / "demo.yaml"
+    pol.write_text("""
+recipe: fashion-mnist
+overrides: {model: convnet-xxs, image_size: 16, batch_size: 32, lr: 0.02, epochs: 2, log_every: 0.5}
+max_iterations: 1
+rules:
+  - {rule: auto_label, threshold: 0.0, min_agreement: 0.0, max_fraction: 0.5}
+""")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-m", "dataloupe", "demo", "--seed", "7", "--json", "--fashion-dir",
+                          str(src), "--per-class", "5", "--pool", "80", "--val-size", "50", "--oracle-epochs", "2",
+                          "--policy", str(pol), "--project", str(tmp_path / "p")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    j = json.loads(out.stdout)  # stdout holds only the JSON
+    assert j["seed"] == 7 and 0 < j["baseline"] <= 1 and 0 < j["oracle"] <= 1 and 0 < j["loop"] <= 1
+    assert 0 <= j["auto_label_coverage"] <= 1 and j["minutes"] > 0
+    assert (tmp_path / "p" / "loops" / "demo-s7").is_dir()
 
 
 def test_demo_says_how_to_get_fashion_mnist(project, tmp_path):
