@@ -9,7 +9,7 @@ from _train_helpers import CLASSES, FAST, make_digit_tables
 from dataloupe.models import create_model, load_pretrained, supports_small_input
 from dataloupe.project import DataloupeError, Project
 from dataloupe.train import build_recipe, load_recipe, parse_overrides, show_run, train
-from dataloupe.train._engine import choose_normalisation, init_weights, small_input_for
+from dataloupe.train._model_init import choose_normalisation, init_weights, small_input_for
 
 timm = pytest.importorskip("timm")
 
@@ -213,3 +213,10 @@ def test_pretrained_run_errors(stage1):
         load("pretrained=run:s1", small=False)
     with pytest.raises(DataloupeError, match="bad run name"):
         load("pretrained=run:../x")
+    # through train: a name that points nowhere leaves no run behind; weights that do not fit fail the run
+    with pytest.raises(DataloupeError, match="pretrained=run:nope: unknown run"):
+        train(stage1, "dig-train", "dig-val", _plain("pretrained=run:nope"), run="never", tty=False)
+    assert not (stage1.runs_dir / "never").exists()
+    with pytest.raises(DataloupeError, match="are for model 'convnet-xxs', not 'convnet-xs'"):
+        train(stage1, "dig-train", "dig-val", _plain("pretrained=run:s1", "model=convnet-xs"), run="xs", tty=False)
+    assert show_run(stage1, "xs")["status"] == "failed"

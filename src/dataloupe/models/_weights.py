@@ -27,7 +27,7 @@ from torch import nn
 
 from dataloupe.project import DataloupeError
 
-HUB = ("true", "timm")  # ``pretrained`` values that ask timm to download the model's own weights
+HUB_SOURCES = ("true",)  # ``pretrained`` values that ask timm to download the model's own weights
 
 
 @dataclass(frozen=True)
@@ -299,7 +299,7 @@ def load_pretrained(model: nn.Module, source: str | Path, *, classes: list[str] 
     """
     name = getattr(model, "model_name", None)
     timm_name = name if getattr(model, "is_timm", False) else None
-    if str(source).lower() in HUB:
+    if str(source).lower() in HUB_SOURCES:
         if timm_name is None:
             raise DataloupeError(f"pretrained={source} downloads a timm model's published weights, but {name!r}"
                                  " is not a timm model; give a local weights file or run:NAME")

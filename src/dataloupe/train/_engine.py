@@ -19,7 +19,7 @@ from torch import nn
 
 from dataloupe.data import (AugmentConfig, ShardSampler, WeightedEpochSampler, make_loader, mix_transform,
                             open_cache, plan_loader, sample_transform)
-from dataloupe.models import WeightsReport, create_model, load_pretrained, supports_small_input
+from dataloupe.models import create_model
 from dataloupe.project import DataloupeError, Project
 from dataloupe.train import _runs
 from dataloupe.train._checkpoint import atomic_save, load_checkpoint, model_checkpoint
@@ -27,6 +27,7 @@ from dataloupe.train._distributed import DistContext, init_distributed, shutdown
 from dataloupe.train._dynamics import Dynamics
 from dataloupe.train._epoch import Consistency, StepOptions, consistency_configs, evaluate, train_one_epoch
 from dataloupe.train._inputs import TrainData, load_train_data
+from dataloupe.train._model_init import check_weight_sources, choose_normalisation, init_weights, small_input_for
 from dataloupe.train._plots import plot_history
 from dataloupe.train._progress import Progress
 from dataloupe.train._recipe import Recipe, build_recipe, load_recipe, parse_overrides, save_recipe
@@ -56,68 +57,6 @@ class Setup:
     def __post_init__(self) -> None:
         if self.consistency is not None:
             self.unlabeled_batches = self.consistency.batches()
-
-
-def small_input_for(recipe: Recipe) -> bool:
-    """``recipe.small_input``, or when None (automatic): ``image_size <= 32`` for models that have a small stem."""
-    if recipe.small_input is not None:
-        return recipe.small_input
-    return recipe.image_size <= 32 and supports_small_input(recipe.model)
-
-
-def run_checkpoint(project: Project, name: str, label: str) -> str:
-    """Run ``name``'s ``checkpoints/best.pt`` (``label`` names the recipe setting in errors)."""
-    folder = _runs.run_dir(project, name)
-    if not folder.is_dir():
-        known = ", ".join(_runs.list_run_names(project)) or "none"
-        raise DataloupeError(f"{label}: unknown run {name!r}; known runs: {known}")
-    ckpt = folder / "checkpoints" / "best.pt"
-    if not ckpt.is_file():
-        raise DataloupeError(f"{label}: run {name!r} has no checkpoint at {ckpt} (not trained yet?)")
-    return str(ckpt)
-
-
-def init_weights(project: Project, recipe: Recipe, model: nn.Module,
-                 classes: list[str] | None = None) -> dict[str, WeightsReport]:
-    """Load ``pretrained`` and/or the ``continue_from`` run's best checkpoint (multi-stage).
-
-    Returns:
-        ``{"pretrained": report, "continue_from": report}`` for the keys that are set.
-
-    Raises:
-        DataloupeError: unknown run, missing checkpoint, or weights that do not fit
-            (see :func:`dataloupe.models.load_pretrained`).
-    """
-    reports = {}
-    if recipe.pretrained:
-        value = recipe.pretrained
-        if value.startswith("run:"):  # a training or pretraining run of this project
-            path = run_checkpoint(project, value[len("run:"):], f"pretrained={value}")
-            report = dataclasses.replace(load_pretrained(model, path, classes=classes), source=f"{value} ({path})")
-        else:  # a local file, or true: timm's download
-            report = load_pretrained(model, value, classes=classes)
-        reports["pretrained"] = report
-    if recipe.continue_from:
-        path = run_checkpoint(project, recipe.continue_from, f"continue_from={recipe.continue_from}")
-        reports["continue_from"] = load_pretrained(model, path, classes=classes)
-    return reports
-
-
-def choose_normalisation(recipe: Recipe, reports: dict[str, WeightsReport]) -> tuple[list, list, str]:
-    """``(mean, std, source)`` to train with.
-
-    The recipe's ``mean``/``std`` win when it sets them away from the defaults; otherwise the
-    loaded weights' own (``continue_from`` before ``pretrained``), when they state them;
-    otherwise the defaults. ``source`` is ``"recipe"`` or the recipe key whose weights gave them.
-    """
-    default = Recipe()
-    if list(recipe.mean) != default.mean or list(recipe.std) != default.std:
-        return list(recipe.mean), list(recipe.std), "recipe"
-    for key in ("continue_from", "pretrained"):
-        report = reports.get(key)
-        if report is not None and report.mean and report.std:
-            return list(report.mean), list(report.std), key
-    return list(recipe.mean), list(recipe.std), "recipe"
 
 
 def build_setup(project: Project, data: TrainData, recipe: Recipe, ctx: DistContext, train_set, val_set) -> Setup:
@@ -285,9 +224,15 @@ def train_samples(project: Project, data: TrainData, recipe: Recipe, *, run: str
     if len(val_set) == 0:
         raise DataloupeError(f"validation table {data.val_table}@{data.val_revision} has no labeled rows with"
                              " weight > 0")
+    check_weight_sources(project, recipe)  # before the run folder exists: a typo leaves nothing behind
     folder, info = _start_run(project, data, recipe, run, ctx, resume=resume, force=force)
-    s = build_setup(project, data, recipe, ctx, train_set, val_set)
     primary = ctx.is_primary()
+    try:
+        s = build_setup(project, data, recipe, ctx, train_set, val_set)
+    except BaseException:
+        if primary:
+            _runs.update_run(folder, status="failed")
+        raise
     if primary:
         _report_weights(s, folder)
     start_epoch, best = 1, -1.0

@@ -21,6 +21,7 @@ from dataloupe.models import create_model
 from dataloupe.project import DataloupeError, Project
 from dataloupe.tables import open_ref
 from dataloupe.train._epoch import StepOptions
+from dataloupe.train._model_init import small_input_for
 from dataloupe.train._plots import plot_lr_find
 from dataloupe.train._recipe import Recipe
 from dataloupe.train._schedules import build_optimizer
@@ -81,8 +82,6 @@ def lr_find(project: Project, table: str, recipe: Recipe, *, start_lr: float = 1
     if len(train_set) == 0:
         raise DataloupeError(f"table {t.name}@{t.revision} has no labeled rows with weight > 0")
     torch.manual_seed(recipe.seed)
-    from dataloupe.train._engine import small_input_for
-
     model = create_model(recipe.model, len(t.classes), small_input=small_input_for(recipe))
     plan = plan_loader(len(samples), recipe.image_size, loader=recipe.loader, cache_max_gb=recipe.cache_max_gb,
                        num_workers=recipe.num_workers)
