@@ -1,7 +1,9 @@
 """Create image classifiers by name; every model exposes its penultimate-layer embedding.
 
-torchvision ResNets are built in; any other name is looked up in timm when timm is
-installed. Weights are never downloaded: ``pretrained`` is a local file.
+torchvision ResNets and the small ConvNets are built in; any other name is looked up in
+timm when timm is installed (``hf-hub:ORG/NAME`` names too, online). Weights load through
+:func:`~dataloupe.models.load_pretrained`: a local file, or ``"true"`` for timm's own
+download of a timm model's published weights.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from torch import nn
 from torchvision import models as tvm
 
 from dataloupe.models._convnet import CONVNETS, ConvNet
+from dataloupe.models._weights import load_pretrained
 from dataloupe.project import DataloupeError
 
 _TORCHVISION: dict[str, Callable[..., nn.Module]] = {
@@ -29,6 +32,9 @@ class Classifier(nn.Module):
 
     ``forward(x)`` returns logits; ``forward(x, return_embedding=True)`` returns
     ``(logits, embedding)`` from the same pass, so metrics need no second forward.
+    :func:`create_model` also sets ``model_name``, ``small_input``, ``is_timm`` and
+    ``source_head`` (the classifier layer names of the backbone's own state dict, which
+    :func:`load_pretrained` drops), so weights can be checked against the model.
     """
 
     def __init__(self, backbone: nn.Module, num_features: int, num_classes: int):
@@ -37,6 +43,11 @@ class Classifier(nn.Module):
         self.head = nn.Linear(num_features, num_classes)
         self.num_features = num_features
         self.num_classes = num_classes
+        self.model_name: str | None = None
+        self.small_input: bool | None = None
+        self.is_timm = False
+        self.source_head: tuple[str, ...] = ()
+        self.weights_report = None  # the WeightsReport of create_model(pretrained=...)
 
     def forward(self, x: torch.Tensor, return_embedding: bool = False):
         emb = self.backbone(x)
@@ -59,15 +70,53 @@ def _torchvision_backbone(name: str, small_input: bool) -> tuple[nn.Module, int]
     return net, num_features
 
 
-def _timm_backbone(name: str, small_input: bool) -> tuple[nn.Module, int] | None:
+def _is_timm_name(name: str) -> bool:
     try:
         import timm
     except ImportError:
+        return False
+    return name.startswith("hf-hub:") or timm.is_model(name)
+
+
+def _timm_small_stem(name: str) -> bool:
+    """Whether timm model ``name`` has a stem :func:`_timm_backbone` can make small (timm ResNets)."""
+    import timm
+
+    if name.startswith("hf-hub:"):
+        return False
+    return timm.models.model_entrypoint(timm.models.get_arch_name(name)).__module__ == "timm.models.resnet"
+
+
+def _timm_backbone(name: str, small_input: bool) -> tuple[nn.Module, int] | None:
+    if not _is_timm_name(name):
         return None
-    if not timm.is_model(name):
-        return None
+    import timm
+
+    if small_input and not _timm_small_stem(name):
+        raise DataloupeError(f"small_input=true is not supported for timm model {name!r} (only for torchvision"
+                             " and timm ResNets); set small_input=false to keep its own stem")
     net = timm.create_model(name, pretrained=False, num_classes=0)
+    if small_input:
+        # As for torchvision: a 3x3 stride-1 first conv and no max-pool (a deep stem keeps its 3x3
+        # convs and only loses the first stride).
+        if isinstance(net.conv1, nn.Conv2d):
+            net.conv1 = nn.Conv2d(3, net.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+        else:
+            net.conv1[0].stride = (1, 1)
+        net.maxpool = nn.Identity()
     return net, int(net.num_features)
+
+
+def supports_small_input(name: str) -> bool:
+    """Whether ``small_input=True`` changes model ``name`` (torchvision/timm ResNets; convnets are small already).
+
+    Example:
+        >>> supports_small_input("resnet18"), supports_small_input("convnext_atto")
+        (True, False)
+    """
+    if name in _TORCHVISION or name in CONVNETS:
+        return True
+    return _is_timm_name(name) and _timm_small_stem(name)
 
 
 def available_models() -> list[str]:
@@ -85,11 +134,13 @@ def create_model(
     """Build a classifier.
 
     Args:
-        name: ``resnet18``/``resnet34``/``resnet50``/``resnet101`` or any timm model name.
+        name: ``resnet18``/``resnet34``/``resnet50``/``resnet101``, ``convnet-s``/``-xs``/``-xxs``
+            or any timm model name (``hf-hub:ORG/NAME`` too, online).
         num_classes: size of the head ``K``.
-        small_input: use the 3x3 stride-1 stem (torchvision ResNets) for images <= 64 px.
-        pretrained: a local state dict or checkpoint file to start from; keys that do not
-            fit (e.g. a head of another size) are skipped.
+        small_input: use the 3x3 stride-1 stem without max-pool (torchvision and timm ResNets)
+            for images <= 64 px; other timm models refuse it.
+        pretrained: weights for :func:`load_pretrained` (a local file, or ``"true"`` for a
+            timm model's published weights); the report is kept as ``model.weights_report``.
 
     Example:
         >>> m = create_model("resnet18", 2, small_input=True)
@@ -98,8 +149,10 @@ def create_model(
     """
     if num_classes < 1:
         raise DataloupeError(f"num_classes must be >= 1, got {num_classes}")
+    source_head: tuple[str, ...] = ()
     if name in _TORCHVISION:
         backbone, nf = _torchvision_backbone(name, small_input)
+        source_head = ("fc",)
     elif name in CONVNETS:
         backbone = ConvNet(CONVNETS[name])
         nf = backbone.num_features
@@ -112,30 +165,9 @@ def create_model(
             )
         backbone, nf = found
     model = Classifier(backbone, nf, num_classes)
+    model.model_name, model.small_input = name, bool(small_input)
+    model.is_timm = name not in _TORCHVISION and name not in CONVNETS
+    model.source_head = source_head
     if pretrained is not None:
-        load_pretrained(model, pretrained)
+        model.weights_report = load_pretrained(model, pretrained)
     return model
-
-
-def load_pretrained(model: Classifier, path: str | Path) -> list[str]:
-    """Load weights from a local file into ``model``; returns the keys that were skipped.
-
-    Accepts a dataloupe checkpoint (``{"model": state_dict, ...}``), a plain state dict of
-    a :class:`Classifier`, or a plain torchvision/timm state dict of the backbone.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataloupeError(f"pretrained weights not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    if not isinstance(state, dict):
-        raise DataloupeError(f"{path} holds no state dict")
-    if not any(k.startswith(("backbone.", "head.")) for k in state):
-        # A bare backbone state dict (torchvision/timm naming): map it under backbone.
-        state = {f"backbone.{k}": v for k, v in state.items()}
-    own = model.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    skipped = sorted(set(state) - set(usable))
-    model.load_state_dict(usable, strict=False)
-    return skipped

@@ -10,15 +10,16 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from dataloupe.data import (AugmentConfig, ShardSampler, WeightedEpochSampler, make_loader, mix_transform,
                             open_cache, plan_loader, sample_transform)
-from dataloupe.models import create_model, load_pretrained
+from dataloupe.models import create_model
 from dataloupe.project import DataloupeError, Project
 from dataloupe.train import _runs
 from dataloupe.train._checkpoint import atomic_save, load_checkpoint, model_checkpoint
@@ -26,6 +27,7 @@ from dataloupe.train._distributed import DistContext, init_distributed, shutdown
 from dataloupe.train._dynamics import Dynamics
 from dataloupe.train._epoch import Consistency, StepOptions, consistency_configs, evaluate, train_one_epoch
 from dataloupe.train._inputs import TrainData, load_train_data
+from dataloupe.train._model_init import check_weight_sources, choose_normalisation, init_weights, small_input_for
 from dataloupe.train._plots import plot_history
 from dataloupe.train._progress import Progress
 from dataloupe.train._recipe import Recipe, build_recipe, load_recipe, parse_overrides, save_recipe
@@ -49,26 +51,12 @@ class Setup:
     num_train: int
     consistency: Consistency | None = None
     unlabeled_batches: object = None  # the consistency loader's running iterator (across epochs)
+    weights: dict = field(default_factory=dict)  # recipe key ("pretrained", "continue_from") -> WeightsReport
+    normalisation: str = "recipe"  # where opts.mean/std come from: "recipe" or a key of weights
 
     def __post_init__(self) -> None:
         if self.consistency is not None:
             self.unlabeled_batches = self.consistency.batches()
-
-
-def _small_input(recipe: Recipe) -> bool:
-    return recipe.small_input if recipe.small_input is not None else recipe.image_size <= 32
-
-
-def init_weights(project: Project, recipe: Recipe, model: nn.Module) -> None:
-    """Load ``pretrained`` and/or the ``continue_from`` run's best checkpoint (multi-stage)."""
-    if recipe.pretrained:
-        load_pretrained(model, recipe.pretrained)
-    if recipe.continue_from:
-        folder = _runs.run_dir(project, recipe.continue_from)
-        ckpt = folder / "checkpoints" / "best.pt"
-        if not ckpt.is_file():
-            raise DataloupeError(f"continue_from={recipe.continue_from}: no checkpoint at {ckpt}")
-        load_pretrained(model, ckpt)
 
 
 def build_setup(project: Project, data: TrainData, recipe: Recipe, ctx: DistContext, train_set, val_set) -> Setup:
@@ -77,10 +65,12 @@ def build_setup(project: Project, data: TrainData, recipe: Recipe, ctx: DistCont
         raise DataloupeError(f"batch_size {recipe.batch_size} is not divisible by {ctx.world_size} processes")
     cuda = ctx.device.type == "cuda"
     per_rank = recipe.batch_size // ctx.world_size
-    small = _small_input(recipe)
+    small = small_input_for(recipe)
     torch.manual_seed(recipe.seed)
     raw = create_model(recipe.model, len(data.classes), small_input=small)
-    init_weights(project, recipe, raw)
+    weights = init_weights(project, recipe, raw, data.classes)
+    mean, std, norm_source = choose_normalisation(recipe, weights)
+    recipe = dataclasses.replace(recipe, mean=mean, std=std)  # everything below normalises with these
     raw.to(ctx.device)
     channels_last = recipe.channels_last and cuda
     if channels_last:
@@ -142,7 +132,19 @@ def build_setup(project: Project, data: TrainData, recipe: Recipe, ctx: DistCont
     opts = StepOptions(ctx.device, tuple(recipe.mean), tuple(recipe.std), amp, channels_last,
                        augment=aug if batched else None, tta_hflip=recipe.tta_hflip)
     return Setup(model, raw, optimizer, schedule, train_loader, val_loader, sampler,
-                 mix_transform(aug, len(data.classes)), opts, small, len(train_set), consistency)
+                 mix_transform(aug, len(data.classes)), opts, small, len(train_set), consistency,
+                 weights=weights, normalisation=norm_source)
+
+
+def _report_weights(s: Setup, folder) -> None:
+    """Print one line per weights load and record the reports and the normalisation in ``run.json``."""
+    for key, report in s.weights.items():
+        print(f"{key}: {report.summary()}", flush=True)
+    mean, std = list(s.opts.mean), list(s.opts.std)
+    if s.normalisation != "recipe":
+        print(f"normalisation: mean {mean} std {std} from the {s.normalisation} weights", flush=True)
+    fields = {key: report.to_dict() for key, report in s.weights.items()}
+    _runs.update_run(folder, **fields, normalisation={"mean": mean, "std": std, "source": s.normalisation})
 
 
 def _provenance_tables(data: TrainData) -> dict:
@@ -222,9 +224,17 @@ def train_samples(project: Project, data: TrainData, recipe: Recipe, *, run: str
     if len(val_set) == 0:
         raise DataloupeError(f"validation table {data.val_table}@{data.val_revision} has no labeled rows with"
                              " weight > 0")
+    check_weight_sources(project, recipe)  # before the run folder exists: a typo leaves nothing behind
     folder, info = _start_run(project, data, recipe, run, ctx, resume=resume, force=force)
-    s = build_setup(project, data, recipe, ctx, train_set, val_set)
     primary = ctx.is_primary()
+    try:
+        s = build_setup(project, data, recipe, ctx, train_set, val_set)
+    except BaseException:
+        if primary:
+            _runs.update_run(folder, status="failed")
+        raise
+    if primary:
+        _report_weights(s, folder)
     start_epoch, best = 1, -1.0
     dyn = Dynamics(train_set.ids, recipe.epochs)
     if resume and (folder / "checkpoints" / "last.pt").is_file():
@@ -298,7 +308,7 @@ def _write_epoch(s, recipe, data, folder, epoch, record, best, improved, dyn) ->
     _runs.append_history(folder, record)
     dyn.save(folder / "dynamics.npz")
     meta = dict(model_name=recipe.model, classes=data.classes, image_size=recipe.image_size,
-                small_input=s.small_input, mean=recipe.mean, std=recipe.std, epoch=epoch,
+                small_input=s.small_input, mean=list(s.opts.mean), std=list(s.opts.std), epoch=epoch,
                 tta_hflip=recipe.tta_hflip)
     if improved:
         atomic_save(model_checkpoint(s.raw, val_top1=record["val_top1"], **meta), folder / "checkpoints" / "best.pt")

@@ -21,6 +21,7 @@ from dataloupe.models import create_model
 from dataloupe.project import DataloupeError, Project
 from dataloupe.tables import open_ref
 from dataloupe.train._epoch import StepOptions
+from dataloupe.train._model_init import small_input_for
 from dataloupe.train._plots import plot_lr_find
 from dataloupe.train._recipe import Recipe
 from dataloupe.train._schedules import build_optimizer
@@ -81,8 +82,7 @@ def lr_find(project: Project, table: str, recipe: Recipe, *, start_lr: float = 1
     if len(train_set) == 0:
         raise DataloupeError(f"table {t.name}@{t.revision} has no labeled rows with weight > 0")
     torch.manual_seed(recipe.seed)
-    small = recipe.small_input if recipe.small_input is not None else recipe.image_size <= 32
-    model = create_model(recipe.model, len(t.classes), small_input=small)
+    model = create_model(recipe.model, len(t.classes), small_input=small_input_for(recipe))
     plan = plan_loader(len(samples), recipe.image_size, loader=recipe.loader, cache_max_gb=recipe.cache_max_gb,
                        num_workers=recipe.num_workers)
     cache = open_cache(samples, recipe.image_size, project.cache_dir) if plan.mode == "cache" else None

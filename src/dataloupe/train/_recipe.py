@@ -43,7 +43,10 @@ class Recipe:
     name: str = "custom"  # recipe name (informational)
     # --- model
     model: str = "resnet18"  # dataloupe.models name (torchvision ResNet or timm name)
-    pretrained: Optional[str] = None  # local weights file; never downloaded
+    # weights to start from: a local file (torchvision/timm state dict or a dataloupe checkpoint), run:NAME
+    # (that run's best.pt: a training or a pretraining run), or true (timm's download of a timm model's own
+    # weights; online only). Every backbone tensor must load; the head loads only if it fits.
+    pretrained: Optional[str] = None
     small_input: Optional[bool] = None  # 3x3 stride-1 stem, no max-pool; None: image_size <= 32 (compute grows 16x)
     continue_from: Optional[str] = None  # run name whose best checkpoint initialises the model
     # --- data
@@ -84,7 +87,8 @@ class Recipe:
     unlabeled_ratio: int = 2  # undefined images per labeled image in each step
     unlabeled_threshold: float = 0.95  # confidence on the weak view needed to use an undefined image
     augment: str = "auto"  # v2: per-image v2 transforms in the loader | batched: on the device | auto
-    mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])  # normalisation (RGB, 0..1)
+    # normalisation (RGB, 0..1); left at these defaults, the loaded weights' own mean/std are used instead
+    mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list = field(default_factory=lambda: [0.229, 0.224, 0.225])
     # --- hardware
     device: str = "auto"  # auto | cpu | cuda
@@ -238,6 +242,8 @@ def build_recipe(values: dict[str, Any], base: Recipe | None = None) -> Recipe:
         raise DataloupeError(f"unknown recipe key(s) {', '.join(unknown)}; valid keys: {', '.join(valid_keys())}")
     kwargs = (base or Recipe()).to_dict()
     for key, value in values.items():
+        if key == "pretrained" and isinstance(value, bool):  # YAML `pretrained: true` (timm's download)
+            value = "true" if value else None
         kwargs[key] = _coerce(key, value, types_[key])
     recipe = Recipe(**kwargs)
     _check(recipe)
