@@ -177,3 +177,83 @@ def test_consistency_on_undefined_rows_trains_and_logs_its_usage(project):
         _recipe("unlabeled_ratio=0")
     with pytest.raises(DataloupeError, match="epoch_samples"):
         _recipe("epoch_samples=0")
+
+
+def test_ema_teacher_alignment_adaptive_thresholds_and_soft_targets_train_and_resume(project):
+    r = _recipe("epochs=2", "unlabeled_weight=1.0", "unlabeled_ratio=2", "unlabeled_threshold=0.9", "epoch_samples=96",
+                "ema_decay=0.99", "unlabeled_da=true", "unlabeled_adaptive=flexmatch", "unlabeled_temperature=0.5")
+    info = train(project, "dig-train", "dig-val", r, run="ema", tty=False)
+    assert info["status"] == "completed"
+    last = _checkpoint.load_checkpoint(project.runs_dir / "ema" / "checkpoints" / "last.pt")
+    assert last["ema"]["updates"] == 2 * 3  # 96 draws / batch 32 per epoch, one update per step
+    # "model" (what collect and serve load) is the average, not the last trained weights
+    assert any(not torch.equal(last["model"][k], last["trained_model"][k]) for k in last["model"]
+               if last["model"][k].is_floating_point())
+    # resume continues the average too
+    train(project, "dig-train", "dig-val", _recipe("epochs=3", "unlabeled_weight=1.0", "unlabeled_ratio=2",
+                                                   "epoch_samples=96", "ema_decay=0.99", "unlabeled_da=true",
+                                                   "unlabeled_adaptive=flexmatch", "unlabeled_temperature=0.5"),
+          run="ema", resume=True, tty=False)
+    last = _checkpoint.load_checkpoint(project.runs_dir / "ema" / "checkpoints" / "last.pt")
+    assert last["ema"]["updates"] == 3 * 3
+    with pytest.raises(DataloupeError, match="unlabeled_adaptive"):
+        _recipe("unlabeled_adaptive=magic")
+    with pytest.raises(DataloupeError, match="ema_decay"):
+        _recipe("ema_decay=1.5")
+
+
+def test_semi_supervised_training_never_reads_undefined_rows_labels(project):
+    """The pool rows' stored label is -1 whatever they are; shuffling what the loader would hand out
+    as their label must not change training: the consistency step never reads it."""
+    from dataloupe.train import _epoch
+
+    seen = []
+    orig = _epoch.Consistency.targets
+
+    def spy(self, guess, positions):
+        seen.append(positions.clone())
+        return orig(self, guess, positions)
+
+    _epoch.Consistency.targets = spy
+    try:
+        r = _recipe("epochs=1", "unlabeled_weight=1.0", "unlabeled_threshold=0.5", "epoch_samples=64",
+                    "ema_decay=0.9", "unlabeled_da=true")
+        train(project, "dig-train", "dig-val", r, run="u1", tty=False)
+    finally:
+        _epoch.Consistency.targets = orig
+    assert seen and all(len(p) for p in seen)
+
+
+def test_consistency_targets_align_adapt_and_soften():
+    import torch as T
+
+    from dataloupe.train._epoch import Consistency
+
+    c = Consistency(None, None, None, 1.0, 0.9, num_rows=4, num_classes=2, adaptive="flexmatch")
+    guess = T.tensor([[0.95, 0.05], [0.6, 0.4], [0.3, 0.7], [0.8, 0.2]])
+    pseudo, mask = c.targets(guess, T.arange(4))
+    # warm-up: 3 of 4 rows undecided -> class 0 (1 confident row) gets threshold 0.9 * (1/3) / (2 - 1/3)
+    assert pseudo.tolist() == [0, 0, 1, 0] and mask.tolist() == [1.0, 1.0, 1.0, 1.0]
+    c2 = Consistency(None, None, None, 1.0, 0.9)
+    assert c2.targets(guess, T.arange(4))[1].tolist() == [1.0, 0.0, 0.0, 0.0]  # fixed threshold
+    soft, _ = Consistency(None, None, None, 1.0, 0.0, temperature=0.5).targets(guess, T.arange(4))
+    assert soft.shape == (4, 2) and T.allclose(soft.sum(1), T.ones(4)) and soft[1, 0] > 0.6
+    da = Consistency(None, None, None, 1.0, 0.0, align=True, prior=T.tensor([0.5, 0.5]))
+    skewed = T.tensor([[0.9, 0.1]] * 4)
+    aligned, _ = da.targets(skewed, T.arange(4))
+    assert aligned.tolist() == [0, 0, 0, 0]
+    assert da._guess_mean[0] == pytest.approx(0.9)  # the running mean the next batches are divided by
+
+
+def test_weight_ema_warms_up_and_tracks():
+    from torch import nn
+
+    from dataloupe.train._epoch import WeightEMA
+
+    net = nn.Linear(2, 1)
+    ema = WeightEMA(net, 0.999)
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    ema.update()  # first update: decay min(0.999, 2/11) -> mostly the new weights
+    assert torch.allclose(ema.module.weight, net.weight - 1.0 * 2 / 11, atol=1e-6)
+    assert not ema.module.weight.requires_grad

@@ -25,7 +25,8 @@ from dataloupe.train import _runs
 from dataloupe.train._checkpoint import atomic_save, load_checkpoint, model_checkpoint
 from dataloupe.train._distributed import DistContext, init_distributed, shutdown_distributed
 from dataloupe.train._dynamics import Dynamics
-from dataloupe.train._epoch import Consistency, StepOptions, consistency_configs, evaluate, train_one_epoch
+from dataloupe.train._epoch import (Consistency, StepOptions, WeightEMA, consistency_configs, evaluate,
+                                    train_one_epoch)
 from dataloupe.train._inputs import TrainData, load_train_data
 from dataloupe.train._model_init import check_weight_sources, choose_normalisation, init_weights, small_input_for
 from dataloupe.train._plots import plot_history
@@ -51,6 +52,16 @@ class Setup:
     num_train: int
     consistency: Consistency | None = None
     unlabeled_batches: object = None  # the consistency loader's running iterator (across epochs)
+    ema: WeightEMA | None = None  # weight average: evaluated, checkpointed and the consistency teacher
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What is evaluated and saved: the weight average when the recipe keeps one."""
+        return self.ema.module if self.ema is not None else self.model
+
+    @property
+    def saved_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.raw
     weights: dict = field(default_factory=dict)  # recipe key ("pretrained", "continue_from") -> WeightsReport
     normalisation: str = "recipe"  # where opts.mean/std come from: "recipe" or a key of weights
 
@@ -118,7 +129,13 @@ def build_setup(project: Project, data: TrainData, recipe: Recipe, ctx: DistCont
                                    batch_size=per_rank * recipe.unlabeled_ratio, cache=caches[0], sampler=draw,
                                    drop_last=len(pool) >= per_rank * recipe.unlabeled_ratio, pin_memory=cuda)
             weak, strong = consistency_configs(aug)
-            consistency = Consistency(u_loader, weak, strong, recipe.unlabeled_weight, recipe.unlabeled_threshold)
+            k = len(data.classes)
+            prior = torch.bincount(torch.as_tensor(train_set.labels), weights=torch.as_tensor(train_set.weights),
+                                   minlength=k).float()
+            consistency = Consistency(u_loader, weak, strong, recipe.unlabeled_weight, recipe.unlabeled_threshold,
+                                      num_rows=len(pool), num_classes=k, adaptive=recipe.unlabeled_adaptive,
+                                      align=recipe.unlabeled_da, temperature=recipe.unlabeled_temperature,
+                                      prior=prior / prior.sum())
         elif ctx.is_primary():
             print("note: unlabeled_weight > 0 but the training table has no undefined rows with weight > 0;"
                   " training on labeled rows only", flush=True)
@@ -133,7 +150,8 @@ def build_setup(project: Project, data: TrainData, recipe: Recipe, ctx: DistCont
                        augment=aug if batched else None, tta_hflip=recipe.tta_hflip)
     return Setup(model, raw, optimizer, schedule, train_loader, val_loader, sampler,
                  mix_transform(aug, len(data.classes)), opts, small, len(train_set), consistency,
-                 weights=weights, normalisation=norm_source)
+                 weights=weights, normalisation=norm_source,
+                 ema=WeightEMA(raw, recipe.ema_decay) if recipe.ema_decay > 0 else None)
 
 
 def _report_weights(s: Setup, folder) -> None:
@@ -239,7 +257,9 @@ def train_samples(project: Project, data: TrainData, recipe: Recipe, *, run: str
     dyn = Dynamics(train_set.ids, recipe.epochs)
     if resume and (folder / "checkpoints" / "last.pt").is_file():
         last = load_checkpoint(folder / "checkpoints" / "last.pt")
-        s.raw.load_state_dict(last["model"])
+        s.raw.load_state_dict(last.get("trained_model", last["model"]))
+        if s.ema is not None and "ema" in last:
+            s.ema.load_state_dict(last["ema"])
         s.optimizer.load_state_dict(last["optimizer"])
         s.schedule.resume(last["scheduler"], int(last["epoch"]) * len(s.train_loader))
         start_epoch, best = int(last["epoch"]) + 1, float(last.get("best_val_top1", -1.0))
@@ -277,8 +297,8 @@ def _one_epoch(s: Setup, ctx: DistContext, recipe: Recipe, data: TrainData, fold
     tr = train_one_epoch(s.model, s.train_loader, optimizer=s.optimizer, schedule=s.schedule, opts=s.opts,
                          num_samples=s.num_train, label_smoothing=recipe.label_smoothing, mix=s.mix,
                          grad_clip=recipe.grad_clip, progress=bar, consistency=s.consistency,
-                         unlabeled=s.unlabeled_batches)
-    ev = evaluate(s.model, s.val_loader, opts=s.opts, num_classes=k)
+                         unlabeled=s.unlabeled_batches, ema=s.ema)
+    ev = evaluate(s.eval_model, s.val_loader, opts=s.opts, num_classes=k)
     sums = ctx.all_reduce_sum(torch.tensor([tr["loss_sum"], tr["correct"], tr["count"], ev["loss_sum"],
                                             ev["top1"], ev["top5"], ev["count"], tr["seconds"]]))
     msum = ctx.all_reduce_sum(torch.from_numpy(tr["margin_sum"])).numpy()
@@ -311,10 +331,13 @@ def _write_epoch(s, recipe, data, folder, epoch, record, best, improved, dyn) ->
                 small_input=s.small_input, mean=list(s.opts.mean), std=list(s.opts.std), epoch=epoch,
                 tta_hflip=recipe.tta_hflip)
     if improved:
-        atomic_save(model_checkpoint(s.raw, val_top1=record["val_top1"], **meta), folder / "checkpoints" / "best.pt")
-    last = model_checkpoint(s.raw, val_top1=record["val_top1"], **meta)
+        atomic_save(model_checkpoint(s.saved_model, val_top1=record["val_top1"], **meta),
+                    folder / "checkpoints" / "best.pt")
+    last = model_checkpoint(s.saved_model, val_top1=record["val_top1"], **meta)
     last.update(optimizer=s.optimizer.state_dict(), scheduler=s.schedule.state_dict(), best_val_top1=best,
                 rng_torch=torch.get_rng_state())
+    if s.ema is not None:  # "model" is the average (what collect and serve load); resume needs both
+        last.update(trained_model=s.raw.state_dict(), ema=s.ema.state_dict())
     atomic_save(last, folder / "checkpoints" / "last.pt")
     best_epoch = epoch if improved else _runs.read_run_at(folder).get("best_epoch")
     _runs.update_run(folder, epochs_done=epoch, best_val_top1=best, best_epoch=best_epoch)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 from dataclasses import dataclass
 
@@ -66,15 +67,61 @@ class StepOptions:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
 
-@dataclass(frozen=True)
-class Consistency:
-    """FixMatch-style consistency on undefined rows (Sohn et al., 2020).
+class WeightEMA:
+    """Exponential moving average of a model's weights (Polyak averaging; the Mean Teacher and
+    FixMatch teacher). Buffers (BatchNorm statistics) are copied, not averaged.
 
-    Each step also draws ``ratio`` x batch undefined images; the model's prediction on a
+    The decay warms up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so a short run
+    is not dominated by its random initial weights. Written here (a dozen lines) rather than
+    taken from timm's ``ModelEmaV3``, which has the same warm-up, because timm is optional;
+    torch's ``AveragedModel`` has no warm-up.
+    """
+
+    def __init__(self, source: nn.Module, decay: float):
+        self.source = source
+        self.decay = decay
+        self.updates = 0
+        self.module = copy.deepcopy(source).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for e, m in zip(self.module.parameters(), self.source.parameters()):
+            e.lerp_(m.detach(), 1.0 - d)
+        for e, m in zip(self.module.buffers(), self.source.buffers()):
+            e.copy_(m)
+
+    def state_dict(self) -> dict:
+        return {"module": self.module.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["module"])
+        self.updates = int(state["updates"])
+
+
+@dataclass
+class Consistency:
+    """FixMatch-style consistency on undefined rows (Sohn et al., 2020), with the refinements
+    that make it pay on small budgets.
+
+    Each step also draws ``ratio`` x batch undefined images; the teacher's prediction on a
     weakly augmented view (flip + mild crop) becomes the target of a strongly augmented view
-    (crop, colour jitter, erasing) wherever its confidence reaches ``threshold``; that loss
+    (crop, colour jitter, erasing) wherever its confidence reaches the threshold; that loss
     is added with ``weight``. Undefined rows thus shape the model without a single edit to
     the table; the masked share of the batch is logged as ``unlabeled_used``.
+
+    * teacher: the EMA of the weights when the recipe keeps one (Mean Teacher), else the model;
+    * ``align``: distribution alignment (ReMixMatch): guesses are multiplied by
+      ``prior / running mean of the guesses``, so a class the model under-predicts is not
+      starved of pseudo-labels;
+    * ``adaptive="flexmatch"``: class-adaptive thresholds (FlexMatch, Zhang et al., 2021): a
+      class whose rows are seldom confidently predicted yet gets a lower threshold,
+      ``threshold * b / (2 - b)`` with ``b`` its share of confident predictions (warm-up:
+      undecided rows count as a class of their own);
+    * ``temperature > 0``: soft targets (the guess sharpened) instead of hard pseudo-labels.
 
     Written here rather than taken from a library: the step shares the engine's model,
     optimizer, autocast, on-device augmentation (``batch_augment``) and DDP wrapping, which
@@ -86,10 +133,48 @@ class Consistency:
     strong: AugmentConfig
     weight: float
     threshold: float
+    num_rows: int = 0  # rows of the pool (positions index it); needed by adaptive thresholds
+    num_classes: int = 0
+    adaptive: str = "none"
+    align: bool = False
+    temperature: float = 0.0
+    prior: torch.Tensor | None = None  # (K,) class prior for alignment (labeled rows); None: uniform
+    _guess_mean: torch.Tensor | None = None
+    _decided: torch.Tensor | None = None  # (num_rows,) class each pool row was last confidently given, -1: none
 
     def batches(self):
         while True:
             yield from self.loader
+
+    @torch.no_grad()
+    def targets(self, guess: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """From the teacher's ``(B, K)`` probabilities: ``(targets, mask)``; targets are class
+        indices ``(B,)`` or, with a temperature, probabilities ``(B, K)``."""
+        k = guess.shape[1]
+        if self.align:
+            mean = guess.mean(0)
+            self._guess_mean = mean if self._guess_mean is None else 0.999 * self._guess_mean.to(mean) + 0.001 * mean
+            prior = self.prior.to(guess) if self.prior is not None else torch.full((k,), 1.0 / k, device=guess.device)
+            guess = guess * (prior / self._guess_mean.clamp_min(1e-6))
+            guess = guess / guess.sum(1, keepdim=True)
+        conf, pseudo = guess.max(1)
+        thr = torch.full_like(conf, self.threshold)
+        if self.adaptive == "flexmatch" and self.num_rows:
+            if self._decided is None:
+                self._decided = torch.full((self.num_rows,), -1, dtype=torch.long)
+            counts = torch.bincount(self._decided[self._decided >= 0], minlength=k).float()
+            undecided = float((self._decided < 0).sum())
+            beta = counts / max(float(counts.max()), undecided, 1.0)
+            per_class = (self.threshold * beta / (2.0 - beta)).to(guess.device)
+            thr = per_class[pseudo]
+            pos = positions.cpu()
+            sure = (conf >= self.threshold).cpu()
+            self._decided[pos[sure]] = pseudo.cpu()[sure]
+        mask = (conf >= thr).float()
+        if self.temperature > 0:
+            sharp = guess ** (1.0 / self.temperature)
+            return sharp / sharp.sum(1, keepdim=True), mask
+        return pseudo, mask
 
 
 def consistency_configs(aug: AugmentConfig) -> tuple[AugmentConfig, AugmentConfig]:
@@ -113,7 +198,7 @@ def logit_margins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def train_one_epoch(model: nn.Module, loader, *, optimizer, schedule, opts: StepOptions, num_samples: int,
                     label_smoothing: float = 0.0, mix=None, grad_clip: float | None = None,
                     progress: Progress | None = None, consistency: Consistency | None = None,
-                    unlabeled=None) -> dict:
+                    unlabeled=None, ema: WeightEMA | None = None) -> dict:
     """Train for one pass over ``loader``.
 
     Returns:
@@ -122,6 +207,7 @@ def train_one_epoch(model: nn.Module, loader, *, optimizer, schedule, opts: Step
         sample's logit margin from the same forward pass (no extra pass), by position;
         with ``consistency`` (and ``unlabeled``, its running batch iterator) also
         ``unlabeled_used`` and ``unlabeled_seen``: undefined images above the threshold / drawn.
+        With ``ema``, its average is updated after every step (and it is the consistency teacher).
     """
     model.train()
     # Running sums stay on the device: no host sync per step (the GPU keeps its queue full).
@@ -146,11 +232,12 @@ def train_one_epoch(model: nn.Module, loader, *, optimizer, schedule, opts: Step
                 loss = F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
             sup = loss
         else:
-            u = next(unlabeled)[0].to(opts.device, non_blocking=True)
+            u_images, _, u_pos = next(unlabeled)
+            u = u_images.to(opts.device, non_blocking=True)
+            teacher = ema.module if ema is not None else model
             with torch.no_grad(), opts.autocast():
-                guess = torch.softmax(model(batch_augment(u, consistency.weak)).float(), 1)
-            conf, pseudo = guess.max(1)
-            mask = (conf >= consistency.threshold).float()
+                guess = torch.softmax(teacher(batch_augment(u, consistency.weak)).float(), 1)
+            pseudo, mask = consistency.targets(guess, u_pos)
             strong = batch_augment(u, consistency.strong)
             if opts.channels_last:
                 strong = strong.contiguous(memory_format=torch.channels_last)
@@ -158,7 +245,7 @@ def train_one_epoch(model: nn.Module, loader, *, optimizer, schedule, opts: Step
                 both = model(torch.cat([x, strong]))
                 logits, u_logits = both[: len(x)], both[len(x):]
                 sup = F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
-                u_loss = (F.cross_entropy(u_logits.float(), pseudo, reduction="none") * mask).mean()
+                u_loss = (F.cross_entropy(u_logits.float(), pseudo, reduction="none") * mask).mean()  # soft or hard
                 loss = sup + consistency.weight * u_loss
             u_used += mask.sum().long()
             u_seen += len(u)
@@ -168,6 +255,8 @@ def train_one_epoch(model: nn.Module, loader, *, optimizer, schedule, opts: Step
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
         schedule.step()
+        if ema is not None:
+            ema.update()
         n = len(y)
         loss_acc += sup.detach().double() * n  # the labeled loss (comparable with and without consistency)
         correct_acc += (logits.detach().argmax(1) == y).sum()

@@ -86,6 +86,11 @@ class Recipe:
     unlabeled_weight: float = 0.0  # weight of the consistency loss on undefined rows; 0: off
     unlabeled_ratio: int = 2  # undefined images per labeled image in each step
     unlabeled_threshold: float = 0.95  # confidence on the weak view needed to use an undefined image
+    unlabeled_adaptive: str = "none"  # none | flexmatch: per-class thresholds scaled by how far each class has learnt
+    unlabeled_da: bool = False  # distribution alignment: the guesses' running class mean is pulled to the labeled prior
+    unlabeled_temperature: float = 0.0  # > 0: soft targets (guesses sharpened with this temperature); 0: hard
+    # --- weight averaging
+    ema_decay: float = 0.0  # EMA of the weights (e.g. 0.999); evaluation, checkpoints and the consistency teacher use it; 0: off
     augment: str = "auto"  # v2: per-image v2 transforms in the loader | batched: on the device | auto
     # normalisation (RGB, 0..1); left at these defaults, the loaded weights' own mean/std are used instead
     mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])
@@ -185,6 +190,11 @@ def _check(r: Recipe) -> None:
             raise DataloupeError(f"recipe key {key!r}: needs {n} numbers, got {v}")
     if r.epoch_samples is not None and r.epoch_samples < 1:
         raise DataloupeError(f"recipe key 'epoch_samples': must be >= 1, got {r.epoch_samples}")
+    if r.unlabeled_adaptive not in ("none", "flexmatch"):
+        raise DataloupeError(f"unlabeled_adaptive must be none or flexmatch, not {r.unlabeled_adaptive!r}")
+    if not 0.0 <= r.ema_decay < 1.0 or r.unlabeled_temperature < 0:
+        raise DataloupeError(f"ema_decay must be in [0, 1) and unlabeled_temperature >= 0; got {r.ema_decay},"
+                             f" {r.unlabeled_temperature}")
     if r.unlabeled_weight < 0 or r.unlabeled_ratio < 1 or not 0.0 <= r.unlabeled_threshold <= 1.0:
         raise DataloupeError("recipe keys unlabeled_weight >= 0, unlabeled_ratio >= 1 and unlabeled_threshold"
                              f" in [0, 1] are needed; got {r.unlabeled_weight}, {r.unlabeled_ratio},"
