@@ -17,12 +17,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from _train_helpers import cli, cli_env, make_digit_tables
+from _train_helpers import FAST, cli, cli_env, make_digit_tables
 
 from dataloupe.models import create_model
 from dataloupe.project import DataloupeError, Project
 from dataloupe.tables import edit_table, open_table
-from dataloupe.train import load_checkpoint, load_pretrain_config, pretrain
+from dataloupe.train import load_checkpoint, load_pretrain_config, load_recipe, pretrain, train
 from dataloupe.train._pretrain import knn_top1
 
 TINY = {"model": "convnet-xxs", "image_size": 16, "epochs": 2, "batch_size": 32, "log_every": 0.5}
@@ -162,6 +162,8 @@ def test_pretrain_run_feeds_collect_and_maps_but_not_analysis(project):
     assert v.column("map_x").null_count == 0
     with pytest.raises(DataloupeError, match="is a self-supervised pretrain run: its metrics hold embeddings only"):
         analyze_run(project, "ssl")
+    with pytest.raises(DataloupeError, match="is a pretrain run: resume it with `dataloupe pretrain --run ssl"):
+        train(project, "dig-train", "dig-val", load_recipe("fashion-mnist", FAST), run="ssl", resume=True)
 
 
 def test_knn_top1_is_leave_one_out():

@@ -45,6 +45,8 @@ def train_cmd(
         if not run:
             raise DataloupeError("--resume needs --run NAME")
         info = _runs.read_run(p, run)
+        if info.get("kind") == "pretrain":
+            raise DataloupeError(f"run {run!r} is a pretrain run: resume it with `dataloupe pretrain --run {run} --resume`")
         saved = _runs.run_dir(p, run) / "recipe.yaml"
         r = load_recipe(recipe or str(saved), overrides or [])
         train = train or info["train_table"]
