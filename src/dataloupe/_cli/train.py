@@ -46,7 +46,8 @@ def train_cmd(
             raise DataloupeError("--resume needs --run NAME")
         info = _runs.read_run(p, run)
         if info.get("kind") == "pretrain":
-            raise DataloupeError(f"run {run!r} is a pretrain run: resume it with `dataloupe pretrain --run {run} --resume`")
+            raise DataloupeError(f"run {run!r} is a pretrain run: resume it with"
+                                 f" `dataloupe pretrain --run {run} --resume`")
         saved = _runs.run_dir(p, run) / "recipe.yaml"
         r = load_recipe(recipe or str(saved), overrides or [])
         train = train or info["train_table"]

@@ -43,8 +43,8 @@ def require_classifier(info: dict, run: str, what: str) -> None:
     """Error when ``run`` is a pretrain run: its metrics hold embeddings only, no class probabilities."""
     if info.get("kind") == "pretrain":
         raise DataloupeError(f"run {run!r} is a self-supervised pretrain run: its metrics hold embeddings only"
-                             f" (no class probabilities), and {what} needs a classifier run; train one from its backbone"
-                             f" with `dataloupe train ... pretrained=<project>/runs/{run}/checkpoints/best.pt`"
+                             f" (no class probabilities), and {what} needs a classifier run; train one from its"
+                             f" backbone with `dataloupe train ... pretrained=<project>/runs/{run}/checkpoints/best.pt`"
                              f" (a map works: `dataloupe reduce {run}`)")
 
 

@@ -1,4 +1,4 @@
-"""Training engine: recipes, the train function, self-supervised pretraining, runs, checkpoints, LR finder, distributed."""
+"""Training engine: recipes, train, self-supervised pretraining, runs, checkpoints, LR finder, distributed."""
 
 from dataloupe.train._checkpoint import atomic_save, load_checkpoint
 from dataloupe.train._distributed import DistContext, init_distributed, shutdown_distributed

@@ -137,7 +137,8 @@ def collect_embeddings(project: Project, run: str, table: str | None = None, *, 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     size = int(ckpt["image_size"])
-    opts = StepOptions(device, tuple(ckpt["mean"]), tuple(ckpt["std"]), torch.bfloat16 if device.type == "cuda" else None)
+    amp = torch.bfloat16 if device.type == "cuda" else None
+    opts = StepOptions(device, tuple(ckpt["mean"]), tuple(ckpt["std"]), amp)
     out = []
     for ref in refs:
         t = open_ref(project, ref)

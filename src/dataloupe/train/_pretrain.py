@@ -184,7 +184,8 @@ def _start_run(project, data, config, run, ctx, *, resume: bool, learn):
             raise DataloupeError(f"run {run}: started on {said}, now given"
                                  f" {', '.join(f'{t[0]}@{t[1]}' for t in now)}; refusing to resume on other data")
         if info.get("method") != config.method:
-            raise DataloupeError(f"run {run} pretrains with {info.get('method')}; cannot resume it with {config.method}")
+            raise DataloupeError(f"run {run} pretrains with {info.get('method')};"
+                                 f" cannot resume it with {config.method}")
     elif exists:
         raise DataloupeError(f"run {run!r} already exists (use --resume to continue it, or another --run name)")
     else:

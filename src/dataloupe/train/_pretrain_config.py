@@ -52,7 +52,7 @@ class PretrainConfig:
     cache_max_gb: float = 8.0  # GiB; auto streams when the decoded cache would exceed it
     num_workers: Optional[int] = None  # DataLoader workers per process; None: automatic
     min_scale: Optional[float] = None  # smallest RandomResizedCrop area; None: the method's lightly default
-    cj_strength: Optional[float] = None  # colour-jitter strength; None: the method's lightly default (0.5 for small images)
+    cj_strength: Optional[float] = None  # colour-jitter strength; None: the method's lightly default
     mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])  # normalisation (RGB, 0..1)
     std: list = field(default_factory=lambda: [0.229, 0.224, 0.225])
     # --- optimisation
