@@ -24,9 +24,9 @@ app = typer.Typer(
 def _register_all() -> None:
     # One module per stage; each adds its commands or sub-apps to ``app``. Analysis comes
     # after train because it adds ``runs export`` to train's ``runs`` group.
-    from dataloupe._cli import analysis, demo, loop, serve, tables, train, ui
+    from dataloupe._cli import analysis, demo, loop, pretrain, serve, tables, train, ui
 
-    for stage in (tables, train, analysis, loop, ui, serve, demo):
+    for stage in (tables, train, pretrain, analysis, loop, ui, serve, demo):
         stage.register(app)
 
 

@@ -45,6 +45,9 @@ def train_cmd(
         if not run:
             raise DataloupeError("--resume needs --run NAME")
         info = _runs.read_run(p, run)
+        if info.get("kind") == "pretrain":
+            raise DataloupeError(f"run {run!r} is a pretrain run: resume it with"
+                                 f" `dataloupe pretrain --run {run} --resume`")
         saved = _runs.run_dir(p, run) / "recipe.yaml"
         r = load_recipe(recipe or str(saved), overrides or [])
         train = train or info["train_table"]
@@ -106,6 +109,12 @@ def runs_ls(project: ProjectOpt = None, as_json: JsonOpt = False) -> None:
         print_json(rows)
         return
     for r in rows:
+        if r.get("kind") == "pretrain":
+            knn = r["knn_top1"]
+            tables = ", ".join(f"{t['table']}@{t['revision']}" for t in r.get("tables") or [])
+            typer.echo(f"{r['run']:<24} {r['status']:<9} {r['recipe']:<32} {tables} epochs {r['epochs_done']}/"
+                       f"{r['epochs']} kNN {f'{knn:.4f}' if isinstance(knn, (int, float)) else '-'}")
+            continue
         best = r["best_val_top1"]
         best_s = f"{best:.4f}" if isinstance(best, (int, float)) else "-"
         typer.echo(f"{r['run']:<24} {r['status']:<9} {r['recipe']:<32} {r['train_table']}@{r['train_revision']}"
@@ -121,8 +130,15 @@ def runs_show(run: str, project: ProjectOpt = None, as_json: JsonOpt = False) ->
     if as_json:
         print_json(info)
         return
-    for k in ("run", "status", "recipe", "train_table", "train_revision", "val_table", "val_revision", "epochs",
-              "epochs_done", "best_val_top1", "best_epoch", "folder"):
-        typer.echo(f"{k}: {info.get(k)}")
+    keys = ("run", "status", "recipe", "train_table", "train_revision", "val_table", "val_revision", "epochs",
+            "epochs_done", "best_val_top1", "best_epoch", "folder")
+    if info.get("kind") == "pretrain":
+        keys = ("run", "kind", "status", "method", "tables", "epochs", "epochs_done", "knn_top1_start", "knn_top1",
+                "folder")
+    for k in keys:
+        v = info.get(k)
+        if k == "tables" and isinstance(v, list):
+            v = ", ".join(f"{t['table']}@{t['revision']}" for t in v)
+        typer.echo(f"{k}: {v}")
     for h in info["history"]:
         typer.echo("  " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in h.items()))

@@ -19,6 +19,7 @@ from dataloupe.analysis._runio import (
     load_inputs,
     load_metrics,
     read_run,
+    require_classifier,
     run_tables,
     write_columns,
     write_json,
@@ -59,24 +60,34 @@ def analyze_run(project: Project, run: str, *, folds: int | None = None, real_la
 
 
 def reduce_run(project: Project, run: str, *, method: str = "pacmap", dims: int = 2) -> dict:
-    """Fit a map on the run's train embeddings, place val on it, store ``map_x/y(/z)``."""
+    """Fit a map on the run's train embeddings, place val on it, store ``map_x/y(/z)``.
+
+    A pretrain run (embeddings only) is fitted on its first table; its other tables, and
+    any other table it has collected metrics for (``collect RUN --table T``), are placed.
+    """
     info = read_run(project, run)
     tables = run_tables(info)
+    if info.get("kind") == "pretrain":
+        collected = sorted(p.name.removesuffix(".lance") for p in (project.runs_dir / run / "metrics").glob("*.lance"))
+        tables.update({name: name for name in collected if name not in tables})
+    fit_role = "train" if "train" in tables else next(iter(tables), None)
+    if fit_role is None:
+        raise DataloupeError(f"run {run!r} names no tables to map")
     embs = {}
     for role, name in tables.items():
         m = load_metrics(project, run, name, columns=["id", "embedding"])
         arr = m.column("embedding").combine_chunks()
         embs[role] = (m.column("id").to_numpy(), arr.values.to_numpy().reshape(len(arr), arr.type.list_size))
-    fit_ids, fit = embs["train"]
-    others = [r for r in embs if r != "train"]
+    fit_ids, fit = embs[fit_role]
+    others = [r for r in embs if r != fit_role]
     coords, placed = reduce(fit, method=method, dims=dims, apply=[embs[r][1] for r in others],
                             seed=int(info.get("seed") or 0))
     names = ["map_x", "map_y", "map_z"][:dims]
     drop = ("map_z",) if dims == 2 else ()
-    for role, (ids, xy) in [("train", (fit_ids, coords))] + [(r, (embs[r][0], c)) for r, c in zip(others, placed)]:
+    for role, (ids, xy) in [(fit_role, (fit_ids, coords))] + [(r, (embs[r][0], c)) for r, c in zip(others, placed)]:
         write_columns(project, run, tables[role], ids, {n: xy[:, i].astype(np.float32) for i, n in enumerate(names)},
                       drop=drop)
-    return dict(run=run, method=method, dims=dims, fitted_on=tables["train"],
+    return dict(run=run, method=method, dims=dims, fitted_on=tables[fit_role],
                 rows={tables[r]: int(len(embs[r][0])) for r in embs})
 
 
@@ -92,6 +103,7 @@ def export_run_csv(project: Project, run: str, path: str | Path, *, table: str |
     from dataloupe.tables import TableRef
 
     info = read_run(project, run)
+    require_classifier(info, run, "the CSV export (probabilities, predictions)")
     classes = list(info.get("classes") or [])
     if table is None:
         refs = [TableRef(n) for n in run_tables(info).values()]

@@ -30,8 +30,22 @@ def read_run(project: Project, run: str) -> dict:
 
 
 def run_tables(info: dict) -> dict[str, str]:
-    """Role -> table name for the run's train and val tables."""
+    """Role -> table name for the run's train and val tables.
+
+    A pretrain run has no roles: each of its tables maps to itself, in the order given.
+    """
+    if info.get("kind") == "pretrain":
+        return {t["table"]: t["table"] for t in info.get("tables", [])}
     return {role: info[f"{role}_table"] for role in ("train", "val") if info.get(f"{role}_table")}
+
+
+def require_classifier(info: dict, run: str, what: str) -> None:
+    """Error when ``run`` is a pretrain run: its metrics hold embeddings only, no class probabilities."""
+    if info.get("kind") == "pretrain":
+        raise DataloupeError(f"run {run!r} is a self-supervised pretrain run: its metrics hold embeddings only"
+                             f" (no class probabilities), and {what} needs a classifier run; train one from its"
+                             f" backbone with `dataloupe train ... pretrained=<project>/runs/{run}/checkpoints/best.pt`"
+                             f" (a map works: `dataloupe reduce {run}`)")
 
 
 def metrics_path(project: Project, run: str, table: str) -> Path:
@@ -87,6 +101,8 @@ def sample_set(project: Project, run: str, table: str, classes: list[str], *, ha
     labels = np.array([UNDEFINED if v is None else index.get(v, -2) for v in m.column("label").to_pylist()])
     if (labels == -2).any():
         raise DataloupeError(f"metrics of run {run!r} on {table} hold labels outside the run's classes")
+    if "probs" not in m.column_names:
+        raise DataloupeError(f"metrics of run {run!r} on {table} hold no class probabilities (embeddings only)")
     probs = _matrix(m.column("probs")).astype(np.float32)
     if probs.shape[1] != len(classes):
         raise DataloupeError(f"metrics of run {run!r} on {table} have {probs.shape[1]} class "
@@ -104,6 +120,7 @@ def sample_set(project: Project, run: str, table: str, classes: list[str], *, ha
 def load_inputs(project: Project, run: str, *, hashes: bool = True, k: int = 10) -> tuple[AnalysisInputs, dict]:
     """``AnalysisInputs`` of a run (train and val tables) plus its ``run.json``."""
     info = read_run(project, run)
+    require_classifier(info, run, "analysis")
     classes = list(info.get("classes") or [])
     if not classes:
         raise DataloupeError(f"run {run!r} records no classes in run.json")

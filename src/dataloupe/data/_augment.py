@@ -79,11 +79,19 @@ def sample_transform(cfg: AugmentConfig, *, only_autoaugment: bool = False) -> v
     return v2.Compose(ops) if ops else None
 
 
-def augment_batch(images: torch.Tensor, transform: v2.Transform | None) -> torch.Tensor:
-    """Apply ``transform`` to each image of a ``(B, 3, S, S)`` uint8 batch (own random draw each)."""
+def augment_batch(images: torch.Tensor, transform) -> torch.Tensor | list[torch.Tensor]:
+    """Apply ``transform`` to each image of a ``(B, 3, S, S)`` uint8 batch (own random draw each).
+
+    A multi-view transform (one returning a list of V tensors per image, as the
+    self-supervised view transforms do) gives a list of V batches ``(B, 3, S_v, S_v)``,
+    one per view; views may differ in size (DINO's local crops).
+    """
     if transform is None:
         return images
-    return torch.stack([transform(img) for img in images])
+    outs = [transform(img) for img in images]
+    if outs and isinstance(outs[0], (list, tuple)):
+        return [torch.stack([o[v] for o in outs]) for v in range(len(outs[0]))]
+    return torch.stack(outs)
 
 
 def mix_transform(cfg: AugmentConfig, num_classes: int) -> v2.Transform | None:

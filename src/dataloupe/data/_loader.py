@@ -1,7 +1,9 @@
 """Batches for training and evaluation: from the decoded cache or streamed from files.
 
 Both paths yield ``(images (B, 3, S, S) uint8, labels (B,) int64, positions (B,) int64)``
-where ``positions`` index the :class:`SampleSet` the loader was built on. Float
+where ``positions`` index the :class:`SampleSet` the loader was built on (or the
+concatenation of several, one per table, each read from its own cache). A multi-view
+transform makes ``images`` a list of view batches (self-supervised pretraining). Float
 conversion, normalisation and MixUp/CutMix happen on the batch in the engine (on the
 GPU when there is one).
 """
@@ -13,7 +15,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -116,6 +118,35 @@ class _StreamedImages(Dataset):
         return x, self.labels[pos], torch.as_tensor(pos)
 
 
+class _ConcatImages(Dataset):
+    """Several image datasets (one per table) as one: positions index their concatenation."""
+
+    def __init__(self, parts: list[Dataset]):
+        self.parts = parts
+        self.offsets = np.cumsum([0] + [len(p) for p in parts])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitems__(self, positions: list[int]):
+        pos = np.asarray(positions, dtype=np.int64)
+        which = np.searchsorted(self.offsets, pos, side="right") - 1
+        picked, xs, ys = [], [], []
+        for j, part in enumerate(self.parts):
+            sel = np.flatnonzero(which == j)
+            if len(sel):
+                x, y, _ = part.__getitems__((pos[sel] - self.offsets[j]).tolist())
+                picked.append(sel)
+                xs.append(x)
+                ys.append(y)
+        back = torch.as_tensor(np.argsort(np.concatenate(picked), kind="stable"))  # restore the sampler's order
+        if isinstance(xs[0], list):  # multi-view: a list of view batches per part
+            x = [torch.cat([v[i] for v in xs])[back] for i in range(len(xs[0]))]
+        else:
+            x = torch.cat(xs)[back]
+        return x, torch.cat(ys)[back], torch.as_tensor(pos)
+
+
 def _identity(batch):
     return batch
 
@@ -155,21 +186,35 @@ def open_cache(samples: SampleSet, size: int, cache_dir: Path, *, primary: bool 
     return cache
 
 
-def make_loader(samples: SampleSet, plan: LoaderPlan, *, image_size: int, batch_size: int,
-                cache: DecodedCache | None = None, transform=None, sampler: Sampler | None = None,
-                drop_last: bool = False, seed: int = 0, pin_memory: bool = False) -> DataLoader:
+def _images(samples: SampleSet, plan: LoaderPlan, image_size: int, cache: DecodedCache | None, transform) -> Dataset:
+    if plan.mode == "cache":
+        if cache is None:
+            raise ValueError("the cached path needs a DecodedCache")
+        return _CachedImages(cache, samples, transform)
+    return _StreamedImages(samples, image_size, transform)
+
+
+def make_loader(samples: SampleSet | Sequence[SampleSet], plan: LoaderPlan, *, image_size: int, batch_size: int,
+                cache: DecodedCache | Sequence[DecodedCache | None] | None = None, transform=None,
+                sampler: Sampler | None = None, drop_last: bool = False, seed: int = 0,
+                pin_memory: bool = False) -> DataLoader:
     """A DataLoader over ``samples`` (positions from ``sampler``; sequential when None).
+
+    ``samples`` may be a list of sample sets (several tables) with a matching list of
+    caches: positions then index their concatenation, and each set is read from its own
+    decoded cache.
 
     Example:
         >>> plan = plan_loader(len(s), 64)  # doctest: +SKIP
         >>> loader = make_loader(s, plan, image_size=64, batch_size=32, cache=build_cache(s, 64, d))  # doctest: +SKIP
     """
-    if plan.mode == "cache":
-        if cache is None:
-            raise ValueError("the cached path needs a DecodedCache")
-        dataset: Dataset = _CachedImages(cache, samples, transform)
+    if isinstance(samples, SampleSet):
+        dataset = _images(samples, plan, image_size, cache, transform)
     else:
-        dataset = _StreamedImages(samples, image_size, transform)
+        caches = list(cache) if cache is not None else [None] * len(samples)
+        if len(caches) != len(samples):
+            raise ValueError("one cache per sample set is needed")
+        dataset = _ConcatImages([_images(s, plan, image_size, c, transform) for s, c in zip(samples, caches)])
     g = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=drop_last,

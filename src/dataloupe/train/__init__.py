@@ -1,15 +1,18 @@
-"""Training engine: recipes, the train function, runs, checkpoints, LR finder, distributed."""
+"""Training engine: recipes, train, self-supervised pretraining, runs, checkpoints, LR finder, distributed."""
 
 from dataloupe.train._checkpoint import atomic_save, load_checkpoint
 from dataloupe.train._distributed import DistContext, init_distributed, shutdown_distributed
 from dataloupe.train._dynamics import aum, forgetting_events
 from dataloupe.train._engine import train, train_samples
 from dataloupe.train._inputs import TrainData, load_train_data
+from dataloupe.train._pretrain import pretrain
+from dataloupe.train._pretrain_config import PretrainConfig, load_pretrain_config
 from dataloupe.train._recipe import Recipe, build_recipe, list_recipes, load_recipe, parse_overrides, valid_keys
 from dataloupe.train._runs import list_runs, read_run, run_dir, show_run
 
 __all__ = [
     "DistContext",
+    "PretrainConfig",
     "Recipe",
     "TrainData",
     "atomic_save",
@@ -20,9 +23,11 @@ __all__ = [
     "list_recipes",
     "list_runs",
     "load_checkpoint",
+    "load_pretrain_config",
     "load_recipe",
     "load_train_data",
     "parse_overrides",
+    "pretrain",
     "read_run",
     "run_dir",
     "show_run",

@@ -4,7 +4,7 @@ Writes ``runs/<run>/metrics/<table>.lance`` with the columns of docs/architectur
 ("Per-sample metrics"): every row (labeled, undefined and excluded alike) gets
 predictions, probabilities and its penultimate embedding; labeled rows get loss and
 correctness; rows that were trained on get AUM and forgetting events from
-``dynamics.npz``.
+``dynamics.npz``. A pretrain run (no head) writes embeddings only.
 
 Example:
     >>> collect(Project.open(), "a")  # doctest: +SKIP
@@ -26,7 +26,7 @@ from dataloupe.tables import open_ref
 from dataloupe.train import _runs
 from dataloupe.train._checkpoint import load_checkpoint
 from dataloupe.train._dynamics import aum, forgetting_events
-from dataloupe.train._epoch import StepOptions, predict
+from dataloupe.train._epoch import StepOptions, embed, predict
 
 
 def sample_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
@@ -82,6 +82,8 @@ def collect(project: Project, run: str, table: str | None = None, *, batch_size:
         the written ``.lance`` paths.
     """
     info = _runs.read_run(project, run)
+    if info.get("kind") == "pretrain":
+        return collect_embeddings(project, run, table, batch_size=batch_size)
     folder = _runs.run_dir(project, run)
     refs = [table] if table else [f"{info['train_table']}@{info['train_revision']}",
                                   f"{info['val_table']}@{info['val_revision']}"]
@@ -111,16 +113,66 @@ def collect(project: Project, run: str, table: str | None = None, *, batch_size:
     return out
 
 
-def _write(folder: Path, t, samples, classes, probs, emb, *, trained: bool) -> Path:
-    m = sample_metrics(probs, samples.labels)
-    labeled = samples.labels >= 0
+def collect_embeddings(project: Project, run: str, table: str | None = None, *, batch_size: int = 256) -> list[Path]:
+    """Write the backbone embeddings of pretrain run ``run`` for ``table`` (default: the run's tables).
+
+    A pretrain run has no classifier head, so its metrics hold ``id``, ``table_revision``,
+    ``split``, ``label`` and ``embedding`` only — no probabilities or predictions.
+
+    Returns:
+        the written ``.lance`` paths.
+    """
+    info = _runs.read_run(project, run)
+    folder = _runs.run_dir(project, run)
+    refs = [table] if table else [f"{t['table']}@{t['revision']}" for t in info["tables"]]
+    ckpt_path = folder / "checkpoints" / "best.pt"
+    if not ckpt_path.is_file():
+        raise DataloupeError(f"run {run} has no backbone yet ({ckpt_path}); pretrain it first")
+    ckpt = load_checkpoint(ckpt_path)
+    model = create_model(ckpt["model_name"], 1, small_input=ckpt["small_input"])
+    try:
+        model.backbone.load_state_dict({k.removeprefix("backbone."): v for k, v in ckpt["model"].items()})
+    except RuntimeError as e:
+        raise DataloupeError(f"{ckpt_path} does not fit model {ckpt['model_name']}: {str(e).splitlines()[0]}") from e
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    size = int(ckpt["image_size"])
+    amp = torch.bfloat16 if device.type == "cuda" else None
+    opts = StepOptions(device, tuple(ckpt["mean"]), tuple(ckpt["std"]), amp)
+    out = []
+    for ref in refs:
+        t = open_ref(project, ref)
+        classes = list(t.classes)
+        samples = sample_set_from_table(t, classes)
+        plan = plan_loader(len(samples), size, cuda=device.type == "cuda")
+        cache = open_cache(samples, size, project.cache_dir) if plan.mode == "cache" else None
+        loader = make_loader(samples, plan, image_size=size, batch_size=batch_size, cache=cache,
+                             sampler=ShardSampler(len(samples)))
+        emb = embed(model.backbone, loader, opts=opts, num_rows=len(samples), emb_dim=model.num_features)
+        cols = _row_columns(t, samples, classes)
+        cols["embedding"] = _fixed_list(emb)
+        out.append(_write_lance(folder, t.name, cols))
+    return out
+
+
+def _row_columns(t, samples, classes) -> dict[str, pa.Array]:
+    """``id``, ``table_revision``, ``split`` and ``label`` of every row of ``samples``."""
     split = t.to_arrow(columns=["id", "split"]).column("split")
     names = np.array(classes, dtype=object)
-    cols = {
+    return {
         "id": pa.array(samples.ids, type=pa.int64()),
         "table_revision": pa.array(np.full(len(samples), int(t.revision)), type=pa.int64()),
         "split": split.combine_chunks() if hasattr(split, "combine_chunks") else split,
         "label": pa.array([names[i] if i >= 0 else None for i in samples.labels], type=pa.string()),
+    }
+
+
+def _write(folder: Path, t, samples, classes, probs, emb, *, trained: bool) -> Path:
+    m = sample_metrics(probs, samples.labels)
+    labeled = samples.labels >= 0
+    names = np.array(classes, dtype=object)
+    cols = _row_columns(t, samples, classes)
+    cols.update({
         "predicted": pa.array(names[m["predicted"]].tolist(), type=pa.string()),
         "confidence": pa.array(m["confidence"]),
         "margin": pa.array(m["margin"]),
@@ -129,17 +181,21 @@ def _write(folder: Path, t, samples, classes, probs, emb, *, trained: bool) -> P
         "correct": pa.array(m["correct"], mask=~labeled, type=pa.bool_()),
         "probs": _fixed_list(probs),
         "embedding": _fixed_list(emb),
-    }
+    })
     if trained:
         cols["aum"], cols["forgetting"] = _dynamics_columns(folder, samples.ids)
     else:
         cols["aum"] = pa.nulls(len(samples), type=pa.float32())
         cols["forgetting"] = pa.nulls(len(samples), type=pa.int32())
+    return _write_lance(folder, t.name, cols)
+
+
+def _write_lance(folder: Path, name: str, cols: dict[str, pa.Array]) -> Path:
     import lance
 
-    path = folder / "metrics" / f"{t.name}.lance"
+    path = folder / "metrics" / f"{name}.lance"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{t.name}.lance.tmp")
+    tmp = path.with_name(f".{name}.lance.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     lance.write_dataset(pa.table(cols), str(tmp))
     shutil.rmtree(path, ignore_errors=True)

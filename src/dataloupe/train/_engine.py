@@ -210,6 +210,9 @@ def _start_run(project, data, recipe, run, ctx, *, resume: bool, force: bool):
         if not exists:
             raise DataloupeError(f"cannot resume: run {run!r} does not exist")
         info = _runs.read_run(project, run)
+        if info.get("kind") == "pretrain":
+            raise DataloupeError(f"run {run!r} is a pretrain run: resume it with"
+                                 f" `dataloupe pretrain --run {run} --resume`")
         changes = check_resumable(info, data, force=force)
         if changes and ctx.is_primary():  # forced: the run now continues on the new revisions; say so
             forced = info.get("forced_resumes", []) + [{"after_epoch": info.get("epochs_done", 0), "changes": changes}]

@@ -311,3 +311,15 @@ def predict(model: nn.Module, loader, *, opts: StepOptions, num_rows: int, num_c
         probs[pos] = torch.softmax(logits.float(), 1).cpu().numpy()
         embs[pos] = emb.float().cpu().numpy()
     return probs, embs
+
+
+@torch.no_grad()
+def embed(backbone: nn.Module, loader, *, opts: StepOptions, num_rows: int, emb_dim: int) -> np.ndarray:
+    """``(N, D)`` float32 backbone embeddings for every position of ``loader`` (eval mode, no head)."""
+    backbone.eval()
+    embs = np.zeros((num_rows, emb_dim), dtype=np.float32)
+    for images, _, positions in loader:
+        with opts.autocast():
+            emb = backbone(opts.inputs(images))
+        embs[positions.numpy()] = emb.float().cpu().numpy()
+    return embs

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from dataloupe.data import SampleSet, sample_set_from_table
 from dataloupe.project import DataloupeError, Project
-from dataloupe.tables import open_ref
+from dataloupe.tables import TableRef, open_ref
 
 
 @dataclass(frozen=True)
@@ -51,3 +51,32 @@ def load_train_data(project: Project, train_ref: str, val_ref: str) -> TrainData
         train=sample_set_from_table(t, classes), val=sample_set_from_table(v, classes), classes=classes,
         train_table=t.name, train_revision=int(t.revision), val_table=v.name, val_revision=int(v.revision),
     )
+
+
+@dataclass(frozen=True)
+class PretrainData:
+    """The given tables as arrays: ``samples`` (all rows, one set per table), their
+    provenance (``tables``: table, revision, content_key) and ``classes`` (union of the
+    tables' classes, for the kNN monitor only)."""
+
+    samples: list[SampleSet]
+    tables: list[dict]
+    classes: list[str]
+
+
+def load_pretrain_data(project: Project, refs: list[str]) -> PretrainData:
+    """Open ``TABLE[@REV]`` references (each table once)."""
+    if not refs:
+        raise DataloupeError("pretrain needs at least one --table")
+    names = [TableRef.parse(r).name for r in refs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise DataloupeError(f"table(s) given more than once: {', '.join(twice)}")
+    opened = [open_ref(project, r) for r in refs]
+    classes: list[str] = []
+    for t in opened:
+        classes += [c for c in t.classes if c not in classes]
+    samples = [sample_set_from_table(t, classes) for t in opened]
+    tables = [{"table": t.name, "revision": int(t.revision), "content_key": s.content_key}
+              for t, s in zip(opened, samples)]
+    return PretrainData(samples, tables, classes)

@@ -1,4 +1,4 @@
-"""PNG plots of a run's history (accuracy, loss, LR per epoch) and of an LR range test."""
+"""PNG plots of a run's history (accuracy or kNN monitor, loss, LR per epoch) and of an LR range test."""
 
 from __future__ import annotations
 
@@ -50,6 +50,37 @@ def plot_history(history: list[dict], folder: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(ep, [h["lr"] for h in history], "o-")
     ax.set(xlabel="epoch", ylabel="learning rate (end of epoch)", title="learning rate", yscale="log")
+    ax.grid(alpha=0.3)
+    _save(fig, folder / "lr.png")
+    out.append(folder / "lr.png")
+    return out
+
+
+def plot_pretrain_history(history: list[dict], folder: Path) -> list[Path]:
+    """Write ``loss.png``, ``knn_top1.png`` (when measured) and ``lr.png`` of a pretrain run into ``folder``."""
+    if not history:
+        return []
+    ep = [h["epoch"] for h in history]
+    out = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(ep, [h["loss"] for h in history], "o-")
+    ax.set(xlabel="epoch", ylabel="self-supervised loss", title="loss")
+    ax.grid(alpha=0.3)
+    _save(fig, folder / "loss.png")
+    out.append(folder / "loss.png")
+    knn = [(h["epoch"], h["knn_top1"]) for h in history if h.get("knn_top1") is not None]
+    if knn:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot([e for e, _ in knn], [v for _, v in knn], "o-")
+        ax.set(xlabel="epoch", ylabel="leave-one-out kNN top-1 (labeled rows)", ylim=(0, 1.02), title="kNN monitor")
+        ax.grid(alpha=0.3)
+        _save(fig, folder / "knn_top1.png")
+        out.append(folder / "knn_top1.png")
+    lrs = [h["lr"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(ep, lrs, "o-")
+    ax.set(xlabel="epoch", ylabel="learning rate (end of epoch)", title="learning rate",
+           yscale="log" if min(lrs) > 0 else "linear")  # a cosine schedule ends at 0
     ax.grid(alpha=0.3)
     _save(fig, folder / "lr.png")
     out.append(folder / "lr.png")

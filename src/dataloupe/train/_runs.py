@@ -102,6 +102,7 @@ def list_run_names(project: Project) -> list[str]:
 
 _SUMMARY = ("run", "status", "recipe", "train_table", "train_revision", "val_table", "val_revision",
             "epochs", "epochs_done", "best_val_top1", "best_epoch", "created")
+_PRETRAIN_SUMMARY = ("kind", "method", "tables", "knn_top1")  # added for pretrain runs (no val table, no top-1)
 
 
 def list_runs(project: Project) -> list[dict]:
@@ -109,7 +110,8 @@ def list_runs(project: Project) -> list[dict]:
     out = []
     for name in list_run_names(project):
         info = read_run(project, name)
-        out.append({k: info.get(k) for k in _SUMMARY})
+        keys = _SUMMARY + (_PRETRAIN_SUMMARY if info.get("kind") == "pretrain" else ())
+        out.append({k: info.get(k) for k in keys})
     return sorted(out, key=lambda r: r.get("created") or "")
 
 
