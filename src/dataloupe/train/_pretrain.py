@@ -33,7 +33,7 @@ from dataloupe.project import DataloupeError, Project
 from dataloupe.train import _runs
 from dataloupe.train._checkpoint import atomic_save, load_checkpoint
 from dataloupe.train._distributed import DistContext, init_distributed, shutdown_distributed
-from dataloupe.train._engine import _small_input
+from dataloupe.train._model_init import small_input_for
 from dataloupe.train._epoch import StepOptions, embed
 from dataloupe.train._inputs import PretrainData, load_pretrain_data
 from dataloupe.train._plots import plot_pretrain_history
@@ -107,7 +107,7 @@ def build_pretrain_setup(project: Project, data: PretrainData, config: PretrainC
         raise DataloupeError(f"batch_size {config.batch_size} is not divisible by {ctx.world_size} processes")
     cuda = ctx.device.type == "cuda"
     per_rank = config.batch_size // ctx.world_size
-    small = _small_input(config)
+    small = small_input_for(config)
     torch.manual_seed(config.seed)
     clf = create_model(config.model, 1, small_input=small)  # the head is dropped: only .backbone is trained
     raw = build_method(config.method, clf.backbone, clf.num_features, distributed=ctx.distributed,
