@@ -186,3 +186,16 @@ def test_two_processes_pretrain_like_one(project):
     assert [h["epoch"] for h in hist] == [1, 2] and hist[0]["images"] == 340  # each rank half, counted once
     info = json.loads((project.runs_dir / "two" / "run.json").read_text())
     assert info["hardware"]["world_size"] == 2 and info["status"] == "completed"
+
+
+def test_a_pretrain_run_starts_a_supervised_run_with_every_backbone_tensor(project):
+    pretrain(project, ["dig-train"], dict(TINY, method="simclr", epochs=1, collect=False), run="ssl", tty=False)
+    best = load_checkpoint(project.runs_dir / "ssl" / "checkpoints" / "best.pt")
+    r = load_recipe("fashion-mnist", [*FAST, "epochs=1", "pretrained=run:ssl", "lr=1e-12", "weight_decay=0"])
+    info = train(project, "dig-train", "dig-val", r, run="ft", tty=False)
+    rep = info["pretrained"]
+    assert rep["loaded"] == rep["total"] == len(best["model"]) and not rep["missing"]
+    # lr ~0: the fine-tuned backbone is the pretrained one, tensor for tensor
+    ft = load_checkpoint(project.runs_dir / "ft" / "checkpoints" / "best.pt")["model"]
+    assert all(torch.allclose(ft[k], v, atol=1e-6) for k, v in best["model"].items()
+               if v.is_floating_point() and "running" not in k)
