@@ -287,4 +287,6 @@ def test_analyze_run_api_returns_findings_and_train_metrics(proj):
     assert "cluster" in metrics.column_names and metrics.num_rows == N_TRAIN + N_UNDEF + 1
     assert {r["table"] for r in findings["label_issues"]} <= {"train", "val"}
     assert findings["tables"] == {"train": "dg-train", "val": "dg-val"} and findings["probabilities"] == "model"
+    # the model trained on dg-train: label issues there use cross-fitted probabilities
+    assert findings["label_issue_probabilities"] == {"train": "crossfit-5", "val": "out-of-sample"}
     assert all(set(r) >= {"val_id", "train_id", "similarity", "exact"} for r in findings["leakage"])

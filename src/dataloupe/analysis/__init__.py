@@ -21,6 +21,7 @@ from dataloupe.analysis._knn import knn, l2_normalize
 from dataloupe.analysis._maps import METHODS, reduce
 from dataloupe.analysis._label_issues import (
     LabelIssues,
+    estimate_num_label_errors,
     find_label_issues,
     knn_label_probs,
     label_issue_scores,
@@ -41,7 +42,7 @@ __all__ = [
     "METHODS", "reduce", "analyze_run", "export_run_csv", "reduce_run", "UNDEFINED", "AnalysisInputs", "Detector", "DetectorResult", "analyze", "with_crossfit",
     "error_taxonomy", "load_real_labels", "real_accuracy", "topk_accuracy", "LabelIssues", "SampleSet",
     "cluster_embeddings", "duplicate_threshold", "cluster_stats", "content_hashes", "crossfit_probs",
-    "find_label_issues", "get_detector", "knn", "knn_label_probs", "l2_normalize",
+    "estimate_num_label_errors", "find_label_issues", "get_detector", "knn", "knn_label_probs", "l2_normalize",
     "label_issue_scores", "leakage_pairs", "list_detectors", "near_duplicate_pairs",
     "outlier_mask", "outlier_scores", "precision_threshold", "pseudo_label", "register_detector",
 ]

@@ -34,6 +34,9 @@ class SampleSet:
         aum: `(N,)` float area under the margin, NaN for rows not trained on; or None.
         weights: `(N,)` float sample weights (0 = excluded), or None (all 1).
         hashes: `(N,)` str content hashes of the image files, or None.
+        probs_source: where the labeled rows' ``probs`` come from: ``"out-of-sample"`` (a
+            model that did not train on them, e.g. on the validation table),
+            ``"in-sample"`` (the run's model, trained on them) or ``"crossfit-K"``.
     """
 
     ids: np.ndarray
@@ -43,6 +46,7 @@ class SampleSet:
     aum: np.ndarray | None = None
     weights: np.ndarray | None = None
     hashes: np.ndarray | None = None
+    probs_source: str = "out-of-sample"
     _knn: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:

@@ -24,23 +24,50 @@ EXAMPLES = 25  # example ids listed per taxonomy category / cluster
 
 @dataclass
 class DetectorResult:
-    """What a detector found: JSON-ready ``records`` and optional per-row ``columns``
-    (role -> column name -> `(N,)` array) to store with the run's metrics."""
+    """What a detector found: JSON-ready ``records``, optional per-row ``columns``
+    (role -> column name -> `(N,)` array) to store with the run's metrics, and optional
+    top-level ``notes`` for the findings (provenance, e.g. which probabilities were used)."""
 
     records: object
     columns: dict = field(default_factory=dict)
+    notes: dict = field(default_factory=dict)
 
 
 def _sets(inputs: AnalysisInputs) -> list[tuple[str, SampleSet]]:
     return [(role, s) for role, s in (("train", inputs.train), ("val", inputs.val)) if s is not None and len(s)]
 
 
+LABEL_ISSUE_FOLDS = 5  # cross-fitting folds for label issues when a set's probabilities are in-sample
+LABEL_ISSUE_FIT_ROWS = 20_000  # rows each fold's linear head is fitted on, at most (bounds the cost)
+
+
 def _issues(inputs: AnalysisInputs, s: SampleSet):
-    """Label issues of the labeled rows of ``s`` (computed once per set, cached on it)."""
+    """Label issues of the labeled rows of ``s`` (computed once per set, cached on it):
+    `(labeled mask, LabelIssues, probabilities used)`."""
     key = ("label_issues", inputs.k)
     if key not in s._knn:
         s._knn[key] = _compute_issues(inputs, s)
     return s._knn[key]
+
+
+def _issue_probs(inputs: AnalysisInputs, s: SampleSet, lab: np.ndarray) -> tuple[np.ndarray, str]:
+    """Probabilities of the labeled rows for label issues, and where they come from.
+
+    A model's probabilities on the rows it trained on have partly fitted their labels,
+    wrong ones included; label issues need out-of-sample ones, so those rows are
+    cross-fitted on the embeddings (``LABEL_ISSUE_FOLDS`` folds, fewer when the smallest
+    class has fewer labeled rows; kept in-sample when it has one or there are no embeddings).
+    """
+    if s.probs_source != "in-sample" or s.embeddings is None:
+        return s.probs[lab], s.probs_source
+    labels = s.labels[lab]
+    counts = np.bincount(labels, minlength=len(inputs.classes))
+    folds = min(LABEL_ISSUE_FOLDS, int(counts[counts > 0].min())) if len(labels) else 0
+    if folds < 2:
+        return s.probs[lab], s.probs_source
+    probs = crossfit_probs(s.embeddings[lab], labels, num_classes=len(inputs.classes), folds=folds,
+                           seed=inputs.seed, max_fit_rows=max(LABEL_ISSUE_FIT_ROWS, len(inputs.classes)))
+    return probs, f"crossfit-{folds}"
 
 
 def _compute_issues(inputs: AnalysisInputs, s: SampleSet):
@@ -51,7 +78,8 @@ def _compute_issues(inputs: AnalysisInputs, s: SampleSet):
         nbrs = (sims[lab], idx[lab])
     aum = None if s.aum is None else np.asarray(s.aum, dtype=np.float64)[lab]
     labels_all = np.where(s.labeled, s.labels, -1)
-    return lab, find_label_issues(s.labels[lab], s.probs[lab], aum=aum, neighbours=nbrs, nbr_labels=labels_all)
+    probs, source = _issue_probs(inputs, s, lab)
+    return lab, find_label_issues(s.labels[lab], probs, aum=aum, neighbours=nbrs, nbr_labels=labels_all), source
 
 
 @register_detector
@@ -59,16 +87,16 @@ class LabelIssuesDetector(Detector):
     name = "label_issues"
 
     def find(self, inputs: AnalysisInputs) -> DetectorResult:
-        records = []
+        records, sources = [], {}
         for role, s in _sets(inputs):
-            lab, r = _issues(inputs, s)
+            lab, r, sources[role] = _issues(inputs, s)
             rows = np.flatnonzero(lab)
             for j in np.flatnonzero(r.mask)[np.argsort(-r.scores[r.mask], kind="stable")]:
                 records.append(dict(id=int(s.ids[rows[j]]), table=role, score=float(r.scores[j]),
                                     label=inputs.classes[s.labels[rows[j]]],
                                     suggested_label=inputs.classes[int(r.suggested[j])]))
         records.sort(key=lambda x: -x["score"])
-        return DetectorResult(records)
+        return DetectorResult(records, notes={"label_issue_probabilities": sources})
 
 
 @register_detector
@@ -176,7 +204,7 @@ class TaxonomyDetector(Detector):
         s = inputs.val
         if s is None or not s.labeled.any():
             return DetectorResult(dict(note="no labeled validation samples"))
-        lab, issues = _issues(inputs, s)
+        lab, issues, _ = _issues(inputs, s)
         real = None
         if inputs.real_labels is not None:  # one entry per val sample (sorted by id)
             real = [inputs.real_labels[i] for i in np.flatnonzero(lab)]
@@ -204,7 +232,7 @@ def with_crossfit(inputs: AnalysisInputs, *, folds: int) -> AnalysisInputs:
     probs[lab] = crossfit_probs(s.embeddings[lab], s.labels[lab], num_classes=len(inputs.classes),
                                 folds=folds, seed=inputs.seed)
     graphs = {k: v for k, v in s._knn.items() if isinstance(k, int)}  # kNN graphs stay valid
-    return replace(inputs, train=replace(s, probs=probs, _knn=graphs))
+    return replace(inputs, train=replace(s, probs=probs, probs_source=f"crossfit-{folds}", _knn=graphs))
 
 
 def _clean(obj):
@@ -231,7 +259,9 @@ def analyze(inputs: AnalysisInputs, *, detectors: list[str] | None = None,
 
     Returns:
         `(findings, columns)`: findings maps detector name -> JSON-ready records (plus
-        ``probabilities``: "crossfit-K" or "model"); columns maps role -> column -> array.
+        ``probabilities``: "crossfit-K" or "model", and the detectors' notes, e.g.
+        ``label_issue_probabilities``: role -> "crossfit-K", "in-sample" or
+        "out-of-sample"); columns maps role -> column -> array.
 
     Example:
         >>> from sklearn.datasets import load_digits
@@ -239,8 +269,8 @@ def analyze(inputs: AnalysisInputs, *, detectors: list[str] | None = None,
         >>> d = load_digits(); p = crossfit_probs(d.data, d.target, num_classes=10, folds=3)
         >>> s = SampleSet(ids=range(len(p)), labels=d.target, probs=p, embeddings=d.data)
         >>> findings, _ = analyze(AnalysisInputs([str(c) for c in range(10)], s, val=s))
-        >>> sorted(findings)[:3]
-        ['clusters', 'label_issues', 'leakage']
+        >>> sorted(findings)[:4]
+        ['clusters', 'label_issue_probabilities', 'label_issues', 'leakage']
     """
     names = detectors or list_detectors()
     found = [get_detector(n) for n in names]  # unknown names fail before any work
@@ -250,6 +280,7 @@ def analyze(inputs: AnalysisInputs, *, detectors: list[str] | None = None,
     for det in found:
         res = det.find(inputs)
         findings[det.name] = _clean(res.records)
+        findings.update(_clean(res.notes))
         for role, cols in res.columns.items():
             columns.setdefault(role, {}).update(cols)
     findings["probabilities"] = f"crossfit-{folds}" if folds else "model"

@@ -81,9 +81,11 @@ def _matrix(col: pa.ChunkedArray, width: int | None = None) -> np.ndarray:
     return np.stack(arr.to_numpy(zero_copy_only=False)) if len(arr) else np.zeros((0, width or 0))
 
 
-def sample_set(project: Project, run: str, table: str, classes: list[str], *, hashes: bool = True) -> SampleSet:
+def sample_set(project: Project, run: str, table: str, classes: list[str], *, hashes: bool = True,
+               trained_on: bool = False) -> SampleSet:
     """A ``SampleSet`` from the run's metrics for ``table``, joined with the table's
-    weights (and content hashes of its image files) at the collected revision."""
+    weights (and content hashes of its image files) at the collected revision;
+    ``trained_on``: the run trained on ``table`` (its probabilities are in-sample)."""
     from dataloupe.tables import open_table
 
     m = load_metrics(project, run, table)
@@ -114,7 +116,8 @@ def sample_set(project: Project, run: str, table: str, classes: list[str], *, ha
     weights = rows.column("weight").to_numpy()[pos].astype(np.float32)
     paths = np.array(rows.column("path").to_pylist(), dtype=object)[pos]
     h = content_hashes([t.image_root / p for p in paths]) if hashes else None
-    return SampleSet(ids=ids, labels=labels, probs=probs, embeddings=emb, aum=aum, weights=weights, hashes=h)
+    return SampleSet(ids=ids, labels=labels, probs=probs, embeddings=emb, aum=aum, weights=weights, hashes=h,
+                     probs_source="in-sample" if trained_on else "out-of-sample")
 
 
 def load_inputs(project: Project, run: str, *, hashes: bool = True, k: int = 10) -> tuple[AnalysisInputs, dict]:
@@ -125,7 +128,8 @@ def load_inputs(project: Project, run: str, *, hashes: bool = True, k: int = 10)
     if not classes:
         raise DataloupeError(f"run {run!r} records no classes in run.json")
     tables = run_tables(info)
-    sets = {role: sample_set(project, run, name, classes, hashes=hashes) for role, name in tables.items()}
+    sets = {role: sample_set(project, run, name, classes, hashes=hashes, trained_on=role == "train")
+            for role, name in tables.items()}
     if "train" not in sets:
         raise DataloupeError(f"run {run!r} has no train table")
     return AnalysisInputs(classes, sets["train"], sets.get("val"), k=k, seed=int(info.get("seed") or 0)), info
