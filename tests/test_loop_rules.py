@@ -214,3 +214,72 @@ def test_later_rules_see_what_earlier_rules_did():
         rows_after_ops(rows, [EditOp("exclude", where="loss > 1")], ["a", "b"])
     with pytest.raises(DataloupeError, match="unknown class"):
         rows_after_ops(rows, [EditOp("set_label", ids=[1], label="zebra")], ["a", "b"])
+
+
+def test_crossfit_label_issues_uses_out_of_sample_probabilities_least_plausible_first():
+    from dataclasses import replace
+
+    ctx = _ctx()
+    oos = {0: np.array([.95, .05]), 1: np.array([.02, .98]), 2: np.array([.08, .92]), 3: np.array([.97, .03])}
+    # labels a, a, b, b: ids 1 (p(a)=.02) and 3 (p(b)=.03) are implausible; 2 (p(b)=.92) is fine
+    out = get_rule("crossfit_label_issues")(replace(ctx, crossfit=oos), max_fraction=1.0)
+    assert [(op.action, sorted(op.ids.tolist())) for op in out.ops] == [("undefine", [1, 3])]
+    out = get_rule("crossfit_label_issues")(replace(ctx, crossfit=oos), max_fraction=0.25, action="exclude")
+    assert [(op.action, op.ids.tolist()) for op in out.ops] == [("exclude", [1])]  # 1 of 4 labeled: the least plausible
+    assert get_rule("crossfit_label_issues")(ctx).ops == []  # no cross-fitting this iteration: nothing
+    with pytest.raises(DataloupeError, match="action"):
+        get_rule("crossfit_label_issues")(replace(ctx, crossfit=oos), action="delete")
+
+
+def test_rules_can_start_at_a_later_iteration_and_crossfit_keys_are_checked(tmp_path):
+    from dataclasses import replace
+
+    from dataloupe.loop._loop import plan_edits
+
+    f = tmp_path / "p.yaml"
+    f.write_text("recipe: fashion-mnist\ncrossfit: {folds: 3}\nrules:\n"
+                 "  - {rule: auto_label, from_iteration: 2, threshold: 0.9}\n")
+    pol = load_policy(str(f))
+    assert pol.crossfit == {"folds": 3, "iterations": [1], "overrides": {}} and pol.rules[0].from_iteration == 2
+    ops, per_rule, _ = plan_edits(pol, _ctx(PSEUDO))
+    assert ops == [] and per_rule == [("auto_label", 0)]  # iteration 1: not yet
+    ops, _, _ = plan_edits(pol, replace(_ctx(PSEUDO), iteration=2))
+    assert ops
+    for bad in ("crossfit: {folds: 1}", "crossfit: {foldz: 3}", "crossfit: {iterations: 2}",
+                "rules:\n  - {rule: auto_label, from_iteration: 0}"):
+        f.write_text(f"recipe: fashion-mnist\n{bad}\n")
+        with pytest.raises(DataloupeError):
+            load_policy(str(f))
+
+
+def test_fold_assignment_is_stratified_and_seeded():
+    from dataloupe.train._crossfit import fold_assignment
+
+    labels = np.repeat(np.arange(3), [10, 7, 5])
+    f = fold_assignment(labels, 5, seed=1)
+    for c in range(3):
+        counts = np.bincount(f[labels == c], minlength=5)
+        assert counts.max() - counts.min() <= 1  # each class spread evenly over the folds
+    assert (fold_assignment(labels, 5, seed=1) == f).all() and (fold_assignment(labels, 5, seed=2) != f).any()
+
+
+def test_auto_label_from_label_propagation_agrees_ranks_and_caps_over_the_pool():
+    from dataloupe.loop._rules import propagated_labels
+
+    ctx = _emb_ctx()
+    names, score = propagated_labels(ctx, k=3)
+    assert names[4] == "a" and names[5] == "b" and names[6] == "b" and names[7] == "a"
+    assert np.all((score[4:] > 0.5) & (score[4:] <= 1.0))
+    # network predicts a, a, b, b for rows 4..7: it agrees with propagation on 4 and 6 only
+    out = get_rule("auto_label")(ctx, threshold=0.0, agreement_from="propagation", neighbours=3)
+    assert {op.label: op.ids.tolist() for op in out.ops} == {"a": [4], "b": [6]}
+    # a pool-wide cap: the best-ranked half of the 4 undefined rows, whatever their class
+    out = get_rule("auto_label")(ctx, threshold=0.0, agreement_from="propagation", neighbours=3, max_fraction=0.25,
+                                 cap_per_class=False)
+    assert sum(len(op.ids) for op in out.ops) == 1
+    # seeds are labeled rows with weight > 0 only: without two labeled classes, nothing is propagated
+    no_b = pa.table({"id": ctx.rows["id"], "label": pa.array(["a", "a", None, None, None, None, None, None]),
+                     "weight": ctx.rows["weight"]})
+    from dataclasses import replace
+
+    assert get_rule("auto_label")(replace(ctx, rows=no_b), threshold=0.0, agreement_from="propagation").ops == []

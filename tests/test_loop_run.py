@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -107,3 +108,81 @@ def test_loop_stops_when_val_top1_stops_improving_or_nothing_changes(project, tm
     quiet = replace(pol, patience=0, stop_when_no_change=True, rules=pol.rules[1:])  # only flags, no edits
     res = run_loop(project, train="dig-train", val="dig-val", policy=quiet, name="quiet")
     assert len(res.iterations) == 1 and res.stopped == "no rule changed anything"
+
+
+def test_loop_pretrains_once_and_every_iteration_starts_from_it(project, tmp_path):
+    make_digit_tables(project, tmp_path)
+    pol = replace(_policy(tmp_path), pretrain={"method": "simclr", "model": "convnet-xxs", "image_size": 16,
+                                               "epochs": 1, "batch_size": 32, "collect": False})
+    res = run_loop(project, train="dig-train", val="dig-val", policy=pol, name="s")
+    assert len(res.iterations) == 2
+    ssl = json.loads((project.runs_dir / "s-ssl" / "run.json").read_text())
+    assert ssl["kind"] == "pretrain" and ssl["status"] == "completed"
+    assert [(t["table"], t["revision"]) for t in ssl["tables"]] == [("dig-train", 1)]  # labels ignored, val unread
+    for k in (1, 2):
+        info = json.loads((project.runs_dir / f"s-it{k}" / "run.json").read_text())
+        assert info["pretrained"]["source"].startswith("run:s-ssl") and not info["pretrained"]["missing"]
+    # resuming the loop does not pretrain again
+    mtime = (project.runs_dir / "s-ssl" / "checkpoints" / "best.pt").stat().st_mtime
+    run_loop(project, train="dig-train", val="dig-val", policy=pol, name="s", resume=True, iterations=2)
+    assert (project.runs_dir / "s-ssl" / "checkpoints" / "best.pt").stat().st_mtime == mtime
+
+
+def test_policy_pretrain_keys_are_checked_before_anything_runs(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("recipe: fashion-mnist\npretrain: {method: simclr, epohcs: 2}\n")
+    with pytest.raises(DataloupeError, match="epohcs"):
+        load_policy(str(f))
+
+
+def test_loop_cross_fits_the_labeled_rows_and_returns_implausible_labels_to_the_pool(project, tmp_path):
+    from dataloupe.loop import RuleSpec
+    from dataloupe.tables import edit_table
+
+    make_digit_tables(project, tmp_path)
+    t = open_table(project, "dig-train").to_arrow(columns=["id", "label"])
+    ids = [i for i, lab in zip(t["id"].to_pylist(), t["label"].to_pylist()) if lab == "d1"][:6]
+    edit_table(project, "dig-train", action="set_label", label="d7", ids=ids, message="six wrong labels")
+    pol = replace(_policy(tmp_path, iterations=1), schedule=({"epochs": 8, "lr": 0.05},),
+                  crossfit={"folds": 3, "iterations": [1], "overrides": {}},
+                  rules=(RuleSpec("crossfit_label_issues", {"max_label_prob": 0.3, "max_fraction": 0.2}),))
+    res = run_loop(project, train="dig-train", val="dig-val", policy=pol, name="cf")
+    for k in (1, 2, 3):
+        info = json.loads((project.runs_dir / f"cf-it1-cf{k}" / "run.json").read_text())
+        assert info["status"] == "completed" and info["num_train"] < 320  # each fold model misses a third
+    d = diff_revisions(project, "dig-train", res.iterations[0]["revision"], res.iterations[0]["next_revision"])
+    back = {c["id"] for c in d.changed.to_pylist() if c["label_a"] is not None and c["label_b"] is None}
+    assert len(back & set(ids)) >= 3  # most wrong labels judged implausible by models that never saw them
+
+
+def test_validation_labels_never_reach_the_loops_edits(project, tmp_path):
+    """Shuffle the validation labels: with `checkpoint: last` (validation picks nothing) and no
+    patience, the loop makes exactly the same edits: validation labels only report."""
+    import numpy as np
+    import pyarrow as pa
+
+    from dataloupe.loop import RuleSpec
+    from dataloupe.tables import create_table
+
+    make_digit_tables(project, tmp_path)
+    for name, src in (("tr-a", "dig-train"), ("tr-b", "dig-train"), ("va-a", "dig-val"), ("va-b", "dig-val")):
+        t = open_table(project, src)
+        rows = t.to_arrow(columns=["path", "label"])
+        labels = rows["label"].to_pylist()
+        if name == "va-b":
+            labels = list(np.random.default_rng(3).permutation(np.array(labels, dtype=object)))
+        create_table(project, name, pa.table({"path": rows["path"], "label": pa.array(labels, pa.string())}),
+                     classes=t.classes, image_root=t.image_root, split="val" if name.startswith("va") else "train")
+    pol = replace(_policy(tmp_path, iterations=2), overrides={**_policy(tmp_path).overrides, "checkpoint": "last"},
+                  patience=0, crossfit={"folds": 2, "iterations": [1], "overrides": {}},
+                  rules=(RuleSpec("crossfit_label_issues", {"max_label_prob": 0.2}),
+                         RuleSpec("auto_label", {"threshold": 0.5, "min_agreement": 0.5, "agreement_from": "embeddings",
+                                                 "max_fraction": 0.5})))
+    edits = []
+    for train, val in (("tr-a", "va-a"), ("tr-b", "va-b")):
+        run_loop(project, train=train, val=val, policy=pol, name=f"l-{train}")
+        t = open_table(project, train).to_arrow(columns=["path", "label", "weight"])
+        edits.append(sorted(zip(t["path"].to_pylist(), t["label"].to_pylist(), t["weight"].to_pylist()),
+                            key=lambda r: r[0]))
+        assert open_table(project, train).revision > 1
+    assert edits[0] == edits[1]

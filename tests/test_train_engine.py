@@ -257,3 +257,15 @@ def test_weight_ema_warms_up_and_tracks():
     ema.update()  # first update: decay min(0.999, 2/11) -> mostly the new weights
     assert torch.allclose(ema.module.weight, net.weight - 1.0 * 2 / 11, atol=1e-6)
     assert not ema.module.weight.requires_grad
+
+
+def test_eval_every_skips_validation_passes_but_always_evaluates_the_last_epoch(project):
+    info = train(project, "dig-train", "dig-val", _recipe("epochs=5", "eval_every=2"), run="ev", tty=False)
+    hist = [json.loads(line) for line in (project.runs_dir / "ev" / "history.jsonl").read_text().splitlines()]
+    assert [("val_top1" in h) for h in hist] == [False, True, False, True, True]
+    assert info["best_epoch"] in (2, 4, 5) and info["best_val_top1"] == max(h["val_top1"] for h in hist if "val_top1" in h)
+    assert (project.runs_dir / "ev" / "plots" / "accuracy.png").is_file()
+    with pytest.raises(DataloupeError, match="eval_every"):
+        _recipe("eval_every=0")
+    with pytest.raises(DataloupeError, match="eval_every"):
+        _recipe("eval_every=2", "scheduler=plateau")

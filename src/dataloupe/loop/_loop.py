@@ -86,6 +86,9 @@ def plan_edits(policy: Policy, ctx: RuleContext) -> tuple[list, list[tuple[str, 
     """
     ops, per_rule, flagged = [], [], []
     for spec in policy.rules:
+        if ctx.iteration < spec.from_iteration:
+            per_rule.append((spec.rule, 0))
+            continue
         out = get_rule(spec.rule)(ctx, **spec.params)
         ops += out.ops
         flagged += out.flagged
@@ -115,7 +118,7 @@ def estimate_auto_label_precision(policy: Policy, ctx: RuleContext, val_metrics:
     Known biases: the validation set also picks each run's checkpoint (optimistic), and
     shadow rows are never trained on nor returned to the pool.
     """
-    specs = [r for r in policy.rules if r.rule == "auto_label"]
+    specs = [r for r in policy.rules if r.rule == "auto_label" and ctx.iteration >= r.from_iteration]
     if not specs or val_metrics is None or not val_metrics.num_rows:
         return None
     shadow = {} if shadow is None else shadow
@@ -132,7 +135,7 @@ def estimate_auto_label_precision(policy: Policy, ctx: RuleContext, val_metrics:
                                                 pa.nulls(len(vid), pa.string())]),
                      "weight": pa.concat_arrays([ctx.rows["weight"].combine_chunks().cast(pa.float32()),
                                                  pa.array(np.zeros(len(vid), np.float32))])})
-    combined = RuleContext(ctx.classes, rows, metrics, ctx.findings)
+    combined = RuleContext(ctx.classes, rows, metrics, ctx.findings, iteration=ctx.iteration)
     picked: dict[int, str] = {}
     for spec in specs:
         for op in get_rule("auto_label")(combined, **spec.params).ops:
@@ -209,6 +212,7 @@ def run_loop(
             best, since_best = row["val_top1"], 0
         else:
             since_best += 1
+    ssl = _pretrain_backbone(project, pol, train, name, state, log) if pol.pretrain else None
     stopped = ""
     for k in range(len(state["iterations"]) + 1, n_iter + 1):
         t0, c0 = time.time(), cpu_seconds()
@@ -216,6 +220,8 @@ def run_loop(
         run = f"{name}-it{k}"
         state.setdefault("start_revision", int(table.revision))
         overrides = pol.overrides_for(k - 1)
+        if ssl:
+            overrides = {"pretrained": f"run:{ssl}", **overrides}
         log(f"[loop {name}] iteration {k}/{n_iter}: training {run} on {train}@{table.revision} "
             f"({', '.join(f'{a}={b}' for a, b in overrides.items())})")
         info = train_fn(project, f"{train}@{table.revision}", val, pol.recipe, overrides=overrides,
@@ -229,7 +235,9 @@ def run_loop(
         else:
             origin = open_table(project, train, state["start_revision"]).to_arrow(columns=["id", "label"])
             ctx = RuleContext(latest.classes, latest.to_arrow(), metrics, findings,
-                              origin_labels=dict(zip(origin["id"].to_pylist(), origin["label"].to_pylist())))
+                              origin_labels=dict(zip(origin["id"].to_pylist(), origin["label"].to_pylist())),
+                              crossfit=_crossfit(project, pol, k, overrides, f"{train}@{table.revision}", val, run,
+                                                 log), iteration=k)
             ops, _, flagged = plan_edits(pol, ctx)
             shadow = {int(i): c for i, c in state.get("shadow_labels", {}).items()}
             estimate = estimate_auto_label_precision(pol, ctx, _val_metrics(project, run), shadow)
@@ -270,6 +278,44 @@ def run_loop(
     result = LoopResult(name, state["iterations"], stopped, folder)
     write_outputs(result)
     return result
+
+
+def _crossfit(project: Project, pol: Policy, k: int, overrides: dict, train_ref: str, val: str, run: str,
+              log: Callable[[str], None]) -> dict | None:
+    """id -> out-of-sample probabilities of the labeled rows iteration ``k`` trained on (policy ``crossfit``)."""
+    if not pol.crossfit or k not in pol.crossfit["iterations"]:
+        return None
+    from dataloupe.train._crossfit import crossfit_labeled  # noqa: PLC0415 (loop sits above train)
+    from dataloupe.train._recipe import load_recipe  # noqa: PLC0415
+
+    recipe = load_recipe(pol.recipe, {**overrides, **pol.crossfit["overrides"]})
+    log(f"[loop] cross-fitting {pol.crossfit['folds']} folds of the labeled rows of {train_ref}")
+    ids, probs = crossfit_labeled(project, train_ref, val, recipe, folds=pol.crossfit["folds"], run_prefix=run,
+                                  log=log)
+    return dict(zip(ids.tolist(), probs))
+
+
+def _pretrain_backbone(project: Project, pol: Policy, train: str, name: str, state: dict,
+                       log: Callable[[str], None]) -> str:
+    """Learn the loop's backbone once, before iteration 1, from every row of the training table at
+    the loop's start (labels ignored; the validation table is never read); resumable."""
+    from dataloupe.train import pretrain  # noqa: PLC0415 (loop sits above train)
+    from dataloupe.train._runs import read_run_at  # noqa: PLC0415
+
+    run = f"{name}-ssl"
+    folder = project.runs_dir / run
+    if (folder / "run.json").is_file() and read_run_at(folder).get("status") == "completed":
+        return run
+    state.setdefault("start_revision", int(open_table(project, train).revision))
+    ref = f"{train}@{state['start_revision']}"
+    log(f"[loop {name}] self-supervised pretraining {run} on {ref} "
+        f"({', '.join(f'{a}={b}' for a, b in pol.pretrain.items())})")
+    t0, c0 = time.time(), cpu_seconds()
+    pretrain(project, [ref], dict(pol.pretrain), run=run, resume=(folder / "run.json").is_file())
+    state["pretrain"] = {"run": run, "minutes": round((time.time() - t0) / 60, 2),
+                         "cpu_minutes": round((cpu_seconds() - c0) / 60, 2)}
+    _save(loops_dir(project) / name, state)
+    return run
 
 
 def cpu_seconds() -> float:

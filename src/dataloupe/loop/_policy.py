@@ -20,6 +20,7 @@ class RuleSpec:
 
     rule: str
     params: dict = field(default_factory=dict)
+    from_iteration: int = 1  # the rule runs after this iteration and later ones (e.g. label only from a good model)
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,13 @@ class Policy:
         stop_when_no_change: stop once no rule changes anything.
         patience: stop after this many iterations without a better val top-1 (0 = never).
         analyze_folds: cross-fitting folds for label-issue probabilities (0 = off).
+        pretrain: self-supervised pretraining keys (``dataloupe pretrain``; ``method`` etc.):
+            when set, the loop first learns a backbone from every row of the training table
+            (labels ignored) and every iteration starts from it (``pretrained: run:<loop>-ssl``).
+        crossfit: ``{folds, iterations, overrides}``: after training the listed iterations
+            (1-based; default ``[1]``), train ``folds`` more models each without one fold of the
+            labeled rows, so rules (``crossfit_label_issues``) judge every labeled row by a model
+            that never saw it; ``overrides`` apply to those fold models.
     """
 
     name: str
@@ -47,6 +55,8 @@ class Policy:
     stop_when_no_change: bool = True
     patience: int = 0
     analyze_folds: int = 0
+    pretrain: dict | None = None
+    crossfit: dict | None = None
 
     def overrides_for(self, iteration: int) -> dict:
         """Recipe overrides of iteration ``iteration`` (0-based)."""
@@ -85,14 +95,17 @@ def load_policy(name_or_path: str) -> Policy:
     for i, r in enumerate(raw.get("rules") or []):
         if not isinstance(r, dict) or "rule" not in r:
             raise DataloupeError(f"policy {name}: rule {i + 1} needs a 'rule' key")
-        params = {k: v for k, v in r.items() if k != "rule"}
+        params = {k: v for k, v in r.items() if k not in ("rule", "from_iteration")}
+        start = r.get("from_iteration", 1)
+        if not isinstance(start, int) or start < 1:
+            raise DataloupeError(f"policy {name}: rule {i + 1}: from_iteration must be a number >= 1")
         fn = get_rule(r["rule"])  # unknown rule names fail here, listing the known ones
         allowed = set(fn.__code__.co_varnames[1:fn.__code__.co_argcount + fn.__code__.co_kwonlyargcount])
         bad = sorted(set(params) - allowed)
         if bad:
             raise DataloupeError(f"policy {name}: rule {r['rule']!r} has no parameter(s) "
                                  f"{', '.join(bad)}; valid: {', '.join(sorted(allowed))}")
-        rules.append(RuleSpec(r["rule"], params))
+        rules.append(RuleSpec(r["rule"], params, start))
     sched = raw.get("schedule") or []
     if not isinstance(sched, list) or not all(isinstance(s, dict) for s in sched):
         raise DataloupeError(f"policy {name}: 'schedule' must be a list of key: value maps")
@@ -101,4 +114,28 @@ def load_policy(name_or_path: str) -> Policy:
                   max_iterations=int(raw.get("max_iterations", 3)),
                   stop_when_no_change=bool(raw.get("stop_when_no_change", True)),
                   patience=int(raw.get("patience", 0)),
-                  analyze_folds=int(raw.get("analyze_folds", 0)))
+                  analyze_folds=int(raw.get("analyze_folds", 0)),
+                  pretrain=_pretrain_keys(name, raw.get("pretrain")),
+                  crossfit=_crossfit_keys(name, raw.get("crossfit")))
+
+
+def _crossfit_keys(name: str, value) -> dict | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) - {"folds", "iterations", "overrides"}:
+        raise DataloupeError(f"policy {name}: 'crossfit' takes folds, iterations and overrides")
+    folds, its = int(value.get("folds", 5)), value.get("iterations", [1])
+    if folds < 2 or not isinstance(its, list) or not all(isinstance(i, int) and i >= 1 for i in its):
+        raise DataloupeError(f"policy {name}: crossfit needs folds >= 2 and iterations as a list of numbers >= 1")
+    return {"folds": folds, "iterations": its, "overrides": dict(value.get("overrides") or {})}
+
+
+def _pretrain_keys(name: str, value) -> dict | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise DataloupeError(f"policy {name}: 'pretrain' must be a map of pretraining keys (method, epochs, ...)")
+    from dataloupe.train import load_pretrain_config  # noqa: PLC0415 (checked here: a typo fails before any run)
+
+    load_pretrain_config(None, dict(value))
+    return dict(value)

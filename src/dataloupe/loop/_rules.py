@@ -7,6 +7,7 @@ only the training table, the run's per-sample metrics on it and the findings of
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -34,6 +35,8 @@ class RuleContext:
     metrics: pa.Table
     findings: dict
     origin_labels: dict | None = None  # id -> label when the loop started (None: unknown)
+    crossfit: dict | None = None  # id -> (K,) out-of-sample probabilities of labeled rows (policy `crossfit`)
+    iteration: int = 1  # the loop iteration whose model the rules read (1-based)
 
     def embeddings(self) -> np.ndarray:
         """``(N, D)`` float32 run embeddings aligned with ``rows`` (NaN rows where missing)."""
@@ -143,10 +146,46 @@ def neighbour_agreement(ctx: RuleContext, query: np.ndarray, predicted: np.ndarr
     return out
 
 
+def propagated_labels(ctx: RuleContext, *, k: int = 10, alpha: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
+    """Label propagation on the run's embeddings (Zhou et al., 2004, scikit-learn's
+    ``LabelSpreading`` on a cosine k-NN graph), seeded by the training rows that are labeled
+    with weight > 0 — never by validation rows.
+
+    Returns:
+        ``(class names (N,) object, score (N,))`` aligned with ``rows``: the propagated class
+        and its share of the propagated mass. A second, different teacher: it reads the data's
+        neighbourhood structure, not the network's head, so where both agree and the
+        propagated mass is concentrated the label is far more often right than the network's
+        confidence alone says (on rows it trained on, that confidence is inflated).
+    """
+    from sklearn.semi_supervised import LabelSpreading  # noqa: PLC0415
+
+    emb = ctx.embeddings()
+    have = ~np.isnan(emb[:, 0])
+    labels, w = ctx.labels(), ctx.weights()
+    index = {c: i for i, c in enumerate(ctx.classes)}
+    y = np.array([index.get(lab, -1) if lab is not None and wt > 0 else -1 for lab, wt in zip(labels, w)])
+    names = np.full(len(labels), None, dtype=object)
+    score = np.full(len(labels), np.nan)
+    seeds = have & (y >= 0)
+    if len(np.unique(y[seeds])) < 2:
+        return names, score
+    x = emb[have] / np.maximum(np.linalg.norm(emb[have], axis=1, keepdims=True), 1e-12)
+    ls = LabelSpreading(kernel="knn", n_neighbors=min(k, int(have.sum()) - 1), alpha=alpha, max_iter=100, tol=1e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # max_iter reached: the ranking is settled long before convergence
+        ls.fit(x, y[have])
+    dist = np.nan_to_num(ls.label_distributions_)
+    classes = np.array([ctx.classes[c] for c in ls.classes_], dtype=object)
+    names[have] = classes[dist.argmax(1)]
+    score[have] = dist.max(1)
+    return names, score
+
+
 @rule("auto_label")
 def auto_label(ctx: RuleContext, *, threshold: float | str = "auto", per_class: bool = True,
                min_agreement: float | None = None, agreement_from: str = "findings", neighbours: int = 10,
-               max_fraction: float = 1.0) -> RuleOutput:
+               max_fraction: float = 1.0, cap_per_class: bool = True) -> RuleOutput:
     """Label undefined rows whose prediction is confident enough.
 
     ``threshold="auto"`` uses the thresholds ``analyze`` chose on labeled training rows
@@ -156,10 +195,18 @@ def auto_label(ctx: RuleContext, *, threshold: float | str = "auto", per_class: 
     ``neighbours`` nearest labeled training rows (``agreement_from: embeddings``).
     ``max_fraction`` caps, per predicted class, the share of the undefined rows predicted as
     that class that are labeled in one iteration (most confident first): the loop then grows
-    its labels gradually, curriculum style, and each class keeps its share of the pool.
+    its labels gradually, curriculum style, and each class keeps its share of the pool. With
+    ``cap_per_class: false`` the cap is one share of the whole undefined pool, the best-ranked
+    rows whatever their class (easy classes then fill more of it; precision is higher).
+    ``agreement_from: propagation`` asks a second teacher instead: label propagation over the
+    run's embeddings from the labeled rows (:func:`propagated_labels`); a row qualifies only
+    where the propagated class is the network's prediction (and its propagated score reaches
+    ``min_agreement`` when given), and rows are ranked by that score rather than by the
+    network's confidence.
     """
-    if agreement_from not in ("findings", "embeddings"):
-        raise DataloupeError(f"auto_label: agreement_from must be findings or embeddings, not {agreement_from!r}")
+    if agreement_from not in ("findings", "embeddings", "propagation"):
+        raise DataloupeError("auto_label: agreement_from must be findings, embeddings or propagation, not "
+                             f"{agreement_from!r}")
     pl = ctx.findings.get("pseudo_labels") or {}
     items = pl.get("items", []) if isinstance(pl, dict) else []
     labels = ctx.labels()
@@ -175,19 +222,30 @@ def auto_label(ctx: RuleContext, *, threshold: float | str = "auto", per_class: 
     else:
         t = np.full(len(undefined), float(threshold))
     keep = conf[undefined] >= t
-    if min_agreement is not None:
+    rank = conf
+    if agreement_from == "propagation":
+        prop, pscore = propagated_labels(ctx, k=neighbours)
+        keep &= prop[undefined] == pred[undefined]
+        if min_agreement is not None:
+            keep &= np.nan_to_num(pscore[undefined], nan=0.0) >= min_agreement
+        rank = np.nan_to_num(pscore, nan=0.0)
+    elif min_agreement is not None:
         if agreement_from == "embeddings":
             agree = neighbour_agreement(ctx, undefined, pred[undefined], k=neighbours)
         else:
             by_id = {int(it["id"]): it.get("agreement") for it in items}
             agree = np.array([by_id.get(int(i)) or 0.0 for i in ids[undefined]], float)
         keep &= np.nan_to_num(agree, nan=0.0) >= min_agreement
+    if not cap_per_class and max_fraction < 1:
+        cand = undefined[keep]
+        cand = cand[np.argsort(-rank[cand], kind="stable")][:int(np.ceil(max_fraction * len(undefined)))]
+        return RuleOutput(_by_class(np.sort(ids[cand]).astype(np.int64), pred[np.sort(cand)], "auto-label"))
     ops = []
     for c in sorted({str(x) for x in pred[undefined]}):
         of_class = pred[undefined] == c
         cand = undefined[of_class & keep]
         cap = int(np.ceil(max_fraction * of_class.sum())) if max_fraction < 1 else len(cand)
-        cand = cand[np.argsort(-conf[cand], kind="stable")][:cap]
+        cand = cand[np.argsort(-rank[cand], kind="stable")][:cap]
         if len(cand):
             ops.append(EditOp("set_label", ids=np.sort(ids[cand]).astype(np.int64), label=c, name="auto-label"))
     return RuleOutput(ops)
@@ -248,6 +306,40 @@ def relabel_label_issues(ctx: RuleContext, *, min_score: float = 0.0,
     ids = np.array([r["id"] for r in recs], np.int64)
     labels = np.array([r["suggested_label"] for r in recs], dtype=object)
     return RuleOutput(_by_class(ids, labels, "relabel label issues"))
+
+
+@rule("crossfit_label_issues")
+def crossfit_label_issues(ctx: RuleContext, *, max_label_prob: float = 0.1, action: str = "undefine",
+                          max_fraction: float = 0.25) -> RuleOutput:
+    """Set aside labeled rows that models which never trained on them find implausible.
+
+    Uses the out-of-sample probabilities of the policy's ``crossfit`` step (each labeled row
+    judged by a network trained without it): a row whose own label gets probability below
+    ``max_label_prob`` is returned to the pool (``action: undefine``, so consistency training
+    can still learn from its pixels) or excluded (``action: exclude``). At most
+    ``max_fraction`` of the labeled rows go per iteration, least plausible first.
+    """
+    if action not in ("undefine", "exclude"):
+        raise DataloupeError(f"crossfit_label_issues: action must be undefine or exclude, not {action!r}")
+    if not ctx.crossfit:
+        return RuleOutput()
+    labels, w = ctx.labels(), ctx.weights()
+    ids = ctx.rows["id"].to_numpy()
+    index = {c: i for i, c in enumerate(ctx.classes)}
+    cand, prob = [], []
+    for r in np.flatnonzero((labels != None) & (w > 0)):  # noqa: E711
+        p = ctx.crossfit.get(int(ids[r]))
+        if p is not None and labels[r] in index and p[index[labels[r]]] < max_label_prob:
+            cand.append(r)
+            prob.append(p[index[labels[r]]])
+    if not cand:
+        return RuleOutput()
+    cap = int(max_fraction * int(np.sum((labels != None) & (w > 0))))  # noqa: E711
+    order = np.argsort(prob, kind="stable")[:cap]
+    sel = np.sort(ids[np.asarray(cand)[order]]).astype(np.int64)
+    if not len(sel):
+        return RuleOutput()
+    return RuleOutput([EditOp(action, ids=sel, name=f"{action} cross-fitted label issues")])
 
 
 @rule("exclude_high_loss")

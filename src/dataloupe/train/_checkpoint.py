@@ -40,7 +40,7 @@ def atomic_save(obj, path: Path) -> None:
 
 
 def model_checkpoint(model, *, model_name: str, classes: list[str], image_size: int, small_input: bool,
-                     mean, std, epoch: int, val_top1: float, tta_hflip: bool = False) -> dict:
+                     mean, std, epoch: int, val_top1: float | None, tta_hflip: bool = False) -> dict:
     """The checkpoint dict of architecture.md (model = state dict of the unwrapped Classifier)."""
     return {
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -53,7 +53,7 @@ def model_checkpoint(model, *, model_name: str, classes: list[str], image_size: 
         "std": [float(v) for v in std],
         "epoch": int(epoch),
         "tta_hflip": bool(tta_hflip),
-        "val_top1": float(val_top1),
+        "val_top1": None if val_top1 is None else float(val_top1),  # None: an epoch eval_every skipped
     }
 
 

@@ -301,33 +301,39 @@ def _one_epoch(s: Setup, ctx: DistContext, recipe: Recipe, data: TrainData, fold
                          num_samples=s.num_train, label_smoothing=recipe.label_smoothing, mix=s.mix,
                          grad_clip=recipe.grad_clip, progress=bar, consistency=s.consistency,
                          unlabeled=s.unlabeled_batches, ema=s.ema)
-    ev = evaluate(s.eval_model, s.val_loader, opts=s.opts, num_classes=k)
+    evaluated = epoch % recipe.eval_every == 0 or epoch == recipe.epochs
+    ev = (evaluate(s.eval_model, s.val_loader, opts=s.opts, num_classes=k) if evaluated
+          else {"loss_sum": 0.0, "top1": 0, "top5": 0, "count": 0})
     sums = ctx.all_reduce_sum(torch.tensor([tr["loss_sum"], tr["correct"], tr["count"], ev["loss_sum"],
                                             ev["top1"], ev["top5"], ev["count"], tr["seconds"]]))
     msum = ctx.all_reduce_sum(torch.from_numpy(tr["margin_sum"])).numpy()
     mcnt = ctx.all_reduce_sum(torch.from_numpy(tr["margin_count"])).numpy()
     tl, tc, tn, vl, v1, v5, vn, secs = sums.tolist()
-    val_loss = vl / vn
-    s.schedule.epoch_end(val_loss)
-    record = {"epoch": epoch, "train_loss": tl / tn, "train_top1": tc / tn, "val_loss": val_loss,
-              "val_top1": v1 / vn}
-    if k >= 5:
-        record["val_top5"] = v5 / vn
+    record = {"epoch": epoch, "train_loss": tl / tn, "train_top1": tc / tn}
+    if evaluated:
+        s.schedule.epoch_end(vl / vn)
+        record.update(val_loss=vl / vn, val_top1=v1 / vn)
+        if k >= 5:
+            record["val_top5"] = v5 / vn
     if s.consistency is not None:
         used = ctx.all_reduce_sum(torch.tensor([tr["unlabeled_used"], tr["unlabeled_seen"]], dtype=torch.float64))
         record["unlabeled_used"] = float(used[0] / max(1.0, float(used[1])))
     record.update(lr=current_lr(s.optimizer), images_per_s=tn / (secs / ctx.world_size),
                   seconds=secs / ctx.world_size)
     dyn.record(epoch, msum, mcnt)
-    improved = record["val_top1"] > best
-    best = max(best, record["val_top1"])
+    if recipe.checkpoint == "last":  # validation labels choose nothing: the last epoch is the model
+        improved = epoch == recipe.epochs
+        best = record["val_top1"] if improved else best
+    else:
+        improved = evaluated and record["val_top1"] > best
+        best = max(best, record.get("val_top1", best))
     if primary:
-        _write_epoch(s, recipe, data, folder, epoch, record, best, improved, dyn)
+        _write_epoch(s, recipe, data, folder, epoch, record, best, improved, dyn, plot=evaluated)
     ctx.barrier()
     return best
 
 
-def _write_epoch(s, recipe, data, folder, epoch, record, best, improved, dyn) -> None:
+def _write_epoch(s, recipe, data, folder, epoch, record, best, improved, dyn, *, plot: bool = True) -> None:
     _runs.append_history(folder, record)
     dyn.save(folder / "dynamics.npz")
     meta = dict(model_name=recipe.model, classes=data.classes, image_size=recipe.image_size,
@@ -336,7 +342,7 @@ def _write_epoch(s, recipe, data, folder, epoch, record, best, improved, dyn) ->
     if improved:
         atomic_save(model_checkpoint(s.saved_model, val_top1=record["val_top1"], **meta),
                     folder / "checkpoints" / "best.pt")
-    last = model_checkpoint(s.saved_model, val_top1=record["val_top1"], **meta)
+    last = model_checkpoint(s.saved_model, val_top1=record.get("val_top1"), **meta)
     last.update(optimizer=s.optimizer.state_dict(), scheduler=s.schedule.state_dict(), best_val_top1=best,
                 rng_torch=torch.get_rng_state())
     if s.ema is not None:  # "model" is the average (what collect and serve load); resume needs both
@@ -344,7 +350,8 @@ def _write_epoch(s, recipe, data, folder, epoch, record, best, improved, dyn) ->
     atomic_save(last, folder / "checkpoints" / "last.pt")
     best_epoch = epoch if improved else _runs.read_run_at(folder).get("best_epoch")
     _runs.update_run(folder, epochs_done=epoch, best_val_top1=best, best_epoch=best_epoch)
-    plot_history(_runs.read_history(folder), folder / "plots")
+    if plot:  # with the validation pass (matplotlib costs more than a small epoch)
+        plot_history(_runs.read_history(folder), folder / "plots")
     line = " ".join(f"{k_}={v:.4g}" if isinstance(v, float) else f"{k_}={v}" for k_, v in record.items())
     print(line, flush=True)
 

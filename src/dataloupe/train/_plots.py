@@ -31,9 +31,10 @@ def plot_history(history: list[dict], folder: Path) -> list[Path]:
     out = []
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(ep, [h["train_top1"] for h in history], "o-", label="train top-1")
-    ax.plot(ep, [h["val_top1"] for h in history], "o-", label="val top-1")
-    if all("val_top5" in h for h in history):
-        ax.plot(ep, [h["val_top5"] for h in history], "o-", label="val top-5")
+    ev = [h for h in history if "val_top1" in h]  # epochs skipped by eval_every have no val keys
+    ax.plot([h["epoch"] for h in ev], [h["val_top1"] for h in ev], "o-", label="val top-1")
+    if ev and all("val_top5" in h for h in ev):
+        ax.plot([h["epoch"] for h in ev], [h["val_top5"] for h in ev], "o-", label="val top-5")
     ax.set(xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02), title="accuracy")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -41,7 +42,7 @@ def plot_history(history: list[dict], folder: Path) -> list[Path]:
     out.append(folder / "accuracy.png")
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(ep, [h["train_loss"] for h in history], "o-", label="train loss")
-    ax.plot(ep, [h["val_loss"] for h in history], "o-", label="val loss")
+    ax.plot([h["epoch"] for h in ev], [h["val_loss"] for h in ev], "o-", label="val loss")
     ax.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     ax.grid(alpha=0.3)
     ax.legend()

@@ -33,6 +33,7 @@ _CHOICES: dict[str, tuple] = {
     "amp": ("auto", "bf16", "none"),
     "device": ("auto", "cpu", "cuda"),
     "augment": ("auto", "v2", "batched"),
+    "checkpoint": ("best", "last"),
 }
 
 
@@ -104,6 +105,8 @@ class Recipe:
     seed: int = 0  # seeds model init, sampling and augmentation
     collect: bool = True  # write per-sample metrics for train and val tables at the end
     tta_hflip: bool = False  # evaluate and collect on the mean of the image and its mirror (2x eval cost)
+    checkpoint: str = "best"  # best: best.pt is the epoch with the best val top-1 | last: the last epoch (val only reports)
+    eval_every: int = 1  # epochs between validation passes (the last epoch is always evaluated); best.pt is picked among them
     log_every: float = 10.0  # seconds between plain progress lines (non-TTY)
 
     @property
@@ -190,6 +193,9 @@ def _check(r: Recipe) -> None:
             raise DataloupeError(f"recipe key {key!r}: needs {n} numbers, got {v}")
     if r.epoch_samples is not None and r.epoch_samples < 1:
         raise DataloupeError(f"recipe key 'epoch_samples': must be >= 1, got {r.epoch_samples}")
+    if r.eval_every < 1 or (r.eval_every > 1 and r.scheduler == "plateau"):
+        raise DataloupeError(f"eval_every must be >= 1 (and 1 with scheduler plateau, which reads val loss every"
+                             f" epoch); got {r.eval_every}")
     if r.unlabeled_adaptive not in ("none", "flexmatch"):
         raise DataloupeError(f"unlabeled_adaptive must be none or flexmatch, not {r.unlabeled_adaptive!r}")
     if not 0.0 <= r.ema_decay < 1.0 or r.unlabeled_temperature < 0:

@@ -142,7 +142,7 @@ export class Panes {
     pane.replaceChildren(h("h3", {}, `training curves · ${v.info.run} · best val top-1 ${typeof v.info.best_val_top1 === "number" ? (100 * v.info.best_val_top1).toFixed(2) + "%" : "–"}`),
       h("h3", {}, "loss"), loss, h("h3", {}, "top-1"), acc);
     if (this.current !== "curves") return;
-    const pts = (k) => hist.map((e) => [e.epoch, e[k]]);
+    const pts = (k) => hist.filter((e) => typeof e[k] === "number").map((e) => [e.epoch, e[k]]);  // eval_every skips
     lineChart(loss, [{ name: "train loss", points: pts("train_loss") }, { name: "val loss", points: pts("val_loss") }]);
     lineChart(acc, [{ name: "train top-1", points: pts("train_top1") }, { name: "val top-1", points: pts("val_top1") }], { pct: true });
   }
