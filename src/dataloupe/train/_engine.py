@@ -277,15 +277,9 @@ def train_samples(project: Project, data: TrainData, recipe: Recipe, *, run: str
         if resume:
             save_recipe(recipe, folder / "recipe.yaml")
     k = len(data.classes)
-    try:
+    with _runs.marking_status(folder, primary):
         for epoch in range(start_epoch, recipe.epochs + 1):
             best = _one_epoch(s, ctx, recipe, data, folder, epoch, best, dyn, k, tty)
-    except BaseException:
-        if primary:
-            _runs.update_run(folder, status="failed")
-        raise
-    if primary:
-        _runs.update_run(folder, status="completed", finished=_runs.now())
     ctx.barrier()
     return _runs.read_run_at(folder)
 

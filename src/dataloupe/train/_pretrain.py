@@ -318,15 +318,9 @@ def pretrain_samples(project: Project, data: PretrainData, config: PretrainConfi
         extra = {"knn_top1_start": start_knn} if start_epoch == 1 else {}
         _runs.update_run(folder, status="running", epochs=config.epochs, resumed=_runs.now() if resume else None,
                          num_knn_rows=0 if s.knn_labels is None else len(s.knn_labels), **extra)
-    try:
+    with _runs.marking_status(folder, primary):
         for epoch in range(start_epoch, config.epochs + 1):
             _one_epoch(s, ctx, config, folder, epoch, tty)
-    except BaseException:
-        if primary:
-            _runs.update_run(folder, status="failed")
-        raise
-    if primary:
-        _runs.update_run(folder, status="completed", finished=_runs.now())
     ctx.barrier()
     return _runs.read_run_at(folder)
 

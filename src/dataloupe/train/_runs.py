@@ -5,6 +5,7 @@ See the "Runs" section of docs/architecture.md for the layout other stages read.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -46,6 +47,20 @@ def hardware() -> dict:
         info["gpu"] = torch.cuda.get_device_name(0)
         info["gpu_count"] = torch.cuda.device_count()
     return info
+
+
+@contextlib.contextmanager
+def marking_status(folder: Path, primary: bool):
+    """Around a run's epochs: ``status`` becomes ``failed`` if they raise (or are interrupted),
+    ``completed`` (with ``finished``) when they end; only the primary process writes."""
+    try:
+        yield
+    except BaseException:
+        if primary:
+            update_run(folder, status="failed")
+        raise
+    if primary:
+        update_run(folder, status="completed", finished=now())
 
 
 def now() -> str:
