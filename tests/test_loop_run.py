@@ -143,16 +143,17 @@ def test_loop_cross_fits_the_labeled_rows_and_returns_implausible_labels_to_the_
     t = open_table(project, "dig-train").to_arrow(columns=["id", "label"])
     ids = [i for i, lab in zip(t["id"].to_pylist(), t["label"].to_pylist()) if lab == "d1"][:6]
     edit_table(project, "dig-train", action="set_label", label="d7", ids=ids, message="six wrong labels")
-    pol = replace(_policy(tmp_path, iterations=1), schedule=({"epochs": 8, "lr": 0.05},),
+    pol = replace(_policy(tmp_path, iterations=1), schedule=({"epochs": 15},),
                   crossfit={"folds": 3, "iterations": [1], "overrides": {}},
-                  rules=(RuleSpec("crossfit_label_issues", {"max_label_prob": 0.3, "max_fraction": 0.2}),))
+                  rules=(RuleSpec("crossfit_label_issues", {"max_label_prob": 0.5, "max_fraction": 0.2}),))
     res = run_loop(project, train="dig-train", val="dig-val", policy=pol, name="cf")
     for k in (1, 2, 3):
         info = json.loads((project.runs_dir / f"cf-it1-cf{k}" / "run.json").read_text())
         assert info["status"] == "completed" and info["num_train"] < 320  # each fold model misses a third
     d = diff_revisions(project, "dig-train", res.iterations[0]["revision"], res.iterations[0]["next_revision"])
     back = {c["id"] for c in d.changed.to_pylist() if c["label_a"] is not None and c["label_b"] is None}
-    assert len(back & set(ids)) >= 3  # most wrong labels judged implausible by models that never saw them
+    assert len(back & set(ids)) >= 4  # most wrong labels judged implausible by models that never saw them
+    assert len(back) <= 0.2 * 320
 
 
 def test_validation_labels_never_reach_the_loops_edits(project, tmp_path):
