@@ -115,8 +115,9 @@ def estimate_auto_label_precision(policy: Policy, ctx: RuleContext, val_metrics:
     Returns ``{"precision", "labeled"}`` for this iteration's picks and
     ``{"cumulative_precision", "coverage"}`` for all picks so far (the estimate for the
     latest revision's automatic labels), plus ``rows``; None without an ``auto_label`` rule.
-    Known biases: the validation set also picks each run's checkpoint (optimistic), and
-    shadow rows are never trained on nor returned to the pool.
+    Known biases: unless the recipe keeps its last epoch (``checkpoint: last``), the
+    validation set also picks each run's checkpoint (optimistic); shadow rows are never
+    trained on nor returned to the pool.
     """
     specs = [r for r in policy.rules if r.rule == "auto_label" and ctx.iteration >= r.from_iteration]
     if not specs or val_metrics is None or not val_metrics.num_rows:
@@ -289,7 +290,7 @@ def _crossfit(project: Project, pol: Policy, k: int, overrides: dict, train_ref:
     from dataloupe.train._recipe import load_recipe  # noqa: PLC0415
 
     recipe = load_recipe(pol.recipe, {**overrides, **pol.crossfit["overrides"]})
-    log(f"[loop] cross-fitting {pol.crossfit['folds']} folds of the labeled rows of {train_ref}")
+    log(f"[loop {run}] cross-fitting {pol.crossfit['folds']} folds of the labeled rows of {train_ref}")
     ids, probs = crossfit_labeled(project, train_ref, val, recipe, folds=pol.crossfit["folds"], run_prefix=run,
                                   log=log)
     return dict(zip(ids.tolist(), probs))
