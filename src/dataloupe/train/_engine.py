@@ -202,23 +202,12 @@ def check_resumable(info: dict, data: TrainData, *, force: bool) -> list[str]:
 
 
 def _start_run(project, data, recipe, run, ctx, *, resume: bool, force: bool):
-    folder = _runs.run_dir(project, run)
-    exists = (folder / "run.json").is_file()
-    if resume and not exists and folder.is_dir():
-        resume = False  # killed before its first write: start it afresh
+    folder, resume, info = _runs.resume_target(project, run, resume, pretrain=False)
     if resume:
-        if not exists:
-            raise DataloupeError(f"cannot resume: run {run!r} does not exist")
-        info = _runs.read_run(project, run)
-        if info.get("kind") == "pretrain":
-            raise DataloupeError(f"run {run!r} is a pretrain run: resume it with"
-                                 f" `dataloupe pretrain --run {run} --resume`")
         changes = check_resumable(info, data, force=force)
         if changes and ctx.is_primary():  # forced: the run now continues on the new revisions; say so
             forced = info.get("forced_resumes", []) + [{"after_epoch": info.get("epochs_done", 0), "changes": changes}]
             info = _runs.update_run(folder, forced_resumes=forced, **_provenance_tables(data))
-    elif exists:
-        raise DataloupeError(f"run {run!r} already exists (use --resume to continue it, or another --run name)")
     else:
         info = _provenance(data, recipe, run, ctx)
     ctx.barrier()

@@ -166,17 +166,8 @@ def _provenance(data: PretrainData, config: PretrainConfig, run: str, ctx: DistC
 
 
 def _start_run(project, data, config, run, ctx, *, resume: bool, learn):
-    folder = _runs.run_dir(project, run)
-    exists = (folder / "run.json").is_file()
-    if resume and not exists and folder.is_dir():
-        resume = False  # killed before its first write: start it afresh
+    folder, resume, info = _runs.resume_target(project, run, resume, pretrain=True)
     if resume:
-        if not exists:
-            raise DataloupeError(f"cannot resume: run {run!r} does not exist")
-        info = _runs.read_run_at(folder)
-        if info.get("kind") != "pretrain":
-            raise DataloupeError(f"run {run!r} is a training run, not a pretrain run: resume it with"
-                                 f" `dataloupe train --run {run} --resume`")
         then = [(t["table"], t["revision"], t["content_key"]) for t in info["tables"]]
         now = [(t["table"], t["revision"], t["content_key"]) for t in data.tables]
         if then != now:
@@ -186,8 +177,6 @@ def _start_run(project, data, config, run, ctx, *, resume: bool, learn):
         if info.get("method") != config.method:
             raise DataloupeError(f"run {run} pretrains with {info.get('method')};"
                                  f" cannot resume it with {config.method}")
-    elif exists:
-        raise DataloupeError(f"run {run!r} already exists (use --resume to continue it, or another --run name)")
     else:
         info = _provenance(data, config, run, ctx, learn)
     ctx.barrier()

@@ -49,6 +49,32 @@ def hardware() -> dict:
     return info
 
 
+def resume_target(project: Project, run: str, resume: bool, *, pretrain: bool) -> tuple[Path, bool, dict | None]:
+    """Where run ``run`` lives and whether it really resumes: ``(folder, resume, saved run.json or None)``.
+
+    A run killed before its first write resumes as a fresh start; resuming a missing run, a
+    run of the other kind (training vs ``pretrain``), or starting over an existing one is
+    refused with the command to use.
+    """
+    folder = run_dir(project, run)
+    exists = (folder / "run.json").is_file()
+    if resume and not exists and folder.is_dir():
+        resume = False  # killed before its first write: start it afresh
+    if not resume:
+        if exists:
+            raise DataloupeError(f"run {run!r} already exists (use --resume to continue it, or another --run name)")
+        return folder, False, None
+    if not exists:
+        raise DataloupeError(f"cannot resume: run {run!r} does not exist")
+    info = read_run_at(folder)
+    if (info.get("kind") == "pretrain") != pretrain:
+        raise DataloupeError(f"run {run!r} is a training run, not a pretrain run: resume it with"
+                             f" `dataloupe train --run {run} --resume`" if pretrain else
+                             f"run {run!r} is a pretrain run: resume it with"
+                             f" `dataloupe pretrain --run {run} --resume`")
+    return folder, True, info
+
+
 @contextlib.contextmanager
 def marking_status(folder: Path, primary: bool):
     """Around a run's epochs: ``status`` becomes ``failed`` if they raise (or are interrupted),
