@@ -246,6 +246,26 @@ def test_consistency_targets_align_adapt_and_soften():
     assert da._guess_mean[0] == pytest.approx(0.9)  # the running mean the next batches are divided by
 
 
+def test_balanced_weights_give_every_class_the_same_draw_share():
+    from dataloupe.train._engine import balanced_weights
+    labels = np.array([0] * 90 + [1] * 10)
+    weights = np.ones(100)
+    weights[0] = 3.0  # keeps its 3x share within its class
+    w = balanced_weights(labels, weights)
+    assert w[labels == 0].sum() == pytest.approx(w[labels == 1].sum())
+    assert w[0] == pytest.approx(3 * w[1])
+    assert balanced_weights(np.array([0, 1]), np.array([0.0, 1.0])).tolist() == [0.0, 1.0]
+
+
+def test_strong_view_crop_comes_from_its_own_key():
+    from dataloupe.data import AugmentConfig
+    from dataloupe.train._epoch import consistency_configs
+    aug = AugmentConfig(image_size=28, rrc_scale=(0.85, 1.0))
+    assert consistency_configs(aug)[1].rrc_scale == (0.85, 1.0)
+    assert consistency_configs(aug, [0.35, 1.0])[1].rrc_scale == (0.35, 1.0)
+    assert consistency_configs(AugmentConfig(image_size=28, rrc_scale=None))[1].rrc_scale == (0.35, 1.0)
+
+
 def test_weight_ema_warms_up_and_tracks():
     from torch import nn
 

@@ -39,7 +39,9 @@ def test_unknown_key_names_the_valid_keys():
 @pytest.mark.parametrize("override, key", [("epochs=abc", "epochs"), ("optimizer=rmsprop", "optimizer"),
                                            ("lr=-1", "lr"), ("batch_size=0", "batch_size"),
                                            ("rrc_scale=[1]", "rrc_scale"), ("hflip=2", "hflip"),
-                                           ("nesterov=maybe", "nesterov"), ("epochs", "epochs")])
+                                           ("nesterov=maybe", "nesterov"), ("epochs", "epochs"),
+                                           ("unlabeled_da_prior=skewed", "unlabeled_da_prior"),
+                                           ("unlabeled_strong_scale=[0.3]", "unlabeled_strong_scale")])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(DataloupeError, match=key):
         load_recipe("chihuahua-muffin-resnet18", [override])

@@ -14,6 +14,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -70,6 +71,15 @@ class Setup:
             self.unlabeled_batches = self.consistency.batches()
 
 
+def balanced_weights(labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Row weights rescaled so that every class carries the same total (a row keeps its share
+    within its class): a labeled set skewed to the easy classes is drawn class-balanced."""
+    labels, weights = np.asarray(labels), np.asarray(weights, dtype=np.float64)
+    totals = np.bincount(labels, weights=weights)
+    present = totals[labels]
+    return np.where(present > 0, weights / np.where(present > 0, present, 1.0), 0.0)
+
+
 def build_setup(project: Project, data: TrainData, recipe: Recipe, ctx: DistContext, train_set, val_set) -> Setup:
     """Model, optimizer, schedule and loaders for ``recipe`` on this process."""
     if recipe.batch_size % ctx.world_size:
@@ -109,7 +119,8 @@ def build_setup(project: Project, data: TrainData, recipe: Recipe, ctx: DistCont
                         print(f"warning: id {rid} could not be decoded (trained as black): {why}")
     aug = AugmentConfig.from_recipe(recipe)
     batched = recipe.augment == "batched" or (recipe.augment == "auto" and cuda)
-    sampler = WeightedEpochSampler(train_set.weights, num_replicas=ctx.world_size, rank=ctx.rank, seed=recipe.seed,
+    draw_weights = balanced_weights(train_set.labels, train_set.weights) if recipe.balance_classes else train_set.weights
+    sampler = WeightedEpochSampler(draw_weights, num_replicas=ctx.world_size, rank=ctx.rank, seed=recipe.seed,
                                    num_samples=recipe.epoch_samples)
     drop_last = len(sampler) * ctx.world_size >= 2 * recipe.batch_size
     train_loader = make_loader(train_set, plan, image_size=recipe.image_size, batch_size=per_rank, cache=caches[0],
@@ -128,10 +139,12 @@ def build_setup(project: Project, data: TrainData, recipe: Recipe, ctx: DistCont
             u_loader = make_loader(pool, plan, image_size=recipe.image_size,
                                    batch_size=per_rank * recipe.unlabeled_ratio, cache=caches[0], sampler=draw,
                                    drop_last=len(pool) >= per_rank * recipe.unlabeled_ratio, pin_memory=cuda)
-            weak, strong = consistency_configs(aug)
+            weak, strong = consistency_configs(aug, recipe.unlabeled_strong_scale)
             k = len(data.classes)
             prior = torch.bincount(torch.as_tensor(train_set.labels), weights=torch.as_tensor(train_set.weights),
                                    minlength=k).float()
+            if recipe.unlabeled_da_prior == "uniform":
+                prior = torch.ones(k)
             consistency = Consistency(u_loader, weak, strong, recipe.unlabeled_weight, recipe.unlabeled_threshold,
                                       num_rows=len(pool), num_classes=k, adaptive=recipe.unlabeled_adaptive,
                                       align=recipe.unlabeled_da, temperature=recipe.unlabeled_temperature,

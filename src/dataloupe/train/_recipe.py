@@ -73,6 +73,7 @@ class Recipe:
     plateau_patience: int = 3  # plateau: epochs without val-loss improvement
     label_smoothing: float = 0.0  # cross-entropy label smoothing, 0..1
     grad_clip: Optional[float] = None  # max gradient L2 norm
+    balance_classes: bool = False  # draw every class equally often (row weights are shared out within a class)
     # --- augmentation (torchvision.transforms.v2 on uint8 tensors)
     rrc_scale: Optional[list] = field(default_factory=lambda: [0.08, 1.0])  # RandomResizedCrop area; None: off
     rrc_ratio: list = field(default_factory=lambda: [0.75, 1.3333])  # RandomResizedCrop aspect ratio
@@ -89,7 +90,9 @@ class Recipe:
     unlabeled_threshold: float = 0.95  # confidence on the weak view needed to use an undefined image
     unlabeled_adaptive: str = "none"  # none | flexmatch: per-class thresholds scaled by how far each class has learnt
     unlabeled_da: bool = False  # distribution alignment: the guesses' running class mean is pulled to the labeled prior
+    unlabeled_da_prior: str = "labeled"  # labeled: the labeled rows' class shares | uniform (labels known to be skewed)
     unlabeled_temperature: float = 0.0  # > 0: soft targets (guesses sharpened with this temperature); 0: hard
+    unlabeled_strong_scale: Optional[list] = None  # crop area of the strong view; None: the recipe's rrc_scale (or [0.35, 1])
     # --- weight averaging
     ema_decay: float = 0.0  # EMA of the weights (e.g. 0.999); evaluation, checkpoints and the consistency teacher use it; 0: off
     augment: str = "auto"  # v2: per-image v2 transforms in the loader | batched: on the device | auto
@@ -187,7 +190,7 @@ def _check(r: Recipe) -> None:
     for key in ("label_smoothing", "hflip", "random_erasing", "warmup_fraction"):
         if not 0.0 <= getattr(r, key) <= 1.0:
             raise DataloupeError(f"recipe key {key!r}: must be in [0, 1], got {getattr(r, key)}")
-    for key, n in (("rrc_scale", 2), ("rrc_ratio", 2), ("mean", 3), ("std", 3), ("color_jitter", 4)):
+    for key, n in (("rrc_scale", 2), ("unlabeled_strong_scale", 2), ("rrc_ratio", 2), ("mean", 3), ("std", 3), ("color_jitter", 4)):
         v = getattr(r, key)
         if v is not None and len(v) != n:
             raise DataloupeError(f"recipe key {key!r}: needs {n} numbers, got {v}")
@@ -196,6 +199,8 @@ def _check(r: Recipe) -> None:
     if r.eval_every < 1 or (r.eval_every > 1 and r.scheduler == "plateau"):
         raise DataloupeError(f"eval_every must be >= 1 (and 1 with scheduler plateau, which reads val loss every"
                              f" epoch); got {r.eval_every}")
+    if r.unlabeled_da_prior not in ("labeled", "uniform"):
+        raise DataloupeError(f"recipe key 'unlabeled_da_prior': labeled or uniform, got {r.unlabeled_da_prior!r}")
     if r.unlabeled_adaptive not in ("none", "flexmatch"):
         raise DataloupeError(f"unlabeled_adaptive must be none or flexmatch, not {r.unlabeled_adaptive!r}")
     if not 0.0 <= r.ema_decay < 1.0 or r.unlabeled_temperature < 0:
