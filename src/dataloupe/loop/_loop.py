@@ -221,6 +221,10 @@ def run_loop(
         run = f"{name}-it{k}"
         state.setdefault("start_revision", int(table.revision))
         overrides = pol.overrides_for(k - 1)
+        if overrides.get("continue_from") == "previous":  # start from the last iteration's model
+            if k == 1:
+                raise DataloupeError("policy: continue_from: previous needs an earlier iteration (not in the first)")
+            overrides = {**overrides, "continue_from": f"{name}-it{k - 1}"}
         if ssl:
             overrides = {"pretrained": f"run:{ssl}", **overrides}
         log(f"[loop {name}] iteration {k}/{n_iter}: training {run} on {train}@{table.revision} "
