@@ -128,6 +128,19 @@ def test_loop_pretrains_once_and_every_iteration_starts_from_it(project, tmp_pat
     assert (project.runs_dir / "s-ssl" / "checkpoints" / "best.pt").stat().st_mtime == mtime
 
 
+def test_continue_from_previous_starts_an_iteration_from_the_last_model(project, tmp_path):
+    make_digit_tables(project, tmp_path, n_train=60, n_val=30, undefined=10)
+    pol = _policy(tmp_path)
+    pol = replace(pol, schedule=(pol.schedule[0], {**pol.schedule[1], "continue_from": "previous"}))
+    run_loop(project, train="dig-train", val="dig-val", policy=pol, name="cp")
+    it2 = json.loads((project.runs_dir / "cp-it2" / "run.json").read_text())
+    assert "cp-it1" in it2["continue_from"]["source"] and not it2["continue_from"]["missing"]
+    first = replace(pol, schedule=({**pol.schedule[0], "continue_from": "previous"},))
+    with pytest.raises(DataloupeError, match="first iteration"):
+        run_loop(project, train="dig-train", val="dig-val", policy=first, name="cp0")
+    assert not (project.runs_dir / "cp0-it1").exists()
+
+
 def test_policy_pretrain_keys_are_checked_before_anything_runs(tmp_path):
     f = tmp_path / "bad.yaml"
     f.write_text("recipe: fashion-mnist\npretrain: {method: simclr, epohcs: 2}\n")

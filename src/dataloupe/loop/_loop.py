@@ -76,6 +76,9 @@ def check_validation_use(policy: Policy) -> None:
                 "lowers the LR when validation loss stalls; in the loop validation labels only pick "
                 "checkpoints, stop the loop and report. Set scheduler: cosine (or onecycle, none) in "
                 "the policy's overrides")
+    if policy.overrides_for(0).get("continue_from") == "previous":
+        raise DataloupeError(f"policy {policy.name}: continue_from: previous in the first iteration (there is no "
+                             "previous model); put it in a later schedule step")
 
 
 def plan_edits(policy: Policy, ctx: RuleContext) -> tuple[list, list[tuple[str, int]], list[int]]:
