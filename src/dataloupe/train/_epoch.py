@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dataloupe.data import AugmentConfig, batch_augment, normalize_batch
+from dataloupe.data import AugmentConfig, EncodedBatch, batch_augment, normalize_batch
 from dataloupe.train._progress import Progress
 
 
@@ -28,8 +28,14 @@ class StepOptions:
     augment: AugmentConfig | None = None  # batched on-device augmentation (training only)
     tta_hflip: bool = False  # evaluation averages the image and its horizontal mirror
 
+    def pixels(self, images) -> torch.Tensor:
+        """The uint8 batch on the device (encoded batches of the training store decoded there)."""
+        if isinstance(images, EncodedBatch):
+            return images.decode(self.device)
+        return images.to(self.device, non_blocking=True)
+
     def inputs(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(self.device, non_blocking=True)
+        x = self.pixels(images)
         x = normalize_batch(x, self.mean, self.std)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -38,7 +44,7 @@ class StepOptions:
     def train_inputs(self, images: torch.Tensor) -> torch.Tensor:
         if self.augment is None:
             return self.inputs(images)
-        x = batch_augment(images.to(self.device, non_blocking=True), self.augment)
+        x = batch_augment(self.pixels(images), self.augment)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def eval_forward(self, model: nn.Module, images: torch.Tensor, *, return_embedding: bool = False):
@@ -233,7 +239,7 @@ def train_one_epoch(model: nn.Module, loader, *, optimizer, schedule, opts: Step
             sup = loss
         else:
             u_images, _, u_pos = next(unlabeled)
-            u = u_images.to(opts.device, non_blocking=True)
+            u = opts.pixels(u_images)
             teacher = ema.module if ema is not None else model
             with torch.no_grad(), opts.autocast():
                 guess = torch.softmax(teacher(batch_augment(u, consistency.weak)).float(), 1)
