@@ -87,12 +87,13 @@ def test_auto_plan_picks_cache_small_store_large():
 
 
 def test_training_from_the_store(project, tmp_path):
+    """One epoch through the engine with a loader worker (a spawned process: Lance does not survive fork)."""
     from dataloupe.train import train
 
     import_imagefolder(project, _photos(tmp_path / "img", n=20), table="ph")
     info = train(project, "ph", "ph", "fashion-mnist", run="st", tty=False,
                  overrides=["model=convnet-xxs", "image_size=16", "batch_size=8", "epochs=1", "loader=store",
-                            "collect=false", "rrc_scale=null", "num_workers=0"])
+                            "collect=false", "rrc_scale=null", "num_workers=1"])
     assert info["status"] == "completed" and info["epochs_done"] == 1
     assert list((project.cache_dir / "store").glob("*-s16-q90.lance"))
     s = sample_set_from_table(open_table(project, "ph"), ["a", "b"])

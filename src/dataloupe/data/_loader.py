@@ -309,10 +309,13 @@ def make_loader(samples: SampleSet | Sequence[SampleSet], plan: LoaderPlan, *, i
             raise ValueError("decode=gpu reads one sample set only")
         dataset = _ConcatImages([_images(s, plan, image_size, c, transform) for s, c in zip(samples, caches)])
     g = torch.Generator().manual_seed(seed)
+    # Lance's runtime does not survive fork(): store workers start fresh processes
+    spawn = plan.mode == "store" and plan.num_workers > 0
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=drop_last,
         num_workers=plan.num_workers, collate_fn=_identity, pin_memory=pin_memory, generator=g,
         persistent_workers=plan.num_workers > 0, prefetch_factor=4 if plan.num_workers > 0 else None,
+        multiprocessing_context="spawn" if spawn else None,
     )
 
 
