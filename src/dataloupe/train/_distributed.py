@@ -47,6 +47,14 @@ class DistContext:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t.cpu()
 
+    def all_gather_object(self, obj) -> list:
+        """``[obj of rank 0, obj of rank 1, ...]`` on every process (small picklable objects)."""
+        if not self.distributed:
+            return [obj]
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
     def broadcast_object(self, obj):
         """``obj`` from the primary, on every process."""
         if not self.distributed:

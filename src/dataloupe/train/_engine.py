@@ -383,11 +383,11 @@ def train(project: Project, train_table: str, val_table: str, recipe: Recipe | d
                 raise DataloupeError("--resume needs --run NAME")
             run = ctx.broadcast_object(_runs.new_run_name(project, recipe.name) if ctx.is_primary() else None)
         info = train_samples(project, data, recipe, run=run, resume=resume, force=force, ctx=ctx, tty=tty)
-        if recipe.collect and ctx.is_primary():
+        if recipe.collect:
             from dataloupe.train._collect import collect
 
             for ref in (f"{data.train_table}@{data.train_revision}", f"{data.val_table}@{data.val_revision}"):
-                collect(project, run, ref)  # other ranks do not wait (no barrier timeout on big tables)
+                collect(project, run, ref, ctx=ctx)  # every process collects its shard
         return info
     finally:
         shutdown_distributed(ctx)

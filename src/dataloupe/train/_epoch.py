@@ -305,17 +305,24 @@ def evaluate(model: nn.Module, loader, *, opts: StepOptions, num_classes: int) -
 
 
 @torch.no_grad()
+def predict_batches(model: nn.Module, loader, *, opts: StepOptions):
+    """Yield ``(positions (B,) int64, probs (B, K) float32, embeddings (B, D) float32)`` numpy per batch.
+
+    The streaming form of :func:`predict`: memory holds one batch, whatever the number of rows.
+    """
+    model.eval()
+    for images, _, positions in loader:
+        logits, emb = opts.eval_forward(model, images, return_embedding=True)
+        yield positions.numpy(), torch.softmax(logits.float(), 1).cpu().numpy(), emb.float().cpu().numpy()
+
+
 def predict(model: nn.Module, loader, *, opts: StepOptions, num_rows: int, num_classes: int,
             emb_dim: int) -> tuple[np.ndarray, np.ndarray]:
     """``(probs (N, K), embeddings (N, D))`` float32 for every position of ``loader``."""
-    model.eval()
     probs = np.zeros((num_rows, num_classes), dtype=np.float32)
     embs = np.zeros((num_rows, emb_dim), dtype=np.float32)
-    for images, _, positions in loader:
-        logits, emb = opts.eval_forward(model, images, return_embedding=True)
-        pos = positions.numpy()
-        probs[pos] = torch.softmax(logits.float(), 1).cpu().numpy()
-        embs[pos] = emb.float().cpu().numpy()
+    for pos, p, e in predict_batches(model, loader, opts=opts):
+        probs[pos], embs[pos] = p, e
     return probs, embs
 
 
