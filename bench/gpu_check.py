@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-SECTIONS = ("env", "model", "data", "ddp", "loop")
+SECTIONS = ("env", "model", "data", "loop", "ddp")  # run in this order; the loop before DDP
 
 
 def config(smoke: bool, cuda: bool) -> dict:
@@ -50,7 +50,7 @@ def config(smoke: bool, cuda: bool) -> dict:
         return {"model": "resnet50", "size": 224, "batch": 256, "steps": 30, "warmup": 5, "images": 20_000,
                 "classes": 100, "width": (400, 500), "height": (300, 400), "epochs": 2, "ddp_epochs": 2,
                 "compile": [False, True], "loop_overrides": None,
-                "timeouts": {"env": 60, "model": 150, "data": 170, "ddp": 150, "loop": 300}}
+                "timeouts": {"env": 60, "model": 120, "data": 180, "loop": 240, "ddp": 120}}
     return {"model": "resnet18", "size": 40, "batch": 16, "steps": 3, "warmup": 1, "images": 96, "classes": 4,
             "width": (80, 120), "height": (60, 90), "epochs": 2, "ddp_epochs": 1,
             "compile": [False], "loop_overrides": {"model": "convnet-xxs", "image_size": 32, "epochs": 1},
@@ -76,8 +76,11 @@ def section_env(a, cfg) -> dict:
 
     cuda = torch.cuda.is_available()
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else []
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
+    try:
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True).stdout.strip()
+    except OSError:
+        commit = "unknown (no git)"
     return {"torch": torch.__version__, "cuda": cuda, "cuda_version": torch.version.cuda, "gpus": gpus,
             "bf16": bool(cuda and torch.cuda.is_bf16_supported()), "cpus": os.cpu_count(),
             "machine": platform.machine(), "python": platform.python_version(), "commit": commit,
@@ -123,8 +126,14 @@ def section_model(a, cfg) -> dict:
     import torch
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    rows = [_model_rate(cfg["model"], cfg["size"], cfg["batch"], cfg["steps"], cfg["warmup"], device, c)
-            for c in cfg["compile"]]
+    rows = []
+    for c in cfg["compile"]:
+        try:
+            rows.append(_model_rate(cfg["model"], cfg["size"], cfg["batch"], cfg["steps"], cfg["warmup"], device, c))
+        except Exception as e:  # noqa: BLE001 - e.g. torch.compile without a working triton: keep the other rows
+            rows.append({"compile": c, "error": f"{type(e).__name__}: {str(e)[:500]}"})
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     return {"model": cfg["model"], "size": cfg["size"], "batch": cfg["batch"], "device": str(device),
             "amp": "bf16" if device.type == "cuda" else "none", "channels_last": device.type == "cuda",
             "rows": rows}
@@ -146,13 +155,37 @@ def _synthetic_tables(a, cfg):
     return project, made
 
 
+def _engine_rate(project, data, recipe, device, epochs: int) -> dict:
+    """The engine's own setup and training epochs; images/s of the best epoch after the first."""
+    import torch
+
+    from dataloupe.train._distributed import DistContext
+    from dataloupe.train._engine import build_setup
+    from dataloupe.train._epoch import train_one_epoch
+
+    cuda = device.type == "cuda"
+    train_set = data.train.subset(data.train.trainable)
+    t1 = time.perf_counter()
+    s = build_setup(project, data, recipe, DistContext(device=device), train_set, train_set)  # val is not timed
+    setup_s = time.perf_counter() - t1
+    best = 0.0
+    for epoch in range(1, epochs + 1):
+        s.sampler.set_epoch(epoch)
+        if cuda:
+            torch.cuda.synchronize()
+        out = train_one_epoch(s.model, s.train_loader, optimizer=s.optimizer, schedule=s.schedule,
+                              opts=s.opts, num_samples=s.num_train, mix=s.mix)
+        if cuda:
+            torch.cuda.synchronize()
+        if epoch > 1 or epochs == 1:
+            best = max(best, out["count"] / out["seconds"])
+    return {"images_per_s": best, "setup_s": setup_s, "workers": s.train_loader.num_workers}
+
+
 def section_data(a, cfg) -> dict:
     import torch
 
     from dataloupe.train import load_recipe
-    from dataloupe.train._distributed import DistContext
-    from dataloupe.train._engine import build_setup
-    from dataloupe.train._epoch import train_one_epoch
     from dataloupe.train._inputs import load_train_data
 
     t0 = time.perf_counter()
@@ -174,26 +207,10 @@ def section_data(a, cfg) -> dict:
                 f"model={cfg['model']}", f"image_size={cfg['size']}", f"batch_size={cfg['batch']}",
                 f"epochs={cfg['epochs']}", "collect=false", "autoaugment=null", "log_every=1e9",
                 "random_erasing=0", f"compile={str(compile_).lower()}", *extra])
-            ctx = DistContext(device=device)
-            train_set = data.train.subset(data.train.trainable)
-            t1 = time.perf_counter()
-            s = build_setup(project, data, r, ctx, train_set, train_set)  # validation is not timed
-            setup_s = time.perf_counter() - t1
-            best = 0.0
-            for epoch in range(1, cfg["epochs"] + 1):
-                s.sampler.set_epoch(epoch)
-                if cuda:
-                    torch.cuda.synchronize()
-                out = train_one_epoch(s.model, s.train_loader, optimizer=s.optimizer, schedule=s.schedule,
-                                      opts=s.opts, num_samples=s.num_train, mix=s.mix)
-                if cuda:
-                    torch.cuda.synchronize()
-                rate = out["count"] / out["seconds"]
-                if epoch > 1 or cfg["epochs"] == 1:
-                    best = max(best, rate)
-            rows.append({"path": name, "compile": compile_, "images_per_s": best, "setup_s": setup_s,
-                         "workers": s.train_loader.num_workers})
-            del s
+            try:
+                rows.append(dict(_engine_rate(project, data, r, device, cfg["epochs"]), path=name, compile=compile_))
+            except Exception as e:  # noqa: BLE001 - keep the other paths
+                rows.append({"path": name, "compile": compile_, "error": f"{type(e).__name__}: {str(e)[:500]}"})
     return {"images": made, "prepare_s": prep_s, "rows": rows, "model": cfg["model"], "size": cfg["size"],
             "batch": cfg["batch"]}
 
@@ -287,14 +304,18 @@ def _markdown(parts: dict, a) -> str:
     model = parts.get("model", {})
     base = None
     for r in model.get("rows", []):
+        if "error" in r:
+            lines.append(f"| model-only | compile {r['compile']} | error: {r['error'][:200]} |")
+            continue
         base = base or r["images_per_s"]
         lines.append(f"| model-only {model['model']} {model['size']} px, batch {model['batch']}, amp "
                      f"{model['amp']}, channels_last {model['channels_last']} | compile {r['compile']} | "
                      f"{r['images_per_s']:,.0f} img/s |")
     data = parts.get("data", {})
     for r in data.get("rows", []):
-        if "skipped" in r:
-            lines.append(f"| data path | {r['path']} | skipped: {r['skipped']} |")
+        if "skipped" in r or "error" in r:
+            why = f"skipped: {r['skipped']}" if "skipped" in r else f"error: {r['error'][:200]}"
+            lines.append(f"| data path | {r['path']} | {why} |")
             continue
         share = f" ({100 * r['images_per_s'] / base:.0f}% of model-only)" if base else ""
         lines.append(f"| data path ({data['images']['images']:,} JPEGs, {data['images']['mean_kb']:.0f} KB) | "

@@ -74,7 +74,7 @@ def collect_worker(a) -> None:
 
     ctx = init_distributed("cpu")
     t0 = time.perf_counter()
-    collect(Project.open(a.work / "project"), a.run, a.table, ctx=ctx, batch_size=1024)
+    collect(Project.open(a.work / "project"), a.collect_run, a.table, ctx=ctx, batch_size=1024)
     sec = time.perf_counter() - t0
     (a.work / f"rss-{a.table}-rank{ctx.rank}.json").write_text(json.dumps({"rank": ctx.rank, "seconds": sec,
                                                                             "peak_rss_gib": _rss_gib()}))
@@ -99,7 +99,7 @@ def run_collect(a, project: Project) -> list[dict]:
         env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
         t0 = time.perf_counter()
         r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                            __file__, "--collect-worker", "--work", str(a.work), "--run", "tiny", "--table", name],
+                            __file__, "--collect-worker", "--work", str(a.work), "--collect-run", "tiny", "--table", name],
                            env=env, capture_output=True, text=True)
         wall = time.perf_counter() - t0
         if r.returncode:
@@ -210,7 +210,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     ap.add_argument("--collect-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--analyze-worker", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--run", default="tiny", help=argparse.SUPPRESS)
+    ap.add_argument("--collect-run", default="tiny", help=argparse.SUPPRESS)  # not --run: torchrun takes it
     ap.add_argument("--table", default="big", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.collect_worker:
