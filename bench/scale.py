@@ -40,6 +40,11 @@ def _rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def _cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def tiny_images(root: Path, n: int = 256) -> list[tuple[str, str]]:
     from PIL import Image
 
@@ -77,6 +82,7 @@ def collect_worker(a) -> None:
     collect(Project.open(a.work / "project"), a.collect_run, a.table, ctx=ctx, batch_size=1024)
     sec = time.perf_counter() - t0
     (a.work / f"rss-{a.table}-rank{ctx.rank}.json").write_text(json.dumps({"rank": ctx.rank, "seconds": sec,
+                                                                            "cpu_s": _cpu_s(),
                                                                             "peak_rss_gib": _rss_gib()}))
     shutdown_distributed(ctx)
 
@@ -165,7 +171,7 @@ def analyze_worker(a) -> None:
     t0 = time.perf_counter()
     findings, _ = analyze(inputs)
     an_s = time.perf_counter() - t0
-    out = {"load_s": load_s, "analyze_s": an_s, "total_s": load_s + an_s, "rss_after_load_gib": rss_load,
+    out = {"load_s": load_s, "analyze_s": an_s, "cpu_s": _cpu_s(), "total_s": load_s + an_s, "rss_after_load_gib": rss_load,
            "peak_rss_gib": _rss_gib(), "knn_dims": int(inputs.train.embeddings.shape[1]),
            "label_issues": len(findings.get("label_issues", [])), "outliers": len(findings.get("outliers", []))}
     (a.work / "analyze.json").write_text(json.dumps(out))
