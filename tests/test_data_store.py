@@ -1,6 +1,7 @@
 """The training store: pre-resized JPEGs in Lance, locality-ordered sampling, CPU and device decode."""
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -84,6 +85,8 @@ def test_auto_plan_picks_cache_small_store_large():
     p = plan_loader(1_281_167, 224, large="store", cuda=True, per_image_transform=False)
     assert p.decode == "gpu"
     assert plan_loader(1_281_167, 224, large="store", cuda=True).decode == "cpu"
+    with pytest.raises(ValueError, match="decode=gpu"):
+        plan_loader(10, 8, loader="store", decode="gpu")  # no CUDA device
 
 
 def test_training_from_the_store(project, tmp_path):
