@@ -353,7 +353,7 @@ def drive(a) -> int:
     failed = False
     for name in a.only or SECTIONS:
         left = a.budget - (time.perf_counter() - start)
-        limit = min(cfg["timeouts"][name], left)
+        limit = min(cfg["timeouts"][name] * a.slack, left)
         if limit < 5:
             parts[name] = {"skipped": f"out of time budget ({a.budget} s)"}
             continue
@@ -399,6 +399,8 @@ def main() -> None:
     ap.add_argument("--cm", default=os.environ.get("DATALOUPE_CM_DIR"), help="chihuahua-muffin folder")
     ap.add_argument("--budget", type=float, default=None, help="seconds for everything (480 full, 170 smoke)")
     ap.add_argument("--only", nargs="+", choices=SECTIONS, default=None)
+    ap.add_argument("--slack", type=float, default=1.0,
+                    help="multiply every section's time limit (a slow or shared machine; pair with --budget)")
     ap.add_argument("--section", choices=SECTIONS, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--section-timeout", type=float, default=600, help=argparse.SUPPRESS)
     a = ap.parse_args()
