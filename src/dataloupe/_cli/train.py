@@ -95,8 +95,9 @@ def collect_cmd(
     """Write per-sample metrics (predictions, probabilities, embeddings, AUM) of a run."""
     from dataloupe.train._collect import collect
 
-    for path in collect(project_from(project), run, table):
-        typer.echo(f"wrote {path}")
+    for path in collect(project_from(project), run, table):  # under torchrun: every process collects its shard
+        if os.environ.get("RANK", "0") == "0":
+            typer.echo(f"wrote {path}")
 
 
 @runs_app.command("ls")

@@ -12,6 +12,27 @@ import math
 import numpy as np
 
 EXACT_LIMIT = 200_000  # rows; beyond this an IVF index is used (approximate)
+KNN_DIM = 256  # dims the kNN findings use when the embeddings are larger than REDUCE_ABOVE
+REDUCE_ABOVE = 1 << 28  # N * D values (ImageNet's 1.28M x 2048 is 2.6e9): above, PCA to KNN_DIM first
+
+
+def pca_basis(sample: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """PCA of ``sample (M, D)``: ``(mean (D,), components (D, dim))`` float32, largest variance first.
+
+    Fitted on a sample (the covariance is ``D x D``), applied to every row in chunks with
+    ``(x - mean) @ components``, so 1.28M x 2048 never needs a float32 copy of the whole set.
+
+    Example:
+        >>> m, c = pca_basis(np.random.default_rng(0).normal(size=(100, 8)), 3)
+        >>> c.shape
+        (8, 3)
+    """
+    x = np.asarray(sample, dtype=np.float64)
+    mean = x.mean(0)
+    cov = np.cov(x - mean, rowvar=False)
+    vals, vecs = np.linalg.eigh(cov)
+    comps = vecs[:, np.argsort(vals)[::-1][:dim]]
+    return mean.astype(np.float32), np.ascontiguousarray(comps, dtype=np.float32)
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:

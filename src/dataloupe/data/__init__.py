@@ -16,14 +16,18 @@ from dataloupe.data._loader import (
     WeightedEpochSampler,
     make_loader,
     open_cache,
+    open_store,
     plan_loader,
 )
+from dataloupe.data._store import EncodedBatch, ImageStore, build_store, fragment_blocks, store_path
 from dataloupe.data._samples import SampleSet, sample_set_from_table
 
 __all__ = [
     "MAX_PIXELS",
     "AugmentConfig",
     "DecodedCache",
+    "EncodedBatch",
+    "ImageStore",
     "ImageDecodeError",
     "LoaderPlan",
     "SampleSet",
@@ -32,14 +36,18 @@ __all__ = [
     "augment_batch",
     "batch_augment",
     "build_cache",
+    "build_store",
     "cache_bytes",
     "cache_path",
     "decode_image",
+    "fragment_blocks",
     "make_loader",
     "mix_transform",
     "normalize_batch",
     "open_cache",
+    "open_store",
     "plan_loader",
     "sample_set_from_table",
     "sample_transform",
+    "store_path",
 ]

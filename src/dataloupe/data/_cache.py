@@ -108,9 +108,11 @@ def build_cache(
 
     try:
         with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 2) as pool:
-            for done, _ in enumerate(pool.map(work, range(n)), 1):
-                if progress is not None and (done % 256 == 0 or done == n):
-                    progress(done, n)
+            for start in range(0, n, 4096):  # a bounded number of pending tasks (1.28M futures cost GBs)
+                stop = min(n, start + 4096)
+                list(pool.map(work, range(start, stop)))
+                if progress is not None:
+                    progress(stop, n)
         images.flush()
         del images
         if n == 0:

@@ -6,6 +6,13 @@ predictions, probabilities and its penultimate embedding; labeled rows get loss 
 correctness; rows that were trained on get AUM and forgetting events from
 ``dynamics.npz``. A pretrain run (no head) writes embeddings only.
 
+Every process collects (under torchrun): each takes its shard of the rows (the
+evaluation split, positions ``rank::world``), streams its predictions into Lance
+fragments ``chunk_rows`` rows at a time, and the primary commits all processes'
+fragments as one dataset version (merged by metadata; no process holds more than one
+chunk, so peak memory does not grow with the number of rows). Rows are in shard order;
+readers sort by ``id``.
+
 Example:
     >>> collect(Project.open(), "a")  # doctest: +SKIP
 """
@@ -14,6 +21,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -25,8 +33,20 @@ from dataloupe.project import DataloupeError, Project
 from dataloupe.tables import open_ref
 from dataloupe.train import _runs
 from dataloupe.train._checkpoint import load_checkpoint
+from dataloupe.train._distributed import DistContext, init_distributed, shutdown_distributed
 from dataloupe.train._dynamics import aum, forgetting_events
-from dataloupe.train._epoch import StepOptions, embed, predict
+from dataloupe.train._epoch import StepOptions, predict_batches
+
+CHUNK_ROWS = 32_768  # rows per written fragment (and per in-memory chunk) of each process
+FP16_ABOVE = 1 << 28  # N * D embedding values above which "auto" stores them as float16 (ImageNet: 2.6e9)
+
+
+def _emb_dtype(embedding_dtype: str, rows: int, dim: int) -> str:
+    if embedding_dtype == "auto":
+        return "float16" if rows * dim > FP16_ABOVE else "float32"
+    if embedding_dtype not in ("float16", "float32"):
+        raise DataloupeError(f"embedding_dtype must be auto, float16 or float32, not {embedding_dtype!r}")
+    return embedding_dtype
 
 
 def sample_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
@@ -54,66 +74,171 @@ def sample_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarra
 
 
 def _fixed_list(values: np.ndarray) -> pa.FixedSizeListArray:
-    flat = pa.array(np.ascontiguousarray(values, dtype=np.float32).ravel())
+    flat = pa.array(np.ascontiguousarray(values).ravel())
     return pa.FixedSizeListArray.from_arrays(flat, values.shape[1])
 
 
-def _dynamics_columns(folder: Path, ids: np.ndarray) -> tuple[pa.Array, pa.Array]:
-    aum_col = np.full(len(ids), np.nan, dtype=np.float32)
-    forg = np.zeros(len(ids), dtype=np.int32)
-    known = np.zeros(len(ids), dtype=bool)
-    path = folder / "dynamics.npz"
-    if path.is_file():
-        with np.load(path) as z:
-            dyn_ids, margins = z["ids"], z["margins"]
-        pos = {int(i): j for j, i in enumerate(dyn_ids)}
-        a, f = aum(margins), forgetting_events(margins)
-        for r, i in enumerate(ids.tolist()):
-            j = pos.get(i)
-            if j is not None and not np.isnan(a[j]):
-                aum_col[r], forg[r], known[r] = a[j], f[j], True
-    return (pa.array(aum_col, mask=~known, type=pa.float32()), pa.array(forg, mask=~known, type=pa.int32()))
+class _Dynamics:
+    """AUM and forgetting events of the trained rows, looked up by id (vectorised)."""
+
+    def __init__(self, folder: Path):
+        self.ids = np.zeros(0, np.int64)
+        path = folder / "dynamics.npz"
+        if path.is_file():
+            with np.load(path) as z:
+                ids, margins = z["ids"].astype(np.int64), z["margins"]
+            order = np.argsort(ids, kind="stable")
+            self.ids, self.aum = ids[order], aum(margins)[order]
+            self.forg = forgetting_events(margins)[order]
+
+    def columns(self, ids: np.ndarray) -> tuple[pa.Array, pa.Array]:
+        aum_col = np.full(len(ids), np.nan, dtype=np.float32)
+        forg = np.zeros(len(ids), dtype=np.int32)
+        known = np.zeros(len(ids), dtype=bool)
+        if len(self.ids):
+            j = np.clip(np.searchsorted(self.ids, ids), 0, len(self.ids) - 1)
+            known = (self.ids[j] == ids) & ~np.isnan(self.aum[j])
+            aum_col[known], forg[known] = self.aum[j[known]], self.forg[j[known]]
+        return pa.array(aum_col, mask=~known, type=pa.float32()), pa.array(forg, mask=~known, type=pa.int32())
 
 
-def collect(project: Project, run: str, table: str | None = None, *, batch_size: int = 256) -> list[Path]:
+def _load_model(folder: Path, run: str, ckpt_name: str = "best.pt"):
+    ckpt_path = folder / "checkpoints" / ckpt_name
+    if not ckpt_path.is_file():
+        raise DataloupeError(f"run {run} has no checkpoint yet ({ckpt_path}); train it first")
+    return ckpt_path, load_checkpoint(ckpt_path)
+
+
+def collect(project: Project, run: str, table: str | None = None, *, batch_size: int = 256,
+            ctx: DistContext | None = None, chunk_rows: int = CHUNK_ROWS, embedding_dtype: str = "auto") -> list[Path]:
     """Write per-sample metrics of ``run`` for ``table`` (``TABLE[@REV]``; default: its train and val tables).
+
+    Under torchrun every process collects its shard (pass the job's ``ctx``, or it is set up
+    from torchrun's environment); the primary commits the merged dataset.
+
+    Args:
+        embedding_dtype: ``float32``, ``float16`` (half the bytes) or ``auto`` (float16 above
+            ``FP16_ABOVE`` values, e.g. ImageNet's 1.28M x 2048).
 
     Returns:
         the written ``.lance`` paths.
     """
-    info = _runs.read_run(project, run)
-    if info.get("kind") == "pretrain":
-        return collect_embeddings(project, run, table, batch_size=batch_size)
-    folder = _runs.run_dir(project, run)
-    refs = [table] if table else [f"{info['train_table']}@{info['train_revision']}",
-                                  f"{info['val_table']}@{info['val_revision']}"]
-    ckpt_path = folder / "checkpoints" / "best.pt"
-    if not ckpt_path.is_file():
-        raise DataloupeError(f"run {run} has no checkpoint yet ({ckpt_path}); train it first")
-    ckpt = load_checkpoint(ckpt_path)
-    classes = list(ckpt["classes"])
-    model = create_model(ckpt["model_name"], len(classes), small_input=ckpt["small_input"])
-    model.load_state_dict(ckpt["model"])
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
+    own = ctx is None
+    ctx = ctx or init_distributed("auto")
+    try:
+        info = _runs.read_run(project, run)
+        if info.get("kind") == "pretrain":
+            return collect_embeddings(project, run, table, batch_size=batch_size, ctx=ctx, chunk_rows=chunk_rows,
+                                      embedding_dtype=embedding_dtype)
+        folder = _runs.run_dir(project, run)
+        refs = [table] if table else [f"{info['train_table']}@{info['train_revision']}",
+                                      f"{info['val_table']}@{info['val_revision']}"]
+        _, ckpt = _load_model(folder, run)
+        classes = list(ckpt["classes"])
+        model = create_model(ckpt["model_name"], len(classes), small_input=ckpt["small_input"])
+        model.load_state_dict(ckpt["model"])
+        opts = _options(model, ckpt, ctx, tta=bool(ckpt.get("tta_hflip")))
+        dyn = _Dynamics(folder)
+        out = []
+        for ref in refs:
+            t = open_ref(project, ref)
+            samples = sample_set_from_table(t, classes)
+            trained = t.name == info["train_table"]
+            rows = _rows(t, samples, classes)
+
+            dtype = _emb_dtype(embedding_dtype, len(samples), model.num_features)
+
+            def chunk(pos, probs, emb, rows=rows, samples=samples, trained=trained, dtype=dtype):
+                return _metric_batch(rows, pos, probs, emb, classes, samples.labels[pos], dyn if trained else None,
+                                     dtype)
+
+            empty = (np.zeros(0, np.int64), np.zeros((0, len(classes)), np.float32),
+                     np.zeros((0, model.num_features), np.float32))
+            batches = _chunks(predict_batches(model, _loader(project, samples, ckpt, ctx, batch_size), opts=opts),
+                              chunk_rows, chunk, empty)
+            out.append(_write_parts(folder, t.name, batches, ctx))
+        return out
+    finally:
+        if own:
+            shutdown_distributed(ctx)
+
+
+def _options(model, ckpt, ctx: DistContext, *, tta: bool = False) -> StepOptions:
+    model.to(ctx.device)
+    amp = torch.bfloat16 if ctx.device.type == "cuda" else None
+    return StepOptions(ctx.device, tuple(ckpt["mean"]), tuple(ckpt["std"]), amp, tta_hflip=tta)
+
+
+def _loader(project: Project, samples, ckpt, ctx: DistContext, batch_size: int):
     size = int(ckpt["image_size"])
-    opts = StepOptions(device, tuple(ckpt["mean"]), tuple(ckpt["std"]),
-                       torch.bfloat16 if device.type == "cuda" else None, tta_hflip=bool(ckpt.get("tta_hflip")))
-    out = []
-    for ref in refs:
-        t = open_ref(project, ref)
-        samples = sample_set_from_table(t, classes)
-        plan = plan_loader(len(samples), size, cuda=device.type == "cuda")
-        cache = open_cache(samples, size, project.cache_dir) if plan.mode == "cache" else None
-        loader = make_loader(samples, plan, image_size=size, batch_size=batch_size, cache=cache,
-                             sampler=ShardSampler(len(samples)))
-        probs, emb = predict(model, loader, opts=opts, num_rows=len(samples), num_classes=len(classes),
-                             emb_dim=model.num_features)
-        out.append(_write(folder, t, samples, classes, probs, emb, trained=t.name == info["train_table"]))
-    return out
+    cuda = ctx.device.type == "cuda"
+    plan = plan_loader(len(samples), size, cuda=cuda, world_size=ctx.world_size)
+    cache = (open_cache(samples, size, project.cache_dir, primary=ctx.is_primary(), barrier=ctx.barrier)
+             if plan.mode == "cache" else None)
+    return make_loader(samples, plan, image_size=size, batch_size=batch_size, cache=cache, pin_memory=cuda,
+                       sampler=ShardSampler(len(samples), num_replicas=ctx.world_size, rank=ctx.rank))
 
 
-def collect_embeddings(project: Project, run: str, table: str | None = None, *, batch_size: int = 256) -> list[Path]:
+def _chunks(batches, chunk_rows: int, make: Callable, empty: tuple) -> Iterator[pa.RecordBatch]:
+    """Group ``(positions, probs, emb)`` batches into record batches of about ``chunk_rows`` rows
+    (one record batch of ``empty`` arrays when there are none, so every process knows the schema)."""
+    buf: list = []
+    n = 0
+    made = False
+    for b in batches:
+        buf.append(b)
+        n += len(b[0])
+        if n >= chunk_rows:
+            yield make(*(np.concatenate(x) for x in zip(*buf)))
+            buf, n, made = [], 0, True
+    if buf:
+        yield make(*(np.concatenate(x) for x in zip(*buf)))
+    elif not made:
+        yield make(*empty)
+
+
+def _rows(t, samples, classes) -> dict:
+    """Per-row columns of the whole table, kept small: ids, revision, split and label as arrays."""
+    split = t.to_arrow(columns=["id", "split"]).column("split").combine_chunks()
+    return {"ids": samples.ids, "revision": int(t.revision), "split": split,
+            "names": np.array(list(classes) + [None], dtype=object)}
+
+
+def _row_columns(rows: dict, pos: np.ndarray, labels: np.ndarray) -> dict[str, pa.Array]:
+    """``id``, ``table_revision``, ``split`` and ``label`` of rows ``pos``."""
+    return {
+        "id": pa.array(rows["ids"][pos], type=pa.int64()),
+        "table_revision": pa.array(np.full(len(pos), rows["revision"]), type=pa.int64()),
+        "split": rows["split"].take(pa.array(pos)),
+        "label": pa.array(rows["names"][labels].tolist(), type=pa.string()),
+    }
+
+
+def _metric_batch(rows, pos, probs, emb, classes, labels, dyn, embedding_dtype) -> pa.RecordBatch:
+    m = sample_metrics(probs, labels)
+    labeled = labels >= 0
+    cols = _row_columns(rows, pos, labels)
+    cols.update({
+        "predicted": pa.array(rows["names"][m["predicted"]].tolist(), type=pa.string()),
+        "confidence": pa.array(m["confidence"]),
+        "margin": pa.array(m["margin"]),
+        "entropy": pa.array(m["entropy"]),
+        "loss": pa.array(m["loss"], mask=~labeled, type=pa.float32()),
+        "correct": pa.array(m["correct"], mask=~labeled, type=pa.bool_()),
+        "probs": _fixed_list(probs.astype(np.float32)),
+        "embedding": _fixed_list(emb.astype(embedding_dtype)),
+    })
+    if dyn is not None:
+        cols["aum"], cols["forgetting"] = dyn.columns(rows["ids"][pos])
+    else:
+        cols["aum"] = pa.nulls(len(pos), type=pa.float32())
+        cols["forgetting"] = pa.nulls(len(pos), type=pa.int32())
+    return pa.record_batch(list(cols.values()), names=list(cols))
+
+
+def collect_embeddings(project: Project, run: str, table: str | None = None, *, batch_size: int = 256,
+                       ctx: DistContext | None = None, chunk_rows: int = CHUNK_ROWS,
+                       embedding_dtype: str = "auto") -> list[Path]:
     """Write the backbone embeddings of pretrain run ``run`` for ``table`` (default: the run's tables).
 
     A pretrain run has no classifier head, so its metrics hold ``id``, ``table_revision``,
@@ -122,82 +247,81 @@ def collect_embeddings(project: Project, run: str, table: str | None = None, *, 
     Returns:
         the written ``.lance`` paths.
     """
-    info = _runs.read_run(project, run)
-    folder = _runs.run_dir(project, run)
-    refs = [table] if table else [f"{t['table']}@{t['revision']}" for t in info["tables"]]
-    ckpt_path = folder / "checkpoints" / "best.pt"
-    if not ckpt_path.is_file():
-        raise DataloupeError(f"run {run} has no backbone yet ({ckpt_path}); pretrain it first")
-    ckpt = load_checkpoint(ckpt_path)
-    model = create_model(ckpt["model_name"], 1, small_input=ckpt["small_input"])
+    own = ctx is None
+    ctx = ctx or init_distributed("auto")
     try:
-        model.backbone.load_state_dict({k.removeprefix("backbone."): v for k, v in ckpt["model"].items()})
-    except RuntimeError as e:
-        raise DataloupeError(f"{ckpt_path} does not fit model {ckpt['model_name']}: {str(e).splitlines()[0]}") from e
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
-    size = int(ckpt["image_size"])
-    amp = torch.bfloat16 if device.type == "cuda" else None
-    opts = StepOptions(device, tuple(ckpt["mean"]), tuple(ckpt["std"]), amp)
-    out = []
-    for ref in refs:
-        t = open_ref(project, ref)
-        classes = list(t.classes)
-        samples = sample_set_from_table(t, classes)
-        plan = plan_loader(len(samples), size, cuda=device.type == "cuda")
-        cache = open_cache(samples, size, project.cache_dir) if plan.mode == "cache" else None
-        loader = make_loader(samples, plan, image_size=size, batch_size=batch_size, cache=cache,
-                             sampler=ShardSampler(len(samples)))
-        emb = embed(model.backbone, loader, opts=opts, num_rows=len(samples), emb_dim=model.num_features)
-        cols = _row_columns(t, samples, classes)
-        cols["embedding"] = _fixed_list(emb)
-        out.append(_write_lance(folder, t.name, cols))
-    return out
+        info = _runs.read_run(project, run)
+        folder = _runs.run_dir(project, run)
+        refs = [table] if table else [f"{t['table']}@{t['revision']}" for t in info["tables"]]
+        ckpt_path, ckpt = _load_model(folder, run)
+        model = create_model(ckpt["model_name"], 1, small_input=ckpt["small_input"])
+        try:
+            model.backbone.load_state_dict({k.removeprefix("backbone."): v for k, v in ckpt["model"].items()})
+        except RuntimeError as e:
+            raise DataloupeError(f"{ckpt_path} does not fit model {ckpt['model_name']}: "
+                                 f"{str(e).splitlines()[0]}") from e
+        opts = _options(model, ckpt, ctx)
+        out = []
+        for ref in refs:
+            t = open_ref(project, ref)
+            classes = list(t.classes)
+            samples = sample_set_from_table(t, classes)
+            rows = _rows(t, samples, classes)
+            loader = _loader(project, samples, ckpt, ctx, batch_size)
+
+            def batches(loader=loader):
+                model.backbone.eval()
+                with torch.no_grad():
+                    for images, _, positions in loader:
+                        with opts.autocast():
+                            emb = model.backbone(opts.inputs(images))
+                        yield positions.numpy(), emb.float().cpu().numpy()
+
+            dtype = _emb_dtype(embedding_dtype, len(samples), model.num_features)
+
+            def chunk(pos, emb, rows=rows, samples=samples, dtype=dtype):
+                cols = _row_columns(rows, pos, samples.labels[pos])
+                cols["embedding"] = _fixed_list(emb.astype(dtype))
+                return pa.record_batch(list(cols.values()), names=list(cols))
+
+            empty = (np.zeros(0, np.int64), np.zeros((0, model.num_features), np.float32))
+            out.append(_write_parts(folder, t.name, _chunks(batches(), chunk_rows, chunk, empty), ctx))
+        return out
+    finally:
+        if own:
+            shutdown_distributed(ctx)
 
 
-def _row_columns(t, samples, classes) -> dict[str, pa.Array]:
-    """``id``, ``table_revision``, ``split`` and ``label`` of every row of ``samples``."""
-    split = t.to_arrow(columns=["id", "split"]).column("split")
-    names = np.array(classes, dtype=object)
-    return {
-        "id": pa.array(samples.ids, type=pa.int64()),
-        "table_revision": pa.array(np.full(len(samples), int(t.revision)), type=pa.int64()),
-        "split": split.combine_chunks() if hasattr(split, "combine_chunks") else split,
-        "label": pa.array([names[i] if i >= 0 else None for i in samples.labels], type=pa.string()),
-    }
+def _write_parts(folder: Path, name: str, batches: Iterator[pa.RecordBatch], ctx: DistContext) -> Path:
+    """Each process writes its batches as fragments; the primary commits them all as one dataset.
 
-
-def _write(folder: Path, t, samples, classes, probs, emb, *, trained: bool) -> Path:
-    m = sample_metrics(probs, samples.labels)
-    labeled = samples.labels >= 0
-    names = np.array(classes, dtype=object)
-    cols = _row_columns(t, samples, classes)
-    cols.update({
-        "predicted": pa.array(names[m["predicted"]].tolist(), type=pa.string()),
-        "confidence": pa.array(m["confidence"]),
-        "margin": pa.array(m["margin"]),
-        "entropy": pa.array(m["entropy"]),
-        "loss": pa.array(m["loss"], mask=~labeled, type=pa.float32()),
-        "correct": pa.array(m["correct"], mask=~labeled, type=pa.bool_()),
-        "probs": _fixed_list(probs),
-        "embedding": _fixed_list(emb),
-    })
-    if trained:
-        cols["aum"], cols["forgetting"] = _dynamics_columns(folder, samples.ids)
-    else:
-        cols["aum"] = pa.nulls(len(samples), type=pa.float32())
-        cols["forgetting"] = pa.nulls(len(samples), type=pa.int32())
-    return _write_lance(folder, t.name, cols)
-
-
-def _write_lance(folder: Path, name: str, cols: dict[str, pa.Array]) -> Path:
+    Fragments are written into a temporary dataset folder shared by all processes (file
+    names are unique per writer); the primary commits every process's fragment metadata
+    with one ``Overwrite`` and renames the folder into place.
+    """
     import lance
+    from lance.fragment import write_fragments
 
     path = folder / "metrics" / f"{name}.lance"
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{name}.lance.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    lance.write_dataset(pa.table(cols), str(tmp))
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)
+    if ctx.is_primary():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    ctx.barrier()
+    first = next(batches)
+    schema = first.schema
+
+    def all_batches():
+        yield first
+        yield from batches
+
+    reader = pa.RecordBatchReader.from_batches(schema, all_batches())
+    frags = write_fragments(reader, str(tmp), schema=schema, mode="overwrite", max_rows_per_file=1 << 30)
+    gathered = ctx.all_gather_object(frags)
+    if ctx.is_primary():
+        fragments = [f for fs in gathered for f in fs]
+        lance.LanceDataset.commit(str(tmp), lance.LanceOperation.Overwrite(schema, fragments))
+        shutil.rmtree(path, ignore_errors=True)
+        tmp.rename(path)
+    ctx.barrier()
     return path

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -47,6 +48,14 @@ class DistContext:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t.cpu()
 
+    def all_gather_object(self, obj) -> list:
+        """``[obj of rank 0, obj of rank 1, ...]`` on every process (small picklable objects)."""
+        if not self.distributed:
+            return [obj]
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
     def broadcast_object(self, obj):
         """``obj`` from the primary, on every process."""
         if not self.distributed:
@@ -58,6 +67,9 @@ class DistContext:
 
 def init_distributed(device: str = "auto") -> DistContext:
     """Set up the process group when launched by torchrun (NCCL on GPU, gloo on CPU).
+
+    Collective timeout: ``$DATALOUPE_DIST_TIMEOUT_MIN`` minutes (default 180), long enough for
+    the primary to build an ImageNet-size cache or store while the others wait.
 
     Args:
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
@@ -74,7 +86,11 @@ def init_distributed(device: str = "auto") -> DistContext:
     else:
         dev = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=dev if use_cuda else None)
+        # Ranks wait at a barrier while the primary builds the decoded cache or the training store
+        # (ImageNet: many minutes); NCCL's default 10 min / gloo's 30 min would end the job.
+        minutes = float(os.environ.get("DATALOUPE_DIST_TIMEOUT_MIN", "180"))
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=dev if use_cuda else None,
+                                timeout=timedelta(minutes=minutes))
     return DistContext(rank=rank, world_size=world, local_rank=local, device=dev)
 
 

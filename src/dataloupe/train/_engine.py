@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from dataloupe.data import (AugmentConfig, ShardSampler, WeightedEpochSampler, make_loader, mix_transform,
-                            open_cache, plan_loader, sample_transform)
+from dataloupe.data import (AugmentConfig, ShardSampler, WeightedEpochSampler, fragment_blocks, make_loader,
+                            mix_transform, open_cache, open_store, plan_loader, sample_transform)
 from dataloupe.models import create_model
 from dataloupe.project import DataloupeError, Project
 from dataloupe.train import _runs
@@ -101,30 +101,21 @@ def build_setup(project: Project, data: TrainData, recipe: Recipe, ctx: DistCont
         model = torch.compile(model)
     if ctx.distributed:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[ctx.local_rank] if cuda else None)
-    all_rows = len(data.train) + len(data.val)
-    plan = plan_loader(all_rows, recipe.image_size, loader=recipe.loader, cache_max_gb=recipe.cache_max_gb,
-                       num_workers=recipe.num_workers, cuda=cuda, world_size=ctx.world_size)
-    caches = [None, None]
-    if plan.mode == "cache":
-        for i, samples in enumerate((data.train, data.val)):
-            t0 = time.perf_counter()
-            caches[i] = open_cache(samples, recipe.image_size, project.cache_dir, primary=ctx.is_primary(),
-                                   barrier=ctx.barrier)
-            if ctx.is_primary() and time.perf_counter() - t0 > 5:
-                print(f"decoded {len(samples)} images at {recipe.image_size} px into {caches[i].path}"
-                      f" in {time.perf_counter() - t0:.0f}s", flush=True)
-            if ctx.is_primary():
-                for rid, why in sorted(caches[i].failed.items()):
-                    if rid in set(samples.ids.tolist()):
-                        print(f"warning: id {rid} could not be decoded (trained as black): {why}")
     aug = AugmentConfig.from_recipe(recipe)
     batched = recipe.augment == "batched" or (recipe.augment == "auto" and cuda)
+    train_tf = sample_transform(aug, only_autoaugment=batched)
+    all_rows = len(data.train) + len(data.val)
+    plan = plan_loader(all_rows, recipe.image_size, loader=recipe.loader, cache_max_gb=recipe.cache_max_gb,
+                       num_workers=recipe.num_workers, cuda=cuda, world_size=ctx.world_size, decode=recipe.decode,
+                       per_image_transform=train_tf is not None, large="store")
+    caches = _open_pixels(project, data, recipe, plan, ctx)
+    blocks = fragment_blocks(caches[0], train_set) if plan.mode == "store" else None
     draw_weights = balanced_weights(train_set.labels, train_set.weights) if recipe.balance_classes else train_set.weights
     sampler = WeightedEpochSampler(draw_weights, num_replicas=ctx.world_size, rank=ctx.rank, seed=recipe.seed,
-                                   num_samples=recipe.epoch_samples)
+                                   num_samples=recipe.epoch_samples, blocks=blocks)
     drop_last = len(sampler) * ctx.world_size >= 2 * recipe.batch_size
     train_loader = make_loader(train_set, plan, image_size=recipe.image_size, batch_size=per_rank, cache=caches[0],
-                               transform=sample_transform(aug, only_autoaugment=batched), sampler=sampler,
+                               transform=train_tf, sampler=sampler,
                                drop_last=drop_last, seed=recipe.seed + ctx.rank, pin_memory=cuda)
     val_loader = make_loader(val_set, plan, image_size=recipe.image_size,
                              batch_size=recipe.val_batch_size or 2 * per_rank, cache=caches[1],
@@ -165,6 +156,31 @@ def build_setup(project: Project, data: TrainData, recipe: Recipe, ctx: DistCont
                  mix_transform(aug, len(data.classes)), opts, small, len(train_set), consistency,
                  weights=weights, normalisation=norm_source,
                  ema=WeightEMA(raw, recipe.ema_decay) if recipe.ema_decay > 0 else None)
+
+
+def _open_pixels(project: Project, data: TrainData, recipe: Recipe, plan, ctx: DistContext) -> list:
+    """The decoded caches or training stores of (train, val), built once by the primary process."""
+    if plan.mode == "stream":
+        return [None, None]
+    out = []
+    for samples in (data.train, data.val):
+        t0 = time.perf_counter()
+        if plan.mode == "cache":
+            found = open_cache(samples, recipe.image_size, project.cache_dir, primary=ctx.is_primary(),
+                               barrier=ctx.barrier)
+        else:
+            found = open_store(samples, project.cache_dir, short_side=recipe.store_short_side or recipe.image_size,
+                               quality=recipe.store_quality, primary=ctx.is_primary(), barrier=ctx.barrier)
+        if ctx.is_primary() and time.perf_counter() - t0 > 5:
+            print(f"prepared {len(samples)} images ({plan.mode}) into {found.path}"
+                  f" in {time.perf_counter() - t0:.0f}s", flush=True)
+        if ctx.is_primary():
+            ids = set(samples.ids.tolist())
+            for rid, why in sorted(found.failed.items()):
+                if rid in ids:
+                    print(f"warning: id {rid} could not be decoded (trained as black): {why}")
+        out.append(found)
+    return out
 
 
 def _report_weights(s: Setup, folder) -> None:
@@ -380,11 +396,11 @@ def train(project: Project, train_table: str, val_table: str, recipe: Recipe | d
                 raise DataloupeError("--resume needs --run NAME")
             run = ctx.broadcast_object(_runs.new_run_name(project, recipe.name) if ctx.is_primary() else None)
         info = train_samples(project, data, recipe, run=run, resume=resume, force=force, ctx=ctx, tty=tty)
-        if recipe.collect and ctx.is_primary():
+        if recipe.collect:
             from dataloupe.train._collect import collect
 
             for ref in (f"{data.train_table}@{data.train_revision}", f"{data.val_table}@{data.val_revision}"):
-                collect(project, run, ref)  # other ranks do not wait (no barrier timeout on big tables)
+                collect(project, run, ref, ctx=ctx)  # every process collects its shard
         return info
     finally:
         shutdown_distributed(ctx)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dataloupe.data import AugmentConfig, batch_augment, normalize_batch
+from dataloupe.data import AugmentConfig, EncodedBatch, batch_augment, normalize_batch
 from dataloupe.train._progress import Progress
 
 
@@ -28,8 +28,14 @@ class StepOptions:
     augment: AugmentConfig | None = None  # batched on-device augmentation (training only)
     tta_hflip: bool = False  # evaluation averages the image and its horizontal mirror
 
+    def pixels(self, images) -> torch.Tensor:
+        """The uint8 batch on the device (encoded batches of the training store decoded there)."""
+        if isinstance(images, EncodedBatch):
+            return images.decode(self.device)
+        return images.to(self.device, non_blocking=True)
+
     def inputs(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(self.device, non_blocking=True)
+        x = self.pixels(images)
         x = normalize_batch(x, self.mean, self.std)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -38,7 +44,7 @@ class StepOptions:
     def train_inputs(self, images: torch.Tensor) -> torch.Tensor:
         if self.augment is None:
             return self.inputs(images)
-        x = batch_augment(images.to(self.device, non_blocking=True), self.augment)
+        x = batch_augment(self.pixels(images), self.augment)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def eval_forward(self, model: nn.Module, images: torch.Tensor, *, return_embedding: bool = False):
@@ -234,7 +240,7 @@ def train_one_epoch(model: nn.Module, loader, *, optimizer, schedule, opts: Step
             sup = loss
         else:
             u_images, _, u_pos = next(unlabeled)
-            u = u_images.to(opts.device, non_blocking=True)
+            u = opts.pixels(u_images)
             teacher = ema.module if ema is not None else model
             with torch.no_grad(), opts.autocast():
                 guess = torch.softmax(teacher(batch_augment(u, consistency.weak)).float(), 1)
@@ -300,17 +306,24 @@ def evaluate(model: nn.Module, loader, *, opts: StepOptions, num_classes: int) -
 
 
 @torch.no_grad()
+def predict_batches(model: nn.Module, loader, *, opts: StepOptions):
+    """Yield ``(positions (B,) int64, probs (B, K) float32, embeddings (B, D) float32)`` numpy per batch.
+
+    The streaming form of :func:`predict`: memory holds one batch, whatever the number of rows.
+    """
+    model.eval()
+    for images, _, positions in loader:
+        logits, emb = opts.eval_forward(model, images, return_embedding=True)
+        yield positions.numpy(), torch.softmax(logits.float(), 1).cpu().numpy(), emb.float().cpu().numpy()
+
+
 def predict(model: nn.Module, loader, *, opts: StepOptions, num_rows: int, num_classes: int,
             emb_dim: int) -> tuple[np.ndarray, np.ndarray]:
     """``(probs (N, K), embeddings (N, D))`` float32 for every position of ``loader``."""
-    model.eval()
     probs = np.zeros((num_rows, num_classes), dtype=np.float32)
     embs = np.zeros((num_rows, emb_dim), dtype=np.float32)
-    for images, _, positions in loader:
-        logits, emb = opts.eval_forward(model, images, return_embedding=True)
-        pos = positions.numpy()
-        probs[pos] = torch.softmax(logits.float(), 1).cpu().numpy()
-        embs[pos] = emb.float().cpu().numpy()
+    for pos, p, e in predict_batches(model, loader, opts=opts):
+        probs[pos], embs[pos] = p, e
     return probs, embs
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dataloupe.data import (AugmentConfig, WeightedEpochSampler, make_loader, open_cache, plan_loader,
+from dataloupe.data import (AugmentConfig, WeightedEpochSampler, make_loader, open_cache, open_store, plan_loader,
                             sample_transform)
 from dataloupe.data import sample_set_from_table
 from dataloupe.models import create_model
@@ -84,8 +84,14 @@ def lr_find(project: Project, table: str, recipe: Recipe, *, start_lr: float = 1
     torch.manual_seed(recipe.seed)
     model = create_model(recipe.model, len(t.classes), small_input=small_input_for(recipe))
     plan = plan_loader(len(samples), recipe.image_size, loader=recipe.loader, cache_max_gb=recipe.cache_max_gb,
-                       num_workers=recipe.num_workers)
-    cache = open_cache(samples, recipe.image_size, project.cache_dir) if plan.mode == "cache" else None
+                       num_workers=recipe.num_workers, large="store")
+    if plan.mode == "cache":
+        cache = open_cache(samples, recipe.image_size, project.cache_dir)
+    elif plan.mode == "store":  # the training run will read this store too
+        cache = open_store(samples, project.cache_dir, short_side=recipe.store_short_side or recipe.image_size,
+                           quality=recipe.store_quality)
+    else:
+        cache = None
     loader = make_loader(train_set, plan, image_size=recipe.image_size, batch_size=recipe.batch_size, cache=cache,
                          transform=sample_transform(AugmentConfig.from_recipe(recipe)),
                          sampler=WeightedEpochSampler(train_set.weights, seed=recipe.seed), seed=recipe.seed)

@@ -363,11 +363,11 @@ def pretrain(project: Project, tables: list[str] | None, config: PretrainConfig 
         if run is None:
             run = ctx.broadcast_object(_runs.new_run_name(project, cfg.method) if ctx.is_primary() else None)
         info = pretrain_samples(project, data, cfg, run=run, resume=resume, ctx=ctx, tty=tty)
-        if cfg.collect and ctx.is_primary():
+        if cfg.collect:
             from dataloupe.train._collect import collect_embeddings
 
-            for t in data.tables:
-                collect_embeddings(project, run, f"{t['table']}@{t['revision']}")
+            for t in data.tables:  # every process collects its shard
+                collect_embeddings(project, run, f"{t['table']}@{t['revision']}", ctx=ctx)
         return info
     finally:
         shutdown_distributed(ctx)

@@ -29,7 +29,8 @@ _CHOICES: dict[str, tuple] = {
     "optimizer": ("sgd", "adam", "adamw"),
     "scheduler": ("none", "onecycle", "cosine", "plateau"),
     "autoaugment": (None, "imagenet", "cifar10", "svhn"),
-    "loader": ("auto", "cache", "stream"),
+    "loader": ("auto", "cache", "store", "stream"),
+    "decode": ("auto", "cpu", "gpu"),
     "amp": ("auto", "bf16", "none"),
     "device": ("auto", "cpu", "cuda"),
     "augment": ("auto", "v2", "batched"),
@@ -54,8 +55,12 @@ class Recipe:
     image_size: int = 128  # px, side of the square training/eval image
     batch_size: int = 64  # images per optimizer step, global (split across processes)
     val_batch_size: Optional[int] = None  # images per eval batch per process; None: 2 * batch
-    loader: str = "auto"  # cache (decoded uint8 memmap) | stream (decode files in workers) | auto
-    cache_max_gb: float = 8.0  # GiB; auto picks stream when the decoded cache would exceed it
+    # cache (decoded uint8 memmap) | store (pre-resized JPEG in Lance) | stream (decode loose files) | auto
+    loader: str = "auto"
+    cache_max_gb: float = 8.0  # GiB; auto picks the store when the decoded cache would exceed it
+    store_short_side: Optional[int] = None  # px, short side of the store's images; None: image_size
+    store_quality: int = 90  # JPEG quality of the store's images
+    decode: str = "auto"  # store: cpu (loader workers) | gpu (decode_jpeg on CUDA, batched) | auto
     num_workers: Optional[int] = None  # DataLoader workers per process; None: automatic
     # --- optimisation
     epochs: int = 10  # passes over the (weighted) training set
