@@ -354,7 +354,7 @@ def test_points_without_map_or_analysis_fall_back_to_pca_of_embeddings(client, p
     lance.write_dataset(t.drop_columns(["map_x", "map_y", "cluster"]), path, mode="overwrite")
     (p.runs_dir / "r1" / "analysis.json").unlink()
     header, cols = decode(client.get("/api/runs/r1/points", params={"table": "digits"}).content)
-    assert header["n"] == 1797 and header["map_source"].startswith("pca of embedding")
+    assert header["n"] == 1797 and header["map_source"].startswith("PCA of the embeddings") and "dataloupe reduce" in header["map_source"]
     assert np.isfinite(cols["map_x"]).all() and cols["map_x"].std() > 0 and cols["findings"].sum() == 0
     d = client.get("/api/runs/r1/samples/3", params={"table": "digits"}).json()
     assert d["metrics"]["findings"] == [] and len(d["neighbours"]) == 12

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dataloupe import __version__
 from dataloupe._netsafety import host_of, is_loopback, token_matches
+from dataloupe.loop import apply_answers, review_queue
 from dataloupe.project import DataloupeError, Project
 from dataloupe.tables import diff_revisions, list_tables, open_table, revert_table
 from dataloupe.ui import _actions, _images, _runs, _samples
@@ -42,6 +43,21 @@ class ActionBody(BaseModel):
     run: str | None = None
     message: str | None = Field(default=None, max_length=1000)
     expected_revision: int | None = None
+
+
+class ReviewAnswer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: int
+    label: str | None = None  # a class, null = undefined, or EXCLUDE
+
+
+class ReviewBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    run: str
+    strategy: str = Field(default="margin", max_length=40)
+    answers: list[ReviewAnswer] = Field(max_length=100_000)
+    expected_revision: int | None = None
+    message: str | None = Field(default=None, max_length=1000)
 
 
 class RevertBody(BaseModel):
@@ -199,7 +215,8 @@ def create_app(project: Project, *, token: str | None = None,
         ax = _runs.analysis_index(project, run, info.get("train_table"))
         counts = {k: int(v.size) for k, v in ax.findings.items()}
         return info | {"history": _runs.read_history(project, run), "finding_counts": counts,
-                       "taxonomy": analysis.get("taxonomy"), "clusters": analysis.get("clusters")}
+                       "taxonomy": analysis.get("taxonomy"), "clusters": analysis.get("clusters"),
+                       "trust": _runs.run_trust(project, info)}
 
     @app.get("/api/runs/{run}/points")
     def run_points(run: str, table: str, revision: int | None = None) -> Response:
@@ -208,10 +225,34 @@ def create_app(project: Project, *, token: str | None = None,
         rev = t.at(revision).revision if revision is not None else t.latest_revision
         mpath = _runs.metrics_path(project, run, table)
         apath = project.runs_dir / run / "analysis.json"
-        key = (run, table, rev, _mtime(mpath), _mtime(apath))
+        # the header names the latest revision: a blob packed before a newer edit must not be reused
+        key = (run, table, rev, t.latest_revision, _mtime(mpath), _mtime(apath))
         blob = points_cache.get_or_make(key, lambda: build_points(project, run, table, rev))
         threading.Thread(target=paths.warm, args=(table,), daemon=True).start()  # thumbnails next
         return Response(blob, media_type="application/octet-stream", headers={"Cache-Control": "no-store"})
+
+    @app.get("/api/runs/{run}/review")
+    def run_review(run: str, table: str, strategy: str = "margin", limit: int = Query(500, ge=1, le=100_000)) -> dict:
+        run_or_404(run)
+        table_or_404(table)
+        return review_queue(project, table, run, strategy=strategy, limit=limit)
+
+    @app.post("/api/tables/{name}/review")
+    def table_review(name: str, body: ReviewBody) -> dict:
+        table_or_404(name)
+        run_or_404(body.run)
+        answers = {a.id: a.label for a in body.answers}
+        if not answers:
+            raise DataloupeError("no answers to write")
+        n = len(answers)
+        message = (body.message or "").strip() or f"ui: review {body.strategy}: {n} answer{'s' if n != 1 else ''} (run {body.run})"
+        try:
+            res = apply_answers(project, name, answers, message=message, expected_revision=body.expected_revision)
+        except DataloupeError as e:
+            if "reload" in str(e):
+                raise _actions.ConflictError(str(e)) from None
+            raise
+        return res | {"message": message}
 
     @app.get("/api/runs/{run}/samples/{sample_id}")
     def run_sample(run: str, sample_id: int, table: str, k: int = Query(12, ge=0, le=100)) -> dict:

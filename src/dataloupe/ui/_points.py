@@ -21,6 +21,7 @@ into ``classes`` with -1 for "none"; float columns hold NaN for nulls; ``finding
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 
@@ -152,9 +153,10 @@ def _read_metrics(project: Project, run: str, table: str) -> dict:
         out["map_x"], out["map_y"] = _floats(m["map_x"]), _floats(m["map_y"])
         out["map_source"] = "map_x/map_y"
     else:
-        xy = _pca2(ds, order)
+        xy = _pca_cached(str(_runs.metrics_path(project, run, table)), ds.version)
         out["map_x"], out["map_y"] = xy[:, 0], xy[:, 1]
-        out["map_source"] = "pca of embedding (run `dataloupe reduce` for a better map)"
+        out["map_source"] = (f"PCA of the embeddings: this run has no map yet; run `dataloupe reduce {run}` "
+                             "for a map that keeps neighbourhoods (PaCMAP)")
     return out
 
 
@@ -172,6 +174,17 @@ def read_embedding(project: Project, run: str, table: str) -> tuple[np.ndarray, 
     emb = _fixed_list(t["embedding"], dim)[order]
     emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
     return ids[order], emb
+
+
+@functools.lru_cache(maxsize=4)
+def _pca_cached(path: str, version: int) -> np.ndarray:
+    """The PCA map of one metrics version, in id order (computed once: every revision and
+    every edit of the table reuses it)."""
+    ds = lance.dataset(path, version=version)
+    order = np.argsort(ds.to_table(columns=["id"])["id"].to_numpy(), kind="stable")
+    out = _pca2(ds, order)
+    out.flags.writeable = False
+    return out
 
 
 def _pca2(ds, order: np.ndarray) -> np.ndarray:

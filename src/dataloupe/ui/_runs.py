@@ -237,3 +237,29 @@ def _read_json(path: Path) -> dict:
     if not isinstance(obj, dict):
         raise DataloupeError(f"{path} does not hold a JSON object")
     return obj
+
+
+def run_trust(project: Project, info: dict) -> dict:
+    """:func:`dataloupe.analysis.model_trust` for a run: its val top-1, class count and how many
+    training labels its analysis disputes."""
+    from dataloupe.analysis._trust import model_trust  # noqa: PLC0415
+    from dataloupe.tables import open_table  # noqa: PLC0415
+
+    classes = info.get("classes")
+    labeled = None
+    train = info.get("train_table")
+    if train and (project.tables_dir / train / "revisions.json").is_file():
+        try:
+            t = open_table(project, train, info.get("train_revision"))
+        except DataloupeError:
+            t = open_table(project, train)
+        classes = classes or t.classes
+        labeled = t.summary().get("labeled")
+    issues = None
+    if info.get("has_analysis"):
+        roles = table_roles(info, train) if train else {"train"}
+        issues = sum(1 for r in _records(read_analysis(project, info["run"]).get("label_issues"))
+                     if _about(r, roles, "train"))
+    val = info.get("best_val_top1")
+    return model_trust(val if isinstance(val, (int, float)) else None, len(classes or []) or 2,
+                       labeled=labeled, label_issues=issues)

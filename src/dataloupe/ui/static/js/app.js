@@ -3,6 +3,7 @@ import { getJSON, enc } from "./api.js";
 import { lineChart } from "./charts.js";
 import { h, status, showDiff, revertTo, toast } from "./ui.js";
 import { RunView } from "./run.js";
+import { ReviewView } from "./review.js";
 
 const view = document.getElementById("view");
 const crumbs = document.getElementById("crumbs");
@@ -24,7 +25,14 @@ async function projectView() {
   const done = runs.filter((r) => typeof r.best_val_top1 === "number");
   const labels = {};
   done.forEach((r, i) => { labels[i] = `${r.run} (${r.train_table}@${r.train_revision})`; });
-  lineChart(chart, [{ name: "val top-1", points: done.map((r, i) => [i, r.best_val_top1]) }],
+  // one line per validation table: accuracies on different tables are not comparable
+  const byVal = new Map();
+  done.forEach((r, i) => {
+    const key = `val top-1 on ${r.val_table ?? "?"}${r.val_revision !== undefined ? "@" + r.val_revision : ""}`;
+    if (!byVal.has(key)) byVal.set(key, []);
+    byVal.get(key).push([i, r.best_val_top1]);
+  });
+  window.__dl.accChart = lineChart(chart, [...byVal].map(([name, points]) => ({ name, points })),
     { labels, pct: true, valueLabels: true, empty: "no finished runs yet: dataloupe train …" });
   window.__dl.ready = true;
 }
@@ -47,13 +55,14 @@ function fmtChanges(c) {
 
 function runsTable(runs) {
   if (!runs.length) return h("p", { class: "muted" }, "No runs yet: dataloupe train …");
-  return h("table", {}, h("tr", {}, ...["run", "status", "train table", "val top-1", "epochs", "metrics"].map((x) => h("th", {}, x))),
+  return h("table", {}, h("tr", {}, ...["run", "status", "train table", "val top-1", "epochs", "metrics", ""].map((x) => h("th", {}, x))),
     runs.map((r) => h("tr", {},
       h("td", {}, (r.metrics_tables || []).length ? h("a", { href: `#/run/${enc(r.run)}` }, r.run) : r.run),
       h("td", {}, r.status), h("td", {}, `${r.train_table ?? "?"}@${r.train_revision ?? "?"}`),
       h("td", {}, typeof r.best_val_top1 === "number" ? (100 * r.best_val_top1).toFixed(2) + "%" : "–"),
       h("td", {}, `${r.epochs_done ?? "?"}/${r.epochs ?? "?"}`),
-      h("td", {}, (r.metrics_tables || []).join(", ") || "–"))));
+      h("td", {}, (r.metrics_tables || []).join(", ") || "–"),
+      h("td", {}, (r.metrics_tables || []).includes(r.train_table) ? h("a", { href: `#/review/${enc(r.run)}`, class: "review-link" }, "review queue") : ""))));
 }
 
 let current = null;
@@ -62,8 +71,16 @@ async function route() {
   if (current) current.destroy();
   current = null;
   const m = location.hash.match(/^#\/run\/([^?]+)(?:\?(.*))?$/);
+  const rv = location.hash.match(/^#\/review\/([^?]+)(?:\?(.*))?$/);
   try {
-    if (m) {
+    if (rv) {
+      const run = decodeURIComponent(rv[1]);
+      const p = new URLSearchParams(rv[2] || "");
+      crumbs.replaceChildren(h("a", { href: "#/" }, "project"), " / ", h("a", { href: `#/run/${enc(run)}` }, `run ${run}`), " / review");
+      current = new ReviewView(view, run, p.get("table"), p.get("strategy"));
+      window.__dl.review = current;
+      await current.load();
+    } else if (m) {
       const run = decodeURIComponent(m[1]);
       const p = new URLSearchParams(m[2] || "");
       crumbs.replaceChildren(h("a", { href: "#/" }, "project"), " / ", `run ${run}`);

@@ -1,7 +1,10 @@
 // The run view's side panes: grid + actions, sample detail, confusion matrix, curves.
 import { getJSON, postJSON, enc, imageURL, thumbURL } from "./api.js";
 import { lineChart } from "./charts.js";
-import { h, toast, showDiff, revertTo } from "./ui.js";
+import { h, toast, showDiff, revertTo, confirmDialog } from "./ui.js";
+
+// Edits over more samples than this ask to confirm, stating the count.
+export const CONFIRM_OVER = 10;
 
 const ACTIONS = [
   ["set_label", "set label"], ["mark_undefined", "mark undefined"], ["exclude", "exclude"], ["include", "include"],
@@ -47,25 +50,51 @@ export class Panes {
     if (this.current === "confusion") this.confusion();
   }
 
-  async act(action) {
+  /**
+   * Apply an action as one revision. ids: the samples (default: the selection; with nothing
+   * selected, every filtered sample — after asking). Edits over CONFIRM_OVER samples ask
+   * first. advance: after the edit, the sample view moves to the next sample of the grid.
+   */
+  async act(action, { ids = null, label = null, advance = false } = {}) {
     const v = this.v;
-    if (!v.selCount && v.visible === v.n) { toast("select samples first (lasso, box, a confusion cell or filters)", [], true); return; }
-    if (v.revision !== v.H.latest_revision) {
-      toast(`you are looking at revision ${v.revision}; switch to the latest (r${v.H.latest_revision}) to edit`, [], true);
+    if (v.revision !== v.latest) {
+      toast(`you are looking at revision ${v.revision}; switch to the latest (r${v.latest}) to edit`, [["go to latest", () => v.reload(null)]], true);
       return;
     }
-    const ids = v.selectedIds();
-    if (!ids.length) { toast("the current selection is empty", [], true); return; }
-    const body = { action, ids, expected_revision: v.H.latest_revision, message: this.msg.value || null };
-    if (action === "set_label") body.label = this.labelSel.value;
+    const what = ACTIONS.find(([a]) => a === action)[1];
+    if (!ids) {
+      ids = v.selectedIds();
+      if (!ids.length) {
+        if (v.selCount) { toast("the selected samples are all hidden by the filters", [], true); return; }
+        ids = v.visibleIds();
+        if (!ids.length) { toast("no samples are shown", [], true); return; }
+        const ok = await confirmDialog(`Nothing is selected. Apply “${what}${action === "set_label" ? " " + (label ?? this.labelSel.value) : ""}” to all ${ids.length.toLocaleString()} samples the filters show?`,
+          `${what} ${ids.length.toLocaleString()} samples`);
+        if (!ok) return;
+      } else if (ids.length > CONFIRM_OVER) {
+        const ok = await confirmDialog(`Apply “${what}${action === "set_label" ? " " + (label ?? this.labelSel.value) : ""}” to ${ids.length.toLocaleString()} selected samples?`,
+          `${what} ${ids.length.toLocaleString()} samples`);
+        if (!ok) return;
+      }
+    } else if (ids.length > CONFIRM_OVER) {
+      const ok = await confirmDialog(`Apply “${what}${label ? " " + label : ""}” to ${ids.length.toLocaleString()} samples?`, `${what} ${ids.length.toLocaleString()} samples`);
+      if (!ok) return;
+    }
+    const body = { action, ids, expected_revision: v.latest, message: this.msg.value || null };
+    if (action === "set_label") body.label = label ?? this.labelSel.value;
     if (action.startsWith("accept_")) body.run = v.run;
     window.__dl.ready = false;
     try {
       const r = await postJSON(`/api/tables/${enc(v.table)}/actions`, body);
       this.msg.value = "";
-      if (!r.committed) { window.__dl.lastAction = r; window.__dl.ready = true; toast(`${r.message} (${r.matched} selected)`); return; }
+      if (!r.committed) {
+        window.__dl.lastAction = r; window.__dl.ready = true; toast(`${r.message} (${r.matched} selected)`);
+        if (advance) this.step(1);
+        return;
+      }
       const skipped = r.skipped.map((s) => `${s.count} skipped: ${s.reason}`).join("; ");
       await v.reload(r.revision);
+      if (advance) this.step(1);
       window.__dl.lastAction = r;
       toast(`revision ${r.revision}: ${r.message}${skipped ? " — " + skipped : ""}`, [
         ["diff", () => showDiff(v.table, r.previous_revision, r.revision)],
@@ -73,13 +102,29 @@ export class Panes {
       ]);
     } catch (e) {
       window.__dl.ready = true;
-      toast(e.message, [], true);
+      const buttons = e.status === 409 ? [["reload", () => v.reload(null)]] : [];
+      toast(e.message, buttons, true);
     }
   }
 
-  async detail(i) {
+  /** Move the sample view to the next (+1) or previous (-1) sample of the grid. */
+  step(delta) {
+    const v = this.v, items = v.items;
+    if (!items.length) return;
+    let pos = items.indexOf(this.detailIndex);
+    if (pos < 0) pos = Math.min(Math.max(v.grid.cursor, 0), items.length - 1) - (delta > 0 ? 1 : 0);
+    pos = Math.max(0, Math.min(items.length - 1, pos + delta));
+    v.grid.cursor = pos;
+    this.detail(items[pos]);
+  }
+
+  async detail(i, focus = true) {
     const v = this.v, id = v.C.id[i];
+    this.detailIndex = i;
+    const pos = v.items.indexOf(i);
+    if (pos >= 0) v.grid.cursor = pos;
     this.show("detail");
+    const seq = (this.detailSeq = (this.detailSeq || 0) + 1);
     const pane = this.panes.detail;
     pane.replaceChildren(h("p", { class: "muted" }, `loading sample ${id}…`));
     try {
@@ -87,14 +132,29 @@ export class Panes {
         getJSON(`/api/runs/${enc(v.run)}/samples/${id}`, { table: v.table }),
         getJSON(`/api/tables/${enc(v.table)}/samples/${id}/history`),
       ]);
+      if (seq !== this.detailSeq) return;  // a newer sample was asked for meanwhile
       const m = d.metrics, cls = v.H.classes;
       const rows = ["label", "predicted", "confidence", "loss", "margin", "entropy", "aum", "forgetting", "cluster", "split", "suggested_label", "pseudo_label"]
         .filter((k) => m[k] !== undefined && m[k] !== null)
         .map((k) => h("tr", {}, h("th", {}, k), h("td", {}, typeof m[k] === "number" && !Number.isInteger(m[k]) ? m[k].toFixed(4) : m[k])));
       const current = v.C.label[i] < 0 ? "(undefined)" : cls[v.C.label[i]];
+      const keys = h("div", { class: "labelkeys", id: "detail-keys" },
+        v.H.table_classes.slice(0, 9).map((c, k) => h("button", { "data-key": k + 1, class: v.C.label[i] === cls.indexOf(c) ? "on" : "",
+          onclick: () => this.act("set_label", { ids: [id], label: c, advance: true }) }, h("kbd", {}, k + 1), " ", c)),
+        h("button", { onclick: () => this.act("mark_undefined", { ids: [id], advance: true }) }, h("kbd", {}, "u"), " undefined"),
+        h("button", { onclick: () => this.act("exclude", { ids: [id], advance: true }) }, h("kbd", {}, "x"), " exclude"));
+      const big = h("img", { class: "big", id: "detail-image", src: imageURL(v.table, id), alt: `sample ${id}`, title: "click to zoom",
+        onclick: () => big.classList.toggle("zoom") });
+      const pos = v.items.indexOf(i);
       pane.replaceChildren(...[
+        h("div", { class: "detail-nav" },
+          h("button", { id: "detail-prev", onclick: () => this.step(-1) }, "← prev"),
+          h("span", { class: "muted" }, pos >= 0 ? `${pos + 1} of ${v.items.length.toLocaleString()} in the grid` : ""),
+          h("button", { id: "detail-next", onclick: () => this.step(1) }, "next →"),
+          h("button", { onclick: () => this.show("grid") }, "back to grid (Esc)")),
         h("h2", {}, `sample ${id}`, h("span", { class: "muted" }, ` · label now ${current}${v.C.excluded[i] ? " · excluded" : ""}`)),
-        h("img", { class: "big", src: imageURL(v.table, id), alt: `sample ${id}` }),
+        keys,
+        big,
         m.findings.length ? h("p", { class: "bad" }, "findings: " + m.findings.join(", ")) : null,
         h("table", { id: "detail-metrics" }, rows),
         m.top ? h("div", {}, h("h3", {}, "top classes"), h("table", {}, m.top.map((t) => h("tr", {}, h("td", {}, t.class), h("td", {}, (100 * t.p).toFixed(1) + "%"))))) : null,
@@ -123,11 +183,21 @@ export class Panes {
       const c = counts[a * K + b], t = Math.sqrt(c / max);
       const bg = a === b ? `rgba(21,128,61,${0.1 + 0.8 * t})` : `rgba(185,28,28,${c ? 0.1 + 0.8 * t : 0})`;
       return h("td", { style: `background:${bg};color:${t > 0.6 ? "#fff" : "#222"}`, "data-label": a, "data-pred": b, title: `label ${cls[a]}, predicted ${cls[b]}: ${c}`,
-        onclick: () => this.selectCell(a, b) }, c || "");
+        onclick: () => this.selectCell(a, b) }, !c ? "" : this.normalise ? (100 * c / Math.max(this.rowTotals[a], 1)).toFixed(0) : c);
     };
-    pane.replaceChildren(h("p", { class: "muted" }, "rows: label (current revision) · columns: predicted · click a cell to select its samples"),
-      h("table", { class: "confusion", id: "confusion" }, h("tr", {}, h("th", {}, ""), cls.map((c) => h("th", {}, c))),
-        cls.map((c, a) => h("tr", {}, h("th", {}, c), cls.map((_, b) => cell(a, b))))));
+    const norm = this.normalise;
+    if (norm) {  // row-normalised: the share of each label's samples predicted as each class
+      const rows = new Float64Array(K);
+      for (let a = 0; a < K; a++) for (let b = 0; b < K; b++) rows[a] += counts[a * K + b];
+      this.rowTotals = rows;
+    }
+    const toggle = h("label", { class: "muted" }, h("input", { type: "checkbox", id: "confusion-norm", checked: !!norm,
+      onchange: (e) => { this.normalise = e.target.checked; this.confusion(); } }), " normalise rows");
+    pane.replaceChildren(h("p", { class: "muted" }, "rows: label (current revision) · columns: predicted (numbered as the rows) · click a cell to select its samples · ", toggle),
+      h("table", { class: "confusion", id: "confusion" },
+        h("colgroup", {}, h("col", { class: "names" }), cls.map(() => h("col", {}))),
+        h("tr", {}, h("th", {}, ""), cls.map((c, k) => h("th", { title: `predicted ${c}` }, String(k + 1)))),
+        cls.map((c, a) => h("tr", {}, h("th", { title: c }, `${a + 1} ${c}`), cls.map((_, b) => cell(a, b))))));
   }
 
   selectCell(a, b) {
