@@ -112,10 +112,10 @@ def test_grid_click_deselects_wrong_cells_before_the_action(page, site):
     page.click("#act-exclude")
     page.wait_for_selector("#confirm-ok")  # more than CONFIRM_OVER samples: asks with the count
     assert f"{sel - 3}" in page.inner_text("#confirm-text")
+    _shot(page, "ui-grid-selection.png")
     page.click("#confirm-ok")
     page.wait_for_function(f"__dl.run.revision === {before + 1} && __dl.ready")
     assert _ids_with(p, "digits", "weight = 0") - excluded_before == want
-    _shot(page, "ui-grid-selection.png")
 
 
 def test_grid_shift_click_select_all_and_invert(page, site):
@@ -160,9 +160,8 @@ def test_edit_keeps_filters_and_place(page, site):
     page.select_option("#color-by", "confidence")
     n = page.evaluate("__dl.run.visible")
     page.wait_for_selector("#grid .cell")
-    ids = _cell_ids(page, 2)
-    for cid in ids:
-        page.click(f"#grid .cell[data-id='{cid}']")
+    ids = page.evaluate("(() => { const r = __dl.run; r.setSelection([r.items[0], r.items[1]]); return r.selectedIds(); })()")
+    assert len(ids) == 2
     before = open_table(p, "digits").latest_revision
     page.select_option("#action-label", "4")
     page.click("#act-set_label")
@@ -364,3 +363,46 @@ def test_review_queue_page_answers_with_keys_as_one_revision(page, site):
     assert items[1]["id"] in left and items[0]["id"] not in left
     page.select_option("#review-strategy", "entropy")
     page.wait_for_function("window.__dl.ready && __dl.review && __dl.review.strategy === 'entropy'", timeout=30000)
+
+
+# ---- the view in the URL, saved views, export, and dataloupe.show ----------------------------
+def test_view_state_lives_in_the_url(page, site):
+    _open(page, site)
+    page.select_option("#f-correct", "incorrect")
+    page.select_option("#color-by", "loss")
+    page.evaluate("__dl.run.setSelection([3, 4, 5, 200])")
+    page.wait_for_function("location.hash.includes('sel=')")
+    url = page.url
+    assert "correct=incorrect" in url and "color=loss" in url
+    want = page.evaluate("__dl.run.selectedIds()")
+    page.goto("about:blank")
+    page.goto(url)
+    page.wait_for_function("window.__dl.ready && __dl.run && __dl.run.C && __dl.run.selCount > 0", timeout=30000)
+    assert page.input_value("#f-correct") == "incorrect" and page.input_value("#color-by") == "loss"
+    assert page.evaluate("__dl.run.selectedIds()") == want
+    # export the selection as CSV (downloaded by the browser)
+    with page.expect_download() as dl:
+        page.click("#grid-export")
+    text = open(dl.value.path()).read().splitlines()
+    assert text[0] == "id,label,predicted,confidence" and [int(r.split(",")[0]) for r in text[1:]] == sorted(want)
+    # save the view under a name; it is offered in the views list
+    page.once("dialog", lambda d: d.accept("wrong ones"))
+    page.click("#save-view")
+    assert "wrong ones" in page.inner_text("#views")
+
+
+def test_show_opens_the_dashboard_on_a_selection(page, site):
+    import dataloupe
+
+    s = dataloupe.show("digits", ids=[2, 3, 5], run="run-2", project=site[0], open_browser=False)
+    try:
+        assert "sel=2,3,5" in s.url and "table=digits" in s.url
+        page.goto(s.url)
+        page.wait_for_function("window.__dl.ready && __dl.run && __dl.run.C && __dl.run.selCount === 3", timeout=30000)
+        assert sorted(page.evaluate("__dl.run.selectedIds()")) == [2, 3, 5]
+    finally:
+        s.stop()
+    from dataloupe.project import DataloupeError
+
+    with pytest.raises(DataloupeError, match="no run has metrics"):
+        dataloupe.show("nope", project=site[0], open_browser=False)

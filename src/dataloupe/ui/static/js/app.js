@@ -84,7 +84,7 @@ async function route() {
       const run = decodeURIComponent(m[1]);
       const p = new URLSearchParams(m[2] || "");
       crumbs.replaceChildren(h("a", { href: "#/" }, "project"), " / ", `run ${run}`);
-      current = new RunView(view, run, p.get("table"), p.get("revision"));
+      current = new RunView(view, run, p.get("table"), p.get("revision"), p);
       window.__dl.run = current;
       await current.load();
     } else await projectView();

@@ -14,8 +14,9 @@ const METRICS = ["confidence", "loss", "aum"];
 const COLOR_BY = ["label", "predicted", "correct", "confidence", "loss", "aum", "finding", "cluster", "excluded", "changed"];
 
 export class RunView {
-  constructor(root, run, table, revision) {
+  constructor(root, run, table, revision, params = null) {
     this.root = root;
+    this.urlParams = params || new URLSearchParams();
     this.run = run;
     this.table = table;
     this.revision = revision ? Number(revision) : null;
@@ -31,20 +32,125 @@ export class RunView {
   async load() {
     performance.mark("dl:load-start");
     this.loading = new Loading(this.root, `loading run ${this.run}`);
-    this.loading.phase("reading the run");
-    this.info = await getJSON(`/api/runs/${enc(this.run)}`);
-    const tables = this.info.metrics_tables;
-    if (!tables.length) throw new Error(`run ${this.run} has no per-sample metrics yet (dataloupe collect)`);
-    if (!this.table || !tables.includes(this.table)) this.table = tables.includes(this.info.train_table) ? this.info.train_table : tables[0];
-    this.layout();
-    this.loading.attach(this.root.querySelector(".mapbox"));
-    this.panes = new Panes(this);
-    this.panes.curves();
     try {
+      this.loading.phase("reading the run");
+      this.info = await getJSON(`/api/runs/${enc(this.run)}`);
+      const tables = this.info.metrics_tables;
+      if (!tables.length) throw new Error(`run ${this.run} has no per-sample metrics yet (dataloupe collect)`);
+      if (!this.table || !tables.includes(this.table)) this.table = tables.includes(this.info.train_table) ? this.info.train_table : tables[0];
+      this.layout();
+      this.loading.attach(this.root.querySelector(".mapbox"));
+      this.panes = new Panes(this);
+      this.panes.curves();
       await this.reload(this.revision, true);
     } finally {
       this.loading.done();
     }
+    this.applyUrlState(this.urlParams);
+    this.urlReady = true;
+  }
+
+  // ---- the view in the URL: filters, colour, sort, selection and revision ------------
+  urlState() {
+    const f = this.filterEl, p = new URLSearchParams();
+    p.set("table", this.table);
+    if (this.revision !== this.latest) p.set("revision", this.revision);
+    for (const [name, key] of [["label", "nolabel"], ["predicted", "nopred"]]) {
+      const off = [...f.querySelectorAll(`input[name=${name}]`)].filter((c) => !c.checked).map((c) => c.value);
+      if (off.length) p.set(key, off.join(","));
+    }
+    for (const [id, key] of [["f-correct", "correct"], ["f-undefined", "undef"], ["f-excluded", "excl"], ["f-finding", "finding"]]) {
+      const v = f.querySelector("#" + id).value;
+      if (v !== "any") p.set(key, v);
+    }
+    if (f.querySelector("#f-changed").checked) p.set("changed", "1");
+    for (const m of METRICS) {
+      if (!this.C[m]) continue;
+      const lo = f.querySelector(`#r-${m}-lo`), hi = f.querySelector(`#r-${m}-hi`);
+      if (+lo.value !== +lo.min || +hi.value !== +hi.max) p.set(m, `${(+lo.value).toPrecision(4)}:${(+hi.value).toPrecision(4)}`);
+    }
+    if (this.colorBy !== "label") p.set("color", this.colorBy);
+    if (this.sortBy !== "id") p.set("sort", this.sortBy);
+    if (this.sortDesc) p.set("desc", "1");
+    if (this.selCount && this.selCount <= 5000) {
+      const ids = [];
+      for (let i = 0; i < this.n; i++) if (this.selected[i]) ids.push(this.C.id[i]);
+      p.set("sel", ids.join(","));
+    }
+    return p;
+  }
+
+  saveUrl() {
+    if (!this.urlReady || this.urlPending) return;
+    this.urlPending = true;
+    setTimeout(() => {
+      this.urlPending = false;
+      if (!this.C) return;
+      history.replaceState(null, "", `#/run/${enc(this.run)}?${this.urlState()}`);
+    }, 150);
+  }
+
+  applyUrlState(p) {
+    const f = this.filterEl;
+    const has = [...p.keys()].some((k) => k !== "table" && k !== "revision");
+    if (!has) return;
+    for (const [name, key] of [["label", "nolabel"], ["predicted", "nopred"]]) {
+      const off = new Set((p.get(key) || "").split(",").filter((x) => x !== ""));
+      for (const cb of f.querySelectorAll(`input[name=${name}]`)) cb.checked = !off.has(cb.value);
+    }
+    for (const [id, key] of [["f-correct", "correct"], ["f-undefined", "undef"], ["f-excluded", "excl"], ["f-finding", "finding"]]) {
+      if (p.get(key)) f.querySelector("#" + id).value = p.get(key);
+    }
+    f.querySelector("#f-changed").checked = p.get("changed") === "1";
+    for (const m of METRICS) {
+      if (!this.C[m] || !p.get(m)) continue;
+      const [lo, hi] = p.get(m).split(":").map(Number);
+      f.querySelector(`#r-${m}-lo`).value = lo;
+      f.querySelector(`#r-${m}-hi`).value = hi;
+    }
+    if (p.get("color")) { this.colorBy = p.get("color"); this.root.querySelector("#color-by").value = this.colorBy; this.colorize(false); }
+    if (p.get("sort")) { this.sortBy = p.get("sort"); this.root.querySelector("#sort-by").value = this.sortBy; }
+    if (p.get("desc") === "1") { this.sortDesc = true; this.root.querySelector("#sort-dir").textContent = "↓"; }
+    this.applyFilters("url");
+    if (p.get("sel")) {
+      const idx = p.get("sel").split(",").map(Number).map((id) => this.indexOf(id)).filter((i) => i >= 0);
+      this.setSelection(idx);
+    }
+  }
+
+  saveView() {
+    const name = prompt("Name of this view (filters, colour, selection):");
+    if (!name) return;
+    const views = JSON.parse(localStorage.getItem("dataloupe-views") || "{}");
+    views[name] = location.hash;
+    localStorage.setItem("dataloupe-views", JSON.stringify(views));
+    this.fillViews();
+    toast(`view “${name}” saved`);
+  }
+
+  fillViews() {
+    const views = JSON.parse(localStorage.getItem("dataloupe-views") || "{}");
+    this.viewsSel.replaceChildren(h("option", { value: "" }, `views (${Object.keys(views).length})`),
+      ...Object.entries(views).map(([k, v]) => h("option", { value: v }, k)));
+  }
+
+  /** Download the selection (or, with none, the grid) as CSV: id,label,predicted,confidence. */
+  exportCSV() {
+    const cls = this.H.classes, C = this.C;
+    const rows = ["id,label,predicted,confidence"];
+    const idx = this.selCount ? [...this.items].filter((i) => this.selected[i]) : [...this.items];
+    for (const i of idx) {
+      const q = (s) => (/[",\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s);
+      rows.push([C.id[i], C.label[i] < 0 ? "" : q(cls[C.label[i]]), C.predicted[i] < 0 ? "" : q(cls[C.predicted[i]]),
+        C.confidence ? C.confidence[i].toFixed(4) : ""].join(","));
+    }
+    const a = h("a", { href: URL.createObjectURL(new Blob([rows.join("\n") + "\n"], { type: "text/csv" })),
+      download: `${this.table}-r${this.revision}-${this.selCount ? "selection" : "grid"}.csv` });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    window.__dl.lastExport = rows;
+    return rows.length - 1;
   }
 
   /**
@@ -149,7 +255,7 @@ export class RunView {
     this.filterEl = h("form", { class: "filters", id: "filters", onsubmit: (e) => e.preventDefault() });
     this.gridEl = h("div", { class: "grid", id: "grid" });
     this.countEl = h("span", { id: "counts" });
-    const sortSel = h("select", { id: "sort-by", onchange: (e) => { this.sortBy = e.target.value; this.updateGrid(); } },
+    const sortSel = h("select", { id: "sort-by", onchange: (e) => { this.sortBy = e.target.value; this.updateGrid(); this.saveUrl(); } },
       ["id", ...METRICS].map((m) => h("option", { value: m }, m)));
     const sortDir = h("button", { id: "sort-dir", onclick: (e) => { this.sortDesc = !this.sortDesc; e.target.textContent = this.sortDesc ? "↓" : "↑"; this.updateGrid(); } }, "↑");
     this.side = h("div", { class: "side" });
@@ -160,6 +266,8 @@ export class RunView {
           modeBtn("pan", "pan / zoom"), modeBtn("box", "box select"), modeBtn("lasso", "lasso"),
           h("button", { id: "clear-sel", onclick: () => this.setSelection(null) }, "clear selection"),
           h("button", { onclick: () => { this.scatter.fit(); this.scatter.requestDraw(); this.scatter._viewSettled(); } }, "fit"),
+          this.viewsSel = h("select", { id: "views", onchange: (e) => { if (e.target.value) { location.hash = e.target.value; } } }),
+          h("button", { id: "save-view", title: "save filters, colour and selection under a name", onclick: () => this.saveView() }, "save view"),
           h("a", { id: "to-review", href: `#/review/${enc(this.run)}?table=${enc(this.table)}` }, "review queue"), this.countEl),
         this.trustEl = h("div", { id: "trust" }),
         h("div", { class: "mapbox" }, this.canvas, this.overlay, this.legend,
@@ -180,7 +288,9 @@ export class RunView {
       h("button", { id: "grid-all", title: "select every cell in the grid (Ctrl+A)", onclick: () => this.selectAllGrid() }, "select all"),
       h("button", { id: "grid-invert", title: "invert the selection within the grid (i)", onclick: () => this.invertGrid() }, "invert"),
       h("button", { id: "grid-none", title: "clear the selection (Esc)", onclick: () => this.setSelection(null) }, "none"),
+      h("button", { id: "grid-export", title: "download the selection (or the grid) as CSV", onclick: () => this.exportCSV() }, "export CSV"),
       h("label", { class: "muted" }, "size ", size), h("span", { id: "grid-count", class: "muted" }));
+    this.fillViews();
     this.trustEl.hidden = true;
     const t = this.info.trust;
     if (t) {
@@ -322,6 +432,7 @@ export class RunView {
     this.lastFilterMs = ms;
     this.updateGrid(keepGrid);
     this.panes.refresh();
+    this.saveUrl();
     window.__dl.filterCount = (window.__dl.filterCount || 0) + 1;
     return ms;
   }
@@ -359,6 +470,7 @@ export class RunView {
     this.scatter.setColors(fillColors(this.n, colorOf, this.n > 200000 ? 160 : 210));
     this.legend.replaceChildren(...legend.map(([c, t]) => h("div", {}, h("i", { style: `background:${css(c)}` }), t)));
     if (draw) this.scatter.draw(true);
+    this.saveUrl();
   }
 
   // ---- selection and grid ---------------------------------------------------------------
@@ -379,6 +491,7 @@ export class RunView {
     this.lastSelectionMs = performance.now() - t0;
     this.panes.showGrid();
     this.panes.refresh();
+    this.saveUrl();
   }
 
   /** Point indices shown in the grid: visible ∩ (selection if any), sorted. */
@@ -439,6 +552,7 @@ export class RunView {
     this.scatter.requestDraw();
     this.grid.refreshMarks();
     this.updateCounts();
+    this.saveUrl();
   }
 
   gridClick(pos, e) {
