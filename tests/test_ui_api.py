@@ -365,3 +365,53 @@ def test_rows_added_after_the_run_are_counted_as_missing_metrics(client, proj):
     add_rows(p, "digits", pa.table({"path": ["0/0000.png"], "label": ["0"]}), message="one more")
     header, cols = decode(client.get("/api/runs/r1/points", params={"table": "digits"}).content)
     assert header["n"] == 1797 and header["missing_metrics"] == 1 and 1797 not in cols["id"]
+
+
+def test_review_queue_api_reads_and_writes_one_revision(client, proj):
+    p, info = proj
+    q = client.get("/api/runs/r1/review", params={"table": "digits", "strategy": "entropy", "limit": 5}).json()
+    assert q["strategy"] == "entropy" and len(q["items"]) == 5 and q["total"] >= q["counts"]["undefined"] > 0
+    ent = [it["entropy"] for it in q["items"]]
+    assert ent == sorted(ent, reverse=True)
+    a, b = q["items"][0]["id"], q["items"][1]["id"]
+    body = {"run": "r1", "strategy": "entropy", "expected_revision": q["revision"],
+            "answers": [{"id": a, "label": "7"}, {"id": b, "label": "__exclude__"}]}
+    r = client.post("/api/tables/digits/review", json=body, headers=MUT).json()
+    assert r["revision"] == q["revision"] + 1 and "review entropy: 2 answers" in r["message"]
+    t = open_table(p, "digits")
+    rows = {x["id"]: x for x in t.to_arrow(columns=["id", "label", "weight"]).to_pylist()}
+    assert rows[a]["label"] == "7" and rows[b]["weight"] == 0
+    # the same answers against the old revision: 409; an unknown class: 400, nothing written
+    assert client.post("/api/tables/digits/review", json=body, headers=MUT).status_code == 409
+    body["expected_revision"] = t.revision
+    body["answers"] = [{"id": a, "label": "cat"}]
+    r = client.post("/api/tables/digits/review", json=body, headers=MUT)
+    assert r.status_code == 400 and "unknown class" in r.json()["error"]
+    assert open_table(p, "digits").revision == t.revision
+    assert client.get("/api/runs/r1/review", params={"table": "digits", "strategy": "nope"}).status_code == 400
+
+
+def test_run_states_the_models_quality(client, proj):
+    t = client.get("/api/runs/r1").json()["trust"]
+    assert set(t) == {"val_top1", "chance", "weak", "reasons", "message"} and t["chance"] == 0.1
+
+
+def test_model_trust_verdicts():
+    from dataloupe.analysis import model_trust
+
+    assert model_trust(0.64, 2, labeled=100, label_issues=45)["weak"]  # the issue's 2-epoch model
+    assert len(model_trust(0.64, 2, labeled=100, label_issues=45)["reasons"]) == 2
+    assert not model_trust(0.95, 2, labeled=100, label_issues=5)["weak"]
+    assert not model_trust(0.85, 10)["weak"] and model_trust(0.5, 10)["weak"]
+    assert model_trust(None, 10)["weak"]
+
+
+def test_points_header_names_the_latest_revision_after_an_edit(client, proj):
+    from dataloupe.tables import edit_table
+
+    p, _ = proj
+    h1, _ = decode(client.get("/api/runs/r1/points", params={"table": "digits", "revision": 1}).content)
+    assert h1["latest_revision"] == 1
+    edit_table(p, "digits", action="exclude", ids=[3], message="x")
+    h2, _ = decode(client.get("/api/runs/r1/points", params={"table": "digits", "revision": 1}).content)
+    assert h2["revision"] == 1 and h2["latest_revision"] == 2  # not the cached blob's
