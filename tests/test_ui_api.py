@@ -415,3 +415,17 @@ def test_points_header_names_the_latest_revision_after_an_edit(client, proj):
     edit_table(p, "digits", action="exclude", ids=[3], message="x")
     h2, _ = decode(client.get("/api/runs/r1/points", params={"table": "digits", "revision": 1}).content)
     assert h2["revision"] == 1 and h2["latest_revision"] == 2  # not the cached blob's
+
+
+def test_points_carry_margin_and_entropy_ranks_for_sorting(client, proj):
+    import lance
+
+    p, _ = proj
+    _, cols = decode(client.get("/api/runs/r1/points", params={"table": "digits"}).content)
+    m = lance.dataset(p.runs_dir / "r1" / "metrics" / "digits.lance").to_table(columns=["id", "margin", "entropy"]).sort_by("id")
+    for name in ("margin", "entropy"):
+        q = cols[f"{name}_q"]
+        assert q.dtype == np.uint16
+        v = m[name].to_numpy()
+        order = np.argsort(v, kind="stable")
+        assert np.all(np.diff(q[order].astype(int)) >= 0)  # same order as the values

@@ -406,3 +406,10 @@ def test_show_opens_the_dashboard_on_a_selection(page, site):
 
     with pytest.raises(DataloupeError, match="no run has metrics"):
         dataloupe.show("nope", project=site[0], open_browser=False)
+
+
+def test_grid_sorts_by_margin(page, site):
+    _open(page, site)
+    page.select_option("#sort-by", "margin")
+    q = page.evaluate("Array.from(__dl.run.items.slice(0, 200), i => __dl.run.C.margin_q[i])")
+    assert q == sorted(q) and q[0] < q[-1]

@@ -256,7 +256,7 @@ export class RunView {
     this.gridEl = h("div", { class: "grid", id: "grid" });
     this.countEl = h("span", { id: "counts" });
     const sortSel = h("select", { id: "sort-by", onchange: (e) => { this.sortBy = e.target.value; this.updateGrid(); this.saveUrl(); } },
-      ["id", ...METRICS].map((m) => h("option", { value: m }, m)));
+      ["id", ...METRICS, "margin", "entropy"].map((m) => h("option", { value: m }, m)));
     const sortDir = h("button", { id: "sort-dir", onclick: (e) => { this.sortDesc = !this.sortDesc; e.target.textContent = this.sortDesc ? "↓" : "↑"; this.updateGrid(); } }, "↑");
     this.side = h("div", { class: "side" });
     this.root.replaceChildren(h("div", { class: "run" },
@@ -501,7 +501,8 @@ export class RunView {
     for (let i = 0; i < n; i++) if (flags[i] & 1 && (!useSel || flags[i] & 2)) m++;
     const out = new Uint32Array(m);
     for (let i = 0, k = 0; i < n; i++) if (flags[i] & 1 && (!useSel || flags[i] & 2)) out[k++] = i;
-    if (this.sortBy !== "id" && this.C[this.sortBy]) sortByKey(out, this.C[this.sortBy], this.sortDesc);
+    const key = this.C[this.sortBy] || this.C[this.sortBy + "_q"];  // margin, entropy: uint16 ranks
+    if (this.sortBy !== "id" && key) sortByKey(out, key, this.sortDesc, key instanceof Uint16Array ? 65535 : null);
     else if (this.sortDesc) out.reverse();
     return out;
   }
@@ -709,14 +710,14 @@ export class RunView {
  * preserving 32 bits and the index are packed into one exact float64 integer, so the
  * engine's native numeric sort does the work (~10x faster than a comparator sort).
  */
-function sortByKey(idx, key, desc) {
+function sortByKey(idx, key, desc, nullValue = null) {
   const m = idx.length;
   if (key.length <= 1 << 21) {
     const f = new Float32Array(1), u = new Uint32Array(f.buffer), packed = new Float64Array(m);
     for (let k = 0; k < m; k++) {
       const i = idx[k];
       let v = key[i];
-      if (!Number.isFinite(v)) v = desc ? -Infinity : Infinity;  // nulls last
+      if (!Number.isFinite(v) || v === nullValue) v = desc ? -Infinity : Infinity;  // nulls last
       f[0] = desc ? -v : v;
       let b = u[0];
       b = b & 0x80000000 ? ~b >>> 0 : (b | 0x80000000) >>> 0;  // order-preserving bits
