@@ -413,3 +413,35 @@ def test_grid_sorts_by_margin(page, site):
     page.select_option("#sort-by", "margin")
     q = page.evaluate("Array.from(__dl.run.items.slice(0, 200), i => __dl.run.C.margin_q[i])")
     assert q == sorted(q) and q[0] < q[-1]
+
+
+def test_compare_two_runs_sample_by_sample_and_per_class_metrics(page, site):
+    p, _, info = site
+    edit_table(p, "digits", action="set_label", label="0", ids=list(range(300, 420)), message="120 wrong labels")
+    write_digits_run(p, "digits", info["features"], run="cmp-1", val_top1=0.9)  # learns from them
+    _open(page, site)
+    page.click("#tab-confusion")
+    assert page.locator("#per-class tr").count() == 11
+    page.click("#tab-compare")
+    page.select_option("#compare-run", "cmp-1")
+    page.wait_for_selector("#compare-table")
+    shown = {r.get_attribute("data-group"): int(r.locator("td.num").inner_text().replace(",", ""))
+             for r in page.locator("#compare-table tr").all()}
+    t = open_table(p, "digits").to_arrow(columns=["id", "label"])
+    lab = dict(zip(t["id"].to_pylist(), t["label"].to_pylist()))
+
+    def preds(run):
+        m = lance.dataset(p.runs_dir / run / "metrics" / "digits.lance").to_table(columns=["id", "predicted"])
+        return dict(zip(m["id"].to_pylist(), m["predicted"].to_pylist()))
+
+    a, b = preds("run-2"), preds("cmp-1")
+    want = {"both": 0, "fixed": 0, "broken": 0, "neither": 0}
+    for i, lb in lab.items():
+        if lb is None:
+            continue
+        ra, rb = a[i] == lb, b[i] == lb
+        want["both" if ra and rb else "fixed" if ra else "broken" if rb else "neither"] += 1
+    assert shown == want and want["fixed"] + want["broken"] > 0
+    page.click("#compare-table tr[data-group='fixed']")
+    assert page.evaluate("__dl.run.selCount") == want["fixed"]
+    _shot(page, "ui-compare.png")

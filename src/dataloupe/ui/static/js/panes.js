@@ -1,5 +1,5 @@
 // The run view's side panes: grid + actions, sample detail, confusion matrix, curves.
-import { getJSON, postJSON, enc, imageURL, thumbURL } from "./api.js";
+import { getJSON, getPoints, postJSON, enc, imageURL, thumbURL } from "./api.js";
 import { lineChart } from "./charts.js";
 import { h, toast, showDiff, revertTo, confirmDialog } from "./ui.js";
 
@@ -25,8 +25,9 @@ export class Panes {
       detail: h("div", { class: "pane detail", id: "pane-detail" }, h("p", { class: "muted" }, "Click a point or a grid cell.")),
       confusion: h("div", { class: "pane", id: "pane-confusion" }),
       curves: h("div", { class: "pane", id: "pane-curves" }),
+      compare: h("div", { class: "pane", id: "pane-compare" }),
     };
-    view.side.replaceChildren(h("div", { class: "tabs" }, tab("grid", "grid"), tab("detail", "sample"), tab("confusion", "confusion"), tab("curves", "curves")),
+    view.side.replaceChildren(h("div", { class: "tabs" }, tab("grid", "grid"), tab("detail", "sample"), tab("confusion", "confusion"), tab("compare", "compare"), tab("curves", "curves")),
       ...Object.values(this.panes));
     this.show("grid");
   }
@@ -38,6 +39,7 @@ export class Panes {
     if (id === "grid") this.v.grid.render();
     if (id === "confusion") this.confusion();
     if (id === "curves") this.curves();
+    if (id === "compare") this.compare();
   }
 
   showGrid() { if (this.current !== "grid") this.show("grid"); }
@@ -48,6 +50,7 @@ export class Panes {
     const keep = this.labelSel.value;
     this.labelSel.replaceChildren(...v.H.table_classes.map((c) => h("option", { value: c, selected: c === keep }, c)));
     if (this.current === "confusion") this.confusion();
+    if (this.current === "compare" && this.other) this.compareTable();
   }
 
   /**
@@ -197,7 +200,67 @@ export class Panes {
       h("table", { class: "confusion", id: "confusion" },
         h("colgroup", {}, h("col", { class: "names" }), cls.map(() => h("col", {}))),
         h("tr", {}, h("th", {}, ""), cls.map((c, k) => h("th", { title: `predicted ${c}` }, String(k + 1)))),
-        cls.map((c, a) => h("tr", {}, h("th", { title: c }, `${a + 1} ${c}`), cls.map((_, b) => cell(a, b))))));
+        cls.map((c, a) => h("tr", {}, h("th", { title: c }, `${a + 1} ${c}`), cls.map((_, b) => cell(a, b))))),
+      perClass(counts, cls));
+  }
+
+  // ---- compare this run with another on the same table, sample by sample ----------------
+  async compare() {
+    const v = this.v, pane = this.panes.compare;
+    if (!this.runsList) {
+      const runs = await getJSON("/api/runs");
+      this.runsList = runs.filter((r) => r.run !== v.run && (r.metrics_tables || []).includes(v.table)).map((r) => r.run);
+    }
+    const sel = h("select", { id: "compare-run", onchange: (e) => this.loadOther(e.target.value) },
+      h("option", { value: "" }, this.runsList.length ? "choose a run…" : "no other run has metrics on this table"),
+      this.runsList.map((r) => h("option", { value: r, selected: this.other && this.other.run === r }, r)));
+    this.compareBody = h("div", { id: "compare-body" });
+    pane.replaceChildren(h("p", {}, `Compare ${v.run} with `, sel), this.compareBody);
+    if (this.other) this.compareTable();
+  }
+
+  async loadOther(run) {
+    const v = this.v;
+    if (!run) { this.other = null; this.compareBody.replaceChildren(); return; }
+    this.compareBody.replaceChildren(h("p", { class: "muted" }, `loading ${run}…`));
+    const pts = await getPoints(run, v.table, v.revision);
+    // the other run's prediction per point of this view (by id; -1 where it has none)
+    const pred = new Int16Array(v.n).fill(-1), oid = pts.cols.id, op = pts.cols.predicted, ocls = pts.header.classes;
+    const remap = ocls.map((c) => v.H.classes.indexOf(c));
+    let j = 0;
+    for (let i = 0; i < v.n; i++) {
+      const id = v.C.id[i];
+      while (j < oid.length && oid[j] < id) j++;
+      if (j < oid.length && oid[j] === id && op[j] >= 0) pred[i] = remap[op[j]];
+    }
+    this.other = { run, pred };
+    window.__dl.compare = this.other;
+    this.compareTable();
+  }
+
+  /** Groups of visible labeled samples: right in both, fixed, broken, wrong in both. */
+  compareGroups() {
+    const v = this.v, L = v.C.label, A = v.C.predicted, B = this.other.pred, g = { both: [], fixed: [], broken: [], neither: [] };
+    for (let i = 0; i < v.n; i++) {
+      if (!(v.flags[i] & 1) || L[i] < 0 || B[i] < 0) continue;
+      const a = A[i] === L[i], b = B[i] === L[i];
+      g[a && b ? "both" : a ? "fixed" : b ? "broken" : "neither"].push(i);
+    }
+    return g;
+  }
+
+  compareTable() {
+    const v = this.v, o = this.other, g = this.compareGroups();
+    const row = (key, text) => h("tr", { class: "clickable", "data-group": key, onclick: () => v.setSelection(g[key]) },
+      h("td", {}, text), h("td", { class: "num" }, g[key].length.toLocaleString()));
+    const n = g.both.length + g.fixed.length + g.broken.length + g.neither.length;
+    const acc = (k1, k2) => (n ? (100 * (g[k1].length + g[k2].length) / n).toFixed(1) + "%" : "–");
+    this.compareBody.replaceChildren(
+      h("p", { class: "muted" }, `${n.toLocaleString()} labeled samples shown by the filters, predicted by both runs · click a row to select them`),
+      h("table", { id: "compare-table" },
+        row("fixed", `right in ${v.run}, wrong in ${o.run}`), row("broken", `wrong in ${v.run}, right in ${o.run}`),
+        row("both", "right in both"), row("neither", "wrong in both")),
+      h("p", {}, `top-1 on these: ${v.run} ${acc("both", "fixed")}, ${o.run} ${acc("both", "broken")}`));
   }
 
   selectCell(a, b) {
@@ -216,6 +279,20 @@ export class Panes {
     lineChart(loss, [{ name: "train loss", points: pts("train_loss") }, { name: "val loss", points: pts("val_loss") }]);
     lineChart(acc, [{ name: "train top-1", points: pts("train_top1") }, { name: "val top-1", points: pts("val_top1") }], { pct: true });
   }
+}
+
+/** Per-class precision, recall, F1 and support from a K×K count matrix (rows: label). */
+function perClass(counts, cls) {
+  const K = cls.length, pct = (x) => (Number.isFinite(x) ? (100 * x).toFixed(1) : "–");
+  const rows = cls.map((c, k) => {
+    let tp = counts[k * K + k], sup = 0, pred = 0;
+    for (let j = 0; j < K; j++) { sup += counts[k * K + j]; pred += counts[j * K + k]; }
+    const p = tp / pred, r = tp / sup, f = (2 * p * r) / (p + r);
+    return h("tr", {}, h("th", { title: c }, c), h("td", { class: "num" }, pct(p)), h("td", { class: "num" }, pct(r)),
+      h("td", { class: "num" }, pct(f)), h("td", { class: "num" }, sup));
+  });
+  return h("table", { class: "perclass", id: "per-class" },
+    h("tr", {}, ["class", "precision %", "recall %", "F1 %", "support"].map((x) => h("th", {}, x))), rows);
 }
 
 function indexOfId(ids, id) {
