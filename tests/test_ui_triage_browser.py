@@ -445,3 +445,33 @@ def test_compare_two_runs_sample_by_sample_and_per_class_metrics(page, site):
     page.click("#compare-table tr[data-group='fixed']")
     assert page.evaluate("__dl.run.selCount") == want["fixed"]
     _shot(page, "ui-compare.png")
+
+
+def test_loop_page_shows_iterations_diffs_and_review_lists(page, site):
+    import json
+
+    p = site[0]
+    r1 = edit_table(p, "digits", action="set_label", label="5", ids=[20, 21, 22], message="loop digits-default iteration 1").table.revision
+    r0 = r1 - 1
+    folder = p.root / "loops" / "digits-default"
+    folder.mkdir(parents=True, exist_ok=True)
+    its = [{"iteration": 1, "revision": r0, "labeled": 1767, "undefined": 30, "excluded": 0, "val_top1": 0.80,
+            "val_top1_last": 0.79, "run": "run-2", "next_revision": r1, "changes": {"excluded": 3}},
+           {"iteration": 2, "revision": r1, "labeled": 1767, "undefined": 30, "excluded": 3, "val_top1": 0.84,
+            "val_top1_last": 0.83, "run": "weak-1", "next_revision": r1, "changes": {}}]
+    (folder / "state.json").write_text(json.dumps({"loop": "digits-default", "train": "digits", "val": "digits",
+                                                   "policy": "default", "iterations": its, "stopped": "2 iteration(s) done"}))
+    (folder / "review-it1.json").write_text(json.dumps({"flagged": [1700, 1701, 1702, 5]}))
+    page.goto(site[1].url)
+    _ready(page)
+    page.click("#loops a:has-text('digits-default')")
+    page.wait_for_selector("#loop-iterations tr[data-iteration='2']")
+    c = page.evaluate("__dl.loopChart")
+    assert 0 <= c["y0"] < 0.79 and 0.84 < c["y1"] <= 1
+    _shot(page, "ui-loop.png")
+    page.click("tr[data-iteration='1'] .loop-diff")
+    page.wait_for_selector("#modal:not([hidden]) table.diff")
+    assert f"revision {r0} → {r1}" in page.inner_text("#modal h2")
+    page.click("#modal .close")
+    page.click("tr[data-iteration='1'] .loop-review")
+    page.wait_for_function("window.__dl.ready && __dl.run && __dl.run.C && __dl.run.selCount === 4", timeout=30000)

@@ -26,7 +26,7 @@ from dataloupe._netsafety import host_of, is_loopback, token_matches
 from dataloupe.loop import apply_answers, review_queue
 from dataloupe.project import DataloupeError, Project
 from dataloupe.tables import diff_revisions, list_tables, open_table, revert_table
-from dataloupe.ui import _actions, _images, _runs, _samples
+from dataloupe.ui import _actions, _images, _loops, _runs, _samples
 from dataloupe.ui._cache import LRU
 from dataloupe.ui._points import build_points
 
@@ -259,6 +259,18 @@ def create_app(project: Project, *, token: str | None = None,
         info = run_or_404(run)
         table_or_404(table)
         return samples.detail(info, table, sample_id, k)
+
+    # ---- loops ----------------------------------------------------------------------
+    @app.get("/api/loops")
+    def loops() -> list[dict]:
+        return _loops.list_loops(project)
+
+    @app.get("/api/loops/{name}")
+    def loop(name: str) -> dict:
+        try:
+            return _loops.read_loop(project, name)
+        except DataloupeError as e:
+            raise NotFound(str(e)) from None
 
     # ---- front-end ----------------------------------------------------------------
     @app.get("/")

@@ -4,6 +4,7 @@ import { lineChart } from "./charts.js";
 import { h, status, showDiff, revertTo, toast } from "./ui.js";
 import { RunView } from "./run.js";
 import { ReviewView } from "./review.js";
+import { LoopView } from "./loop.js";
 
 const view = document.getElementById("view");
 const crumbs = document.getElementById("crumbs");
@@ -12,7 +13,8 @@ window.__dl = { ready: false };  // test/benchmark hooks
 async function projectView() {
   crumbs.replaceChildren();
   status("loading project…");
-  const [proj, tables, runs] = await Promise.all([getJSON("/api/project"), getJSON("/api/tables"), getJSON("/api/runs")]);
+  const [proj, tables, runs, loops] = await Promise.all([getJSON("/api/project"), getJSON("/api/tables"), getJSON("/api/runs"),
+    getJSON("/api/loops")]);
   status(proj.root);
   const logs = await Promise.all(tables.map((t) => getJSON(`/api/tables/${enc(t.name)}/log`)));
   const chart = h("canvas", { id: "acc-chart" });
@@ -20,7 +22,13 @@ async function projectView() {
     h("section", { class: "card wide" }, h("h2", {}, "Validation top-1 per run (train table revision)"), chart),
     h("section", { class: "card", id: "tables" }, h("h2", {}, `Tables (${tables.length})`),
       tables.length ? tables.map((t, k) => tableCard(t, logs[k])) : h("p", { class: "muted" }, "No tables yet: dataloupe table import …")),
-    h("section", { class: "card", id: "runs" }, h("h2", {}, `Runs (${runs.length})`), runsTable(runs)));
+    h("section", { class: "card", id: "runs" }, h("h2", {}, `Runs (${runs.length})`), runsTable(runs)),
+    loops.length ? h("section", { class: "card wide", id: "loops" }, h("h2", {}, `Loops (${loops.length})`),
+      h("table", {}, h("tr", {}, ["loop", "train", "val", "policy", "iterations", "best val top-1", "stopped"].map((x) => h("th", {}, x))),
+        loops.map((l) => h("tr", {}, h("td", {}, h("a", { href: `#/loop/${enc(l.loop)}` }, l.loop)), h("td", {}, l.train), h("td", {}, l.val),
+          h("td", {}, l.policy), h("td", {}, l.iterations),
+          h("td", {}, typeof l.best_val_top1 === "number" ? (100 * l.best_val_top1).toFixed(2) + "%" : "–"),
+          h("td", { class: "muted" }, l.stopped || "running"))))) : null);
   view.replaceChildren(page);
   const done = runs.filter((r) => typeof r.best_val_top1 === "number");
   const labels = {};
@@ -72,8 +80,14 @@ async function route() {
   current = null;
   const m = location.hash.match(/^#\/run\/([^?]+)(?:\?(.*))?$/);
   const rv = location.hash.match(/^#\/review\/([^?]+)(?:\?(.*))?$/);
+  const lp = location.hash.match(/^#\/loop\/([^?]+)$/);
   try {
-    if (rv) {
+    if (lp) {
+      const name = decodeURIComponent(lp[1]);
+      crumbs.replaceChildren(h("a", { href: "#/" }, "project"), " / ", `loop ${name}`);
+      current = new LoopView(view, name);
+      await current.load();
+    } else if (rv) {
       const run = decodeURIComponent(rv[1]);
       const p = new URLSearchParams(rv[2] || "");
       crumbs.replaceChildren(h("a", { href: "#/" }, "project"), " / ", h("a", { href: `#/run/${enc(run)}` }, `run ${run}`), " / review");
