@@ -475,3 +475,18 @@ def test_loop_page_shows_iterations_diffs_and_review_lists(page, site):
     page.click("#modal .close")
     page.click("tr[data-iteration='1'] .loop-review")
     page.wait_for_function("window.__dl.ready && __dl.run && __dl.run.C && __dl.run.selCount === 4", timeout=30000)
+
+
+def test_pairs_side_by_side_and_find_similar(page, site):
+    _open(page, site)
+    page.click("#tab-pairs")
+    page.wait_for_selector("#pairs .pair-row")
+    assert page.locator("#pairs .pair-row").count() == 1 and page.locator("#pairs .pair-row img").count() == 2
+    page.click("#pairs .pair-select")
+    assert sorted(page.evaluate("__dl.run.selectedIds()")) == [0, 1]
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#grid .cell")
+    page.dblclick("#grid .cell >> nth=0")
+    page.wait_for_selector("#detail-similar")
+    page.click("#detail-similar")
+    page.wait_for_function("__dl.run.selCount === 51")

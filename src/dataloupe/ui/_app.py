@@ -231,6 +231,10 @@ def create_app(project: Project, *, token: str | None = None,
         threading.Thread(target=paths.warm, args=(table,), daemon=True).start()  # thumbnails next
         return Response(blob, media_type="application/octet-stream", headers={"Cache-Control": "no-store"})
 
+    @app.get("/api/runs/{run}/pairs")
+    def run_pairs(run: str, limit: int = Query(500, ge=1, le=100_000)) -> list[dict]:
+        return _runs.finding_pairs(project, run_or_404(run), limit)
+
     @app.get("/api/runs/{run}/review")
     def run_review(run: str, table: str, strategy: str = "margin", limit: int = Query(500, ge=1, le=100_000)) -> dict:
         run_or_404(run)

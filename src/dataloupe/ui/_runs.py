@@ -263,3 +263,25 @@ def run_trust(project: Project, info: dict) -> dict:
     val = info.get("best_val_top1")
     return model_trust(val if isinstance(val, (int, float)) else None, len(classes or []) or 2,
                        labeled=labeled, label_issues=issues)
+
+
+def finding_pairs(project: Project, info: dict, limit: int = 500) -> list[dict]:
+    """Near-duplicate and leakage pairs of the run's analysis, most similar first:
+    ``{"kind", "a": {"table", "id"}, "b": {"table", "id"}, "similarity", "exact"}``
+    (tables by name, since ids are per table)."""
+    found = read_analysis(project, info["run"])
+    name = {"train": info.get("train_table"), "val": info.get("val_table")}
+    out = []
+    for r in _records(found.get("near_duplicates")):
+        ids = r.get("ids") or []
+        if len(ids) == 2:
+            t = name.get(r.get("table"), r.get("table"))
+            out.append({"kind": "near duplicate", "a": {"table": t, "id": ids[0]}, "b": {"table": t, "id": ids[1]},
+                        "similarity": r.get("similarity"), "exact": bool(r.get("exact"))})
+    for r in _records(found.get("leakage")):
+        if isinstance(r.get("val_id"), int) and isinstance(r.get("train_id"), int):
+            out.append({"kind": "leakage", "a": {"table": name["val"], "id": r["val_id"]},
+                        "b": {"table": name["train"], "id": r["train_id"]},
+                        "similarity": r.get("similarity"), "exact": bool(r.get("exact"))})
+    out.sort(key=lambda p: (not p["exact"], -(p["similarity"] or 0)))
+    return out[:limit]

@@ -26,8 +26,9 @@ export class Panes {
       confusion: h("div", { class: "pane", id: "pane-confusion" }),
       curves: h("div", { class: "pane", id: "pane-curves" }),
       compare: h("div", { class: "pane", id: "pane-compare" }),
+      pairs: h("div", { class: "pane", id: "pane-pairs" }),
     };
-    view.side.replaceChildren(h("div", { class: "tabs" }, tab("grid", "grid"), tab("detail", "sample"), tab("confusion", "confusion"), tab("compare", "compare"), tab("curves", "curves")),
+    view.side.replaceChildren(h("div", { class: "tabs" }, tab("grid", "grid"), tab("detail", "sample"), tab("confusion", "confusion"), tab("compare", "compare"), tab("pairs", "pairs"), tab("curves", "curves")),
       ...Object.values(this.panes));
     this.show("grid");
   }
@@ -40,6 +41,7 @@ export class Panes {
     if (id === "confusion") this.confusion();
     if (id === "curves") this.curves();
     if (id === "compare") this.compare();
+    if (id === "pairs") this.pairs();
   }
 
   showGrid() { if (this.current !== "grid") this.show("grid"); }
@@ -154,7 +156,8 @@ export class Panes {
           h("button", { id: "detail-prev", onclick: () => this.step(-1) }, "← prev"),
           h("span", { class: "muted" }, pos >= 0 ? `${pos + 1} of ${v.items.length.toLocaleString()} in the grid` : ""),
           h("button", { id: "detail-next", onclick: () => this.step(1) }, "next →"),
-          h("button", { onclick: () => this.show("grid") }, "back to grid (Esc)")),
+          h("button", { onclick: () => this.show("grid") }, "back to grid (Esc)"),
+          h("button", { id: "detail-similar", title: "select this sample and its 50 nearest neighbours", onclick: () => this.similar(i) }, "find similar")),
         h("h2", {}, `sample ${id}`, h("span", { class: "muted" }, ` · label now ${current}${v.C.excluded[i] ? " · excluded" : ""}`)),
         keys,
         big,
@@ -202,6 +205,33 @@ export class Panes {
         h("tr", {}, h("th", {}, ""), cls.map((c, k) => h("th", { title: `predicted ${c}` }, String(k + 1)))),
         cls.map((c, a) => h("tr", {}, h("th", { title: c }, `${a + 1} ${c}`), cls.map((_, b) => cell(a, b))))),
       perClass(counts, cls));
+  }
+
+  // ---- near-duplicate and leakage pairs, side by side ------------------------------------
+  async pairs() {
+    const v = this.v, pane = this.panes.pairs;
+    pane.replaceChildren(h("p", { class: "muted" }, "loading pairs…"));
+    const pairs = await getJSON(`/api/runs/${enc(v.run)}/pairs`);
+    const img = (s) => h("img", { src: thumbURL(s.table, s.id), title: `${s.table} #${s.id}`, alt: "" });
+    const row = (p) => h("div", { class: "pair-row" },
+      h("div", { class: "pair-imgs" }, img(p.a), img(p.b)),
+      h("div", {}, h("strong", {}, p.kind), h("br"), `${p.a.table} #${p.a.id} · ${p.b.table} #${p.b.id}`, h("br"),
+        p.exact ? "same file bytes" : `similarity ${(p.similarity ?? 0).toFixed(3)}`, h("br"),
+        h("button", { class: "pair-select", onclick: () => {
+          const idx = [p.a, p.b].filter((s) => s.table === v.table).map((s) => v.indexOf(s.id)).filter((i) => i >= 0);
+          v.setSelection(idx);
+        } }, "select on the map")));
+    pane.replaceChildren(h("p", { class: "muted" }, `${pairs.length} pairs from the run's analysis (near duplicates within a table; leakage: validation ↔ training)`),
+      h("div", { id: "pairs" }, pairs.map(row)));
+  }
+
+  /** Select the samples most similar to sample i (nearest neighbours in embedding space). */
+  async similar(i, k = 50) {
+    const v = this.v, id = v.C.id[i];
+    const d = await getJSON(`/api/runs/${enc(v.run)}/samples/${id}`, { table: v.table, k });
+    const idx = [i, ...d.neighbours.map((nb) => v.indexOf(nb.id)).filter((j) => j >= 0)];
+    v.setSelection(idx);
+    toast(`selected sample ${id} and its ${idx.length - 1} nearest neighbours (${d.neighbour_method})`);
   }
 
   // ---- compare this run with another on the same table, sample by sample ----------------
