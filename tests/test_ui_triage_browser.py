@@ -490,3 +490,17 @@ def test_pairs_side_by_side_and_find_similar(page, site):
     page.wait_for_selector("#detail-similar")
     page.click("#detail-similar")
     page.wait_for_function("__dl.run.selCount === 51")
+
+
+def test_id_filter_and_histograms_in_the_range_filters(page, site):
+    _open(page, site)
+    assert int(page.get_attribute("#h-confidence", "data-shown")) == 1797
+    page.fill("#f-ids", "100-109, 1700")
+    page.press("#f-ids", "Enter")
+    page.wait_for_function("__dl.run.visible === 11")
+    assert int(page.get_attribute("#h-confidence", "data-shown")) == 11
+    ink = page.evaluate("""() => { const c = document.getElementById('h-loss');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;
+        for (let i = 3; i < d.length; i += 4) n += d[i] > 0; return n; }""")
+    assert ink > 50
+    page.wait_for_function("location.hash.includes('ids=')")

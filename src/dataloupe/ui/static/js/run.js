@@ -64,6 +64,7 @@ export class RunView {
       if (v !== "any") p.set(key, v);
     }
     if (f.querySelector("#f-changed").checked) p.set("changed", "1");
+    if (f.querySelector("#f-ids").value.trim()) p.set("ids", f.querySelector("#f-ids").value.trim());
     for (const m of METRICS) {
       if (!this.C[m]) continue;
       const lo = f.querySelector(`#r-${m}-lo`), hi = f.querySelector(`#r-${m}-hi`);
@@ -102,6 +103,7 @@ export class RunView {
       if (p.get(key)) f.querySelector("#" + id).value = p.get(key);
     }
     f.querySelector("#f-changed").checked = p.get("changed") === "1";
+    if (p.get("ids")) f.querySelector("#f-ids").value = p.get("ids");
     for (const m of METRICS) {
       if (!this.C[m] || !p.get(m)) continue;
       const [lo, hi] = p.get(m).split(":").map(Number);
@@ -340,13 +342,16 @@ export class RunView {
         outHi.textContent = (+f.querySelector(`#r-${m}-hi`).value).toFixed(3);
         this.scheduleFilter();
       } });
-      return h("fieldset", {}, h("legend", {}, m), h("div", { class: "range" }, inp(`r-${m}-lo`, lo), inp(`r-${m}-hi`, hi), outLo, outHi));
+      return h("fieldset", {}, h("legend", {}, m), h("canvas", { class: "hist", id: `h-${m}` }),
+        h("div", { class: "range" }, inp(`r-${m}-lo`, lo), inp(`r-${m}-hi`, hi), outLo, outHi));
     };
     this.revSel = h("select", { id: "f-revision", onchange: (e) => this.reload(Number(e.target.value)) });
     this.revisionSelect();
     f.replaceChildren(
       h("fieldset", {}, h("legend", {}, "revision"), this.revSel,
       h("label", {}, " ", h("input", { type: "checkbox", id: "f-changed", onchange: () => this.applyFilters("filter") }), " changed in it")),
+      h("fieldset", {}, h("legend", {}, "ids"), h("input", { type: "text", id: "f-ids", placeholder: "e.g. 12, 40-60 (Enter)",
+        onchange: () => this.applyFilters("filter") })),
       h("fieldset", {}, h("legend", {}, "label ", allNone("label")), checks("label")),
       h("fieldset", {}, h("legend", {}, "predicted ", allNone("predicted")), checks("predicted")),
       h("fieldset", {}, h("legend", {}, "correct"), sel("f-correct", [["any", "any"], ["correct", "correct"], ["incorrect", "incorrect"]])),
@@ -362,6 +367,34 @@ export class RunView {
     const revs = this.tinfo.log.map((e) => e.revision).sort((a, b) => b - a);
     this.revSel.replaceChildren(...revs.map((r) => h("option", { value: r, selected: r === this.revision },
       `r${r}${r === this.latest ? " (latest)" : ""}`)));
+  }
+
+  /** A histogram inside each range filter: every point (grey) and the points shown (blue). */
+  drawHistograms() {
+    const BINS = 40;
+    for (const m of METRICS) {
+      const cv = this.filterEl.querySelector(`#h-${m}`);
+      if (!cv || !this.C[m]) continue;
+      const a = this.C[m], [lo, hi] = this.ranges[m], all = new Uint32Array(BINS), shown = new Uint32Array(BINS);
+      const s = BINS / (hi - lo), f = this.flags;
+      for (let i = 0; i < this.n; i++) {
+        const v = a[i];
+        if (!Number.isFinite(v)) continue;
+        const b = Math.max(0, Math.min(BINS - 1, ((v - lo) * s) | 0));
+        all[b]++;
+        if (f[i] & 1) shown[b]++;
+      }
+      const W = (cv.width = cv.clientWidth || 220), H = (cv.height = 34), g = cv.getContext("2d");
+      let max = 1;
+      for (const c of all) if (c > max) max = c;
+      const bw = W / BINS;
+      g.clearRect(0, 0, W, H);
+      for (const [arr, col] of [[all, "#cbd5e1"], [shown, "#2563eb"]]) {
+        g.fillStyle = col;
+        for (let b = 0; b < BINS; b++) { const hh = Math.ceil((H * arr[b]) / max); if (arr[b]) g.fillRect(b * bw, H - hh, bw - 1, hh); }
+      }
+      cv.dataset.shown = shown.reduce((x, y) => x + y, 0);
+    }
   }
 
   setAll(name, on) {
@@ -392,7 +425,7 @@ export class RunView {
       if (!openLo || !openHi) ranges.push([this.C[m], openLo ? -Infinity : lo, openHi ? Infinity : hi]);
     }
     return {
-      label: lut("label"), predicted: lut("predicted"), ranges,
+      label: lut("label"), predicted: lut("predicted"), ranges, ids: parseIds(f.querySelector("#f-ids").value),
       correct: f.querySelector("#f-correct").value, undef: f.querySelector("#f-undefined").value,
       excl: f.querySelector("#f-excluded").value, finding: f.querySelector("#f-finding").value,
       changed: f.querySelector("#f-changed").checked,
@@ -414,6 +447,7 @@ export class RunView {
       if (ok && F.excl !== "any") ok = F.excl === "only" ? excl[i] === 1 : excl[i] === 0;
       if (ok && F.finding !== "any") ok = F.finding === "some" ? fnd[i] !== 0 : F.finding === "none" ? fnd[i] === 0 : (fnd[i] & fbit) !== 0;
       if (ok && F.changed) ok = chg[i] === 1;
+      if (ok && F.ids) ok = F.ids(C.id[i]);
       for (let r = 0; ok && r < F.ranges.length; r++) {
         const v = F.ranges[r][0][i];
         ok = v >= F.ranges[r][1] && v <= F.ranges[r][2];
@@ -425,6 +459,7 @@ export class RunView {
     const t1 = performance.now();
     this.scatter.setFlags(flags, this.selCount > 0);
     const t2 = performance.now();
+    this.drawHistograms();
     this.scatter.draw(true);
     const ms = performance.now() - t0;
     window.__dl.filterTimings = { loop: t1 - t0, upload: t2 - t1, draw: ms - (t2 - t0) };
@@ -703,6 +738,19 @@ export class RunView {
     else drag.path.forEach(([x, y], k) => (k ? g.lineTo(x, y) : g.moveTo(x, y)));
     g.closePath(); g.fill(); g.stroke();
   }
+}
+
+/** "12, 40-60" → a test id => bool (null when empty). */
+function parseIds(text) {
+  const parts = (text || "").split(/[\s,]+/).filter(Boolean);
+  if (!parts.length) return null;
+  const single = new Set(), spans = [];
+  for (const p of parts) {
+    const m = p.match(/^(\d+)-(\d+)$/);
+    if (m) spans.push([+m[1], +m[2]]);
+    else if (/^\d+$/.test(p)) single.add(+p);
+  }
+  return (id) => single.has(id) || spans.some(([a, b]) => id >= a && id <= b);
 }
 
 /**
