@@ -429,3 +429,26 @@ def test_points_carry_margin_and_entropy_ranks_for_sorting(client, proj):
         v = m[name].to_numpy()
         order = np.argsort(v, kind="stable")
         assert np.all(np.diff(q[order].astype(int)) >= 0)  # same order as the values
+
+
+def test_tags_and_comments_are_versioned_table_columns(client, proj):
+    from dataloupe.tables import annotate, notes_of, revert_table, tag_counts
+
+    p, _ = proj
+    r = client.post("/api/tables/digits/notes", json={"ids": [1, 2, 3], "add_tags": ["blurry"], "expected_revision": 1},
+                    headers=MUT).json()
+    assert r["committed"] and r["revision"] == 2 and r["changed"] == 3 and "tag blurry on 3 samples" in r["message"]
+    t, n = annotate(p, "digits", [2], add_tags=["odd"], remove_tags=["blurry"], comment="looks like a 7", message="m")
+    assert n == 1 and t.revision == 3
+    assert notes_of(t, 2) == {"tags": ["odd"], "comment": "looks like a 7"}
+    assert tag_counts(t) == {"blurry": 2, "odd": 1}
+    assert client.get("/api/tables/digits/tags", params={"tag": "blurry"}).json()["ids"] == [1, 3]
+    assert client.get("/api/tables/digits/samples/2/notes").json()["comment"] == "looks like a 7"
+    # nothing to change: no revision; a stale page: 409; a bad tag: 400
+    assert annotate(p, "digits", [2], add_tags=["odd"], message="m")[1] == 0
+    assert client.post("/api/tables/digits/notes", json={"ids": [4], "add_tags": ["x"], "expected_revision": 1},
+                       headers=MUT).status_code == 409
+    assert client.post("/api/tables/digits/notes", json={"ids": [4], "add_tags": ["no spaces"]}, headers=MUT).status_code == 400
+    # versioned: the old revision has no notes, and a revert brings that back
+    assert notes_of(open_table(p, "digits", 1), 2) == {"tags": [], "comment": None}
+    assert notes_of(revert_table(p, "digits", 2, message="back"), 2) == {"tags": ["blurry"], "comment": None}

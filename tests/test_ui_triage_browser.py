@@ -504,3 +504,30 @@ def test_id_filter_and_histograms_in_the_range_filters(page, site):
         for (let i = 3; i < d.length; i += 4) n += d[i] > 0; return n; }""")
     assert ink > 50
     page.wait_for_function("location.hash.includes('ids=')")
+
+
+def test_tags_and_comments_from_the_dashboard(page, site):
+    from dataloupe.tables import notes_of
+
+    p = site[0]
+    _open(page, site)
+    page.evaluate("__dl.run.setSelection([30, 31, 32])")
+    ids = page.evaluate("__dl.run.selectedIds()")
+    before = open_table(p, "digits").latest_revision
+    page.fill("#action-tag", "smudged")
+    page.click("#act-tag")
+    page.wait_for_function(f"__dl.run.revision === {before + 1} && __dl.ready")
+    assert all(notes_of(open_table(p, "digits"), i)["tags"] == ["smudged"] for i in ids)
+    page.wait_for_selector("#f-tag option[value='smudged']", state="attached")
+    page.evaluate("__dl.run.setSelection(null)")
+    page.select_option("#f-tag", "smudged")
+    page.wait_for_function("__dl.run.visible === 3")
+    page.dblclick("#grid .cell >> nth=0")
+    page.wait_for_selector("#detail-comment")
+    assert "smudged" in page.inner_text("#detail-notes")
+    cid = page.evaluate("__dl.run.C.id[__dl.run.panes.detailIndex]")
+    page.fill("#detail-comment", "ink blot on the left")
+    page.click("#detail-save-comment")
+    page.wait_for_function(f"__dl.run.revision === {before + 2} && __dl.ready")
+    assert notes_of(open_table(p, "digits"), cid)["comment"] == "ink blot on the left"
+    page.wait_for_function("document.getElementById('detail-comment') && document.getElementById('detail-comment').value === 'ink blot on the left'")

@@ -25,7 +25,7 @@ from dataloupe import __version__
 from dataloupe._netsafety import host_of, is_loopback, token_matches
 from dataloupe.loop import apply_answers, review_queue
 from dataloupe.project import DataloupeError, Project
-from dataloupe.tables import diff_revisions, list_tables, open_table, revert_table
+from dataloupe.tables import annotate, diff_revisions, list_tables, notes_of, open_table, revert_table, tag_counts
 from dataloupe.ui import _actions, _images, _loops, _runs, _samples
 from dataloupe.ui._cache import LRU
 from dataloupe.ui._points import build_points
@@ -56,6 +56,17 @@ class ReviewBody(BaseModel):
     run: str
     strategy: str = Field(default="margin", max_length=40)
     answers: list[ReviewAnswer] = Field(max_length=100_000)
+    expected_revision: int | None = None
+    message: str | None = Field(default=None, max_length=1000)
+
+
+class NotesBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ids: list[int] = Field(min_length=1, max_length=_actions.MAX_IDS)
+    add_tags: list[str] = Field(default=[], max_length=20)
+    remove_tags: list[str] = Field(default=[], max_length=20)
+    comment: str | None = Field(default=None, max_length=2000)
+    clear_comment: bool = False
     expected_revision: int | None = None
     message: str | None = Field(default=None, max_length=1000)
 
@@ -182,6 +193,39 @@ def create_app(project: Project, *, token: str | None = None,
             run_or_404(body.run)
         req = _actions.ActionRequest(**body.model_dump())
         return _actions.apply_action(project, name, req)
+
+    @app.post("/api/tables/{name}/notes")
+    def table_notes(name: str, body: NotesBody) -> dict:
+        before = table_or_404(name).latest_revision
+        what = [f"tag {', '.join(body.add_tags)}" if body.add_tags else "", f"untag {', '.join(body.remove_tags)}" if body.remove_tags else "",
+                "comment" if body.comment is not None or body.clear_comment else ""]
+        n = len(set(body.ids))
+        message = (body.message or "").strip() or f"ui: {' + '.join(w for w in what if w) or 'notes'} on {n} sample{'s' if n != 1 else ''}"
+        try:
+            t, changed = annotate(project, name, body.ids, add_tags=body.add_tags, remove_tags=body.remove_tags,
+                                  comment=body.comment, clear_comment=body.clear_comment, message=message,
+                                  expected_revision=body.expected_revision)
+        except DataloupeError as e:
+            if "reload" in str(e):
+                raise _actions.ConflictError(str(e)) from None
+            raise
+        return {"committed": changed > 0, "revision": t.revision, "previous_revision": before, "changed": changed,
+                "message": message if changed else "nothing changed; no revision made"}
+
+    @app.get("/api/tables/{name}/tags")
+    def table_tags(name: str, tag: str | None = None) -> dict:
+        t = table_or_404(name)
+        out = {"tags": tag_counts(t)}
+        if tag is not None:
+            rows = t.to_arrow()
+            ids = rows["id"].to_pylist()
+            vals = rows["tags"].to_pylist() if "tags" in rows.column_names else [None] * len(ids)
+            out["ids"] = [i for i, v in zip(ids, vals) if v and tag in v.split(",")]
+        return out
+
+    @app.get("/api/tables/{name}/samples/{sample_id}/notes")
+    def sample_notes(name: str, sample_id: int) -> dict:
+        return notes_of(table_or_404(name), sample_id)
 
     @app.get("/api/tables/{name}/samples/{sample_id}/image")
     def sample_image(name: str, sample_id: int):

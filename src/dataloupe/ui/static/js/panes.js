@@ -17,9 +17,12 @@ export class Panes {
     const tab = (id, label) => h("button", { id: `tab-${id}`, onclick: () => this.show(id) }, label);
     this.labelSel = h("select", { id: "action-label" });
     this.msg = h("input", { type: "text", id: "action-message", placeholder: "revision message (optional)" });
+    this.tagInp = h("input", { type: "text", id: "action-tag", placeholder: "tag", size: 8 });
     this.actions = h("div", { class: "actions", id: "actions" },
       h("strong", {}, "Selection:"), "label", this.labelSel,
-      ACTIONS.map(([a, label]) => h("button", { id: `act-${a}`, onclick: () => this.act(a) }, label)), this.msg);
+      ACTIONS.map(([a, label]) => h("button", { id: `act-${a}`, onclick: () => this.act(a) }, label)),
+      this.tagInp, h("button", { id: "act-tag", onclick: () => this.tag(true) }, "add tag"),
+      h("button", { id: "act-untag", onclick: () => this.tag(false) }, "remove tag"), this.msg);
     this.panes = {
       grid: h("div", { class: "pane", id: "pane-grid" }, this.actions, view.gridTools, view.gridEl),
       detail: h("div", { class: "pane detail", id: "pane-detail" }, h("p", { class: "muted" }, "Click a point or a grid cell.")),
@@ -112,6 +115,36 @@ export class Panes {
     }
   }
 
+  /** Tags and comments: one revision, like every edit. */
+  async notes(ids, body, what) {
+    const v = this.v;
+    if (v.revision !== v.latest) { toast(`switch to the latest revision (r${v.latest}) to edit`, [["go to latest", () => v.reload(null)]], true); return null; }
+    if (ids.length > CONFIRM_OVER && !(await confirmDialog(`${what} on ${ids.length.toLocaleString()} samples?`, `${what} ${ids.length.toLocaleString()} samples`))) return null;
+    window.__dl.ready = false;
+    try {
+      const r = await postJSON(`/api/tables/${enc(v.table)}/notes`, { ids, expected_revision: v.latest, ...body });
+      if (r.committed) await v.reload(r.revision);
+      window.__dl.lastAction = r;
+      window.__dl.ready = true;
+      toast(r.committed ? `revision ${r.revision}: ${r.message}` : r.message,
+        r.committed ? [["diff", () => showDiff(v.table, r.previous_revision, r.revision)]] : []);
+      return r;
+    } catch (e) {
+      window.__dl.ready = true;
+      toast(e.message, e.status === 409 ? [["reload", () => v.reload(null)]] : [], true);
+      return null;
+    }
+  }
+
+  async tag(add) {
+    const v = this.v, tag = this.tagInp.value.trim();
+    if (!tag) { toast("type a tag first", [], true); return; }
+    const ids = v.selectedIds();
+    if (!ids.length) { toast("select samples to tag", [], true); return; }
+    await this.notes(ids, add ? { add_tags: [tag] } : { remove_tags: [tag] }, `${add ? "tag" : "untag"} “${tag}”`);
+    v.refreshTags();
+  }
+
   /** Move the sample view to the next (+1) or previous (-1) sample of the grid. */
   step(delta) {
     const v = this.v, items = v.items;
@@ -133,9 +166,10 @@ export class Panes {
     const pane = this.panes.detail;
     pane.replaceChildren(h("p", { class: "muted" }, `loading sample ${id}…`));
     try {
-      const [d, hist] = await Promise.all([
+      const [d, hist, notes] = await Promise.all([
         getJSON(`/api/runs/${enc(v.run)}/samples/${id}`, { table: v.table }),
         getJSON(`/api/tables/${enc(v.table)}/samples/${id}/history`),
+        getJSON(`/api/tables/${enc(v.table)}/samples/${id}/notes`),
       ]);
       if (seq !== this.detailSeq) return;  // a newer sample was asked for meanwhile
       const m = d.metrics, cls = v.H.classes;
@@ -161,6 +195,14 @@ export class Panes {
         h("h2", {}, `sample ${id}`, h("span", { class: "muted" }, ` · label now ${current}${v.C.excluded[i] ? " · excluded" : ""}`)),
         keys,
         big,
+        h("div", { class: "notes", id: "detail-notes" },
+          h("div", {}, "tags: ", notes.tags.length ? notes.tags.map((t) => h("span", { class: "tagchip" }, t)) : h("span", { class: "muted" }, "none")),
+          (() => {
+            const ta = h("textarea", { id: "detail-comment", rows: 2, placeholder: "comment (saved as a revision)" });
+            ta.value = notes.comment || "";
+            return h("div", {}, ta, h("button", { id: "detail-save-comment", onclick: () => this.notes([id],
+              ta.value.trim() ? { comment: ta.value.trim() } : { clear_comment: true }, "comment") }, "save comment"));
+          })()),
         m.findings.length ? h("p", { class: "bad" }, "findings: " + m.findings.join(", ")) : null,
         h("table", { id: "detail-metrics" }, rows),
         m.top ? h("div", {}, h("h3", {}, "top classes"), h("table", {}, m.top.map((t) => h("tr", {}, h("td", {}, t.class), h("td", {}, (100 * t.p).toFixed(1) + "%"))))) : null,

@@ -48,6 +48,7 @@ export class RunView {
     }
     this.applyUrlState(this.urlParams);
     this.urlReady = true;
+    this.refreshTags();
   }
 
   // ---- the view in the URL: filters, colour, sort, selection and revision ------------
@@ -350,6 +351,8 @@ export class RunView {
     f.replaceChildren(
       h("fieldset", {}, h("legend", {}, "revision"), this.revSel,
       h("label", {}, " ", h("input", { type: "checkbox", id: "f-changed", onchange: () => this.applyFilters("filter") }), " changed in it")),
+      h("fieldset", {}, h("legend", {}, "tag"), this.tagSel = h("select", { id: "f-tag", onchange: () => this.loadTagFilter() },
+        h("option", { value: "" }, "any"))),
       h("fieldset", {}, h("legend", {}, "ids"), h("input", { type: "text", id: "f-ids", placeholder: "e.g. 12, 40-60 (Enter)",
         onchange: () => this.applyFilters("filter") })),
       h("fieldset", {}, h("legend", {}, "label ", allNone("label")), checks("label")),
@@ -397,6 +400,22 @@ export class RunView {
     }
   }
 
+  /** Tags of the table (for the tag filter), and the ids carrying the chosen one. */
+  async refreshTags() {
+    if (!this.tagSel) return;
+    const keep = this.tagSel.value;
+    const r = await getJSON(`/api/tables/${enc(this.table)}/tags`, keep ? { tag: keep } : {});
+    this.tagSel.replaceChildren(h("option", { value: "" }, "any"),
+      ...Object.entries(r.tags).map(([t, n]) => h("option", { value: t, selected: t === keep }, `${t} (${n})`)));
+    if (keep && r.ids) { this.tagIds = new Set(r.ids); this.applyFilters("filter", true); }
+  }
+
+  async loadTagFilter() {
+    const tag = this.tagSel.value;
+    this.tagIds = tag ? new Set((await getJSON(`/api/tables/${enc(this.table)}/tags`, { tag })).ids) : null;
+    this.applyFilters("filter");
+  }
+
   setAll(name, on) {
     for (const cb of this.filterEl.querySelectorAll(`input[name=${name}]`)) cb.checked = on;
     this.applyFilters("filter");
@@ -426,6 +445,7 @@ export class RunView {
     }
     return {
       label: lut("label"), predicted: lut("predicted"), ranges, ids: parseIds(f.querySelector("#f-ids").value),
+      tagged: f.querySelector("#f-tag").value && this.tagIds ? this.tagIds : null,
       correct: f.querySelector("#f-correct").value, undef: f.querySelector("#f-undefined").value,
       excl: f.querySelector("#f-excluded").value, finding: f.querySelector("#f-finding").value,
       changed: f.querySelector("#f-changed").checked,
@@ -448,6 +468,7 @@ export class RunView {
       if (ok && F.finding !== "any") ok = F.finding === "some" ? fnd[i] !== 0 : F.finding === "none" ? fnd[i] === 0 : (fnd[i] & fbit) !== 0;
       if (ok && F.changed) ok = chg[i] === 1;
       if (ok && F.ids) ok = F.ids(C.id[i]);
+      if (ok && F.tagged) ok = F.tagged.has(C.id[i]);
       for (let r = 0; ok && r < F.ranges.length; r++) {
         const v = F.ranges[r][0][i];
         ok = v >= F.ranges[r][1] && v <= F.ranges[r][2];
