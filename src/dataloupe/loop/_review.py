@@ -81,10 +81,11 @@ def density_score(margin: np.ndarray, entropy: np.ndarray, embedding: np.ndarray
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     kk = min(k, len(x) - 1)
     dens = np.empty(len(x), np.float64)
-    for s in range(0, len(x), 2048):  # (chunk, N) similarity blocks keep memory bounded
-        sim = x[s:s + 2048] @ x.T
+    step = max(1, (1 << 24) // len(x))  # (step, N) similarity blocks: at most 64 MB each
+    for s in range(0, len(x), step):
+        sim = x[s:s + step] @ x.T
         part = -np.partition(-sim, kk, axis=1)[:, 1:kk + 1]  # drop self (similarity 1)
-        dens[s:s + 2048] = part.mean(axis=1)
+        dens[s:s + step] = part.mean(axis=1)
     return ent * np.clip((dens + 1) / 2, 0, 1) ** beta
 
 
