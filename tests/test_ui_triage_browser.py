@@ -400,6 +400,7 @@ def test_show_opens_the_dashboard_on_a_selection(page, site):
         page.goto(s.url)
         page.wait_for_function("window.__dl.ready && __dl.run && __dl.run.C && __dl.run.selCount === 3", timeout=30000)
         assert sorted(page.evaluate("__dl.run.selectedIds()")) == [2, 3, 5]
+        page.goto("about:blank")  # leave before the server goes
     finally:
         s.stop()
     from dataloupe.project import DataloupeError
@@ -442,9 +443,9 @@ def test_compare_two_runs_sample_by_sample_and_per_class_metrics(page, site):
         ra, rb = a[i] == lb, b[i] == lb
         want["both" if ra and rb else "fixed" if ra else "broken" if rb else "neither"] += 1
     assert shown == want and want["fixed"] + want["broken"] > 0
+    _shot(page, "ui-compare.png")
     page.click("#compare-table tr[data-group='fixed']")
     assert page.evaluate("__dl.run.selCount") == want["fixed"]
-    _shot(page, "ui-compare.png")
 
 
 def test_loop_page_shows_iterations_diffs_and_review_lists(page, site):

@@ -48,7 +48,7 @@ export class RunView {
     }
     this.applyUrlState(this.urlParams);
     this.urlReady = true;
-    this.refreshTags();
+    this.refreshTags().catch((e) => toast(`tags: ${e.message}`, [], true));  // in the background
   }
 
   // ---- the view in the URL: filters, colour, sort, selection and revision ------------
