@@ -354,7 +354,7 @@ def test_points_without_map_or_analysis_fall_back_to_pca_of_embeddings(client, p
     lance.write_dataset(t.drop_columns(["map_x", "map_y", "cluster"]), path, mode="overwrite")
     (p.runs_dir / "r1" / "analysis.json").unlink()
     header, cols = decode(client.get("/api/runs/r1/points", params={"table": "digits"}).content)
-    assert header["n"] == 1797 and header["map_source"].startswith("pca of embedding")
+    assert header["n"] == 1797 and header["map_source"].startswith("PCA of the embeddings") and "dataloupe reduce" in header["map_source"]
     assert np.isfinite(cols["map_x"]).all() and cols["map_x"].std() > 0 and cols["findings"].sum() == 0
     d = client.get("/api/runs/r1/samples/3", params={"table": "digits"}).json()
     assert d["metrics"]["findings"] == [] and len(d["neighbours"]) == 12
@@ -365,3 +365,90 @@ def test_rows_added_after_the_run_are_counted_as_missing_metrics(client, proj):
     add_rows(p, "digits", pa.table({"path": ["0/0000.png"], "label": ["0"]}), message="one more")
     header, cols = decode(client.get("/api/runs/r1/points", params={"table": "digits"}).content)
     assert header["n"] == 1797 and header["missing_metrics"] == 1 and 1797 not in cols["id"]
+
+
+def test_review_queue_api_reads_and_writes_one_revision(client, proj):
+    p, info = proj
+    q = client.get("/api/runs/r1/review", params={"table": "digits", "strategy": "entropy", "limit": 5}).json()
+    assert q["strategy"] == "entropy" and len(q["items"]) == 5 and q["total"] >= q["counts"]["undefined"] > 0
+    ent = [it["entropy"] for it in q["items"]]
+    assert ent == sorted(ent, reverse=True)
+    a, b = q["items"][0]["id"], q["items"][1]["id"]
+    body = {"run": "r1", "strategy": "entropy", "expected_revision": q["revision"],
+            "answers": [{"id": a, "label": "7"}, {"id": b, "label": "__exclude__"}]}
+    r = client.post("/api/tables/digits/review", json=body, headers=MUT).json()
+    assert r["revision"] == q["revision"] + 1 and "review entropy: 2 answers" in r["message"]
+    t = open_table(p, "digits")
+    rows = {x["id"]: x for x in t.to_arrow(columns=["id", "label", "weight"]).to_pylist()}
+    assert rows[a]["label"] == "7" and rows[b]["weight"] == 0
+    # the same answers against the old revision: 409; an unknown class: 400, nothing written
+    assert client.post("/api/tables/digits/review", json=body, headers=MUT).status_code == 409
+    body["expected_revision"] = t.revision
+    body["answers"] = [{"id": a, "label": "cat"}]
+    r = client.post("/api/tables/digits/review", json=body, headers=MUT)
+    assert r.status_code == 400 and "unknown class" in r.json()["error"]
+    assert open_table(p, "digits").revision == t.revision
+    assert client.get("/api/runs/r1/review", params={"table": "digits", "strategy": "nope"}).status_code == 400
+
+
+def test_run_states_the_models_quality(client, proj):
+    t = client.get("/api/runs/r1").json()["trust"]
+    assert set(t) == {"val_top1", "chance", "weak", "reasons", "message"} and t["chance"] == 0.1
+
+
+def test_model_trust_verdicts():
+    from dataloupe.analysis import model_trust
+
+    assert model_trust(0.64, 2, labeled=100, label_issues=45)["weak"]  # the issue's 2-epoch model
+    assert len(model_trust(0.64, 2, labeled=100, label_issues=45)["reasons"]) == 2
+    assert not model_trust(0.95, 2, labeled=100, label_issues=5)["weak"]
+    assert not model_trust(0.85, 10)["weak"] and model_trust(0.5, 10)["weak"]
+    assert model_trust(None, 10)["weak"]
+
+
+def test_points_header_names_the_latest_revision_after_an_edit(client, proj):
+    from dataloupe.tables import edit_table
+
+    p, _ = proj
+    h1, _ = decode(client.get("/api/runs/r1/points", params={"table": "digits", "revision": 1}).content)
+    assert h1["latest_revision"] == 1
+    edit_table(p, "digits", action="exclude", ids=[3], message="x")
+    h2, _ = decode(client.get("/api/runs/r1/points", params={"table": "digits", "revision": 1}).content)
+    assert h2["revision"] == 1 and h2["latest_revision"] == 2  # not the cached blob's
+
+
+def test_points_carry_margin_and_entropy_ranks_for_sorting(client, proj):
+    import lance
+
+    p, _ = proj
+    _, cols = decode(client.get("/api/runs/r1/points", params={"table": "digits"}).content)
+    m = lance.dataset(p.runs_dir / "r1" / "metrics" / "digits.lance").to_table(columns=["id", "margin", "entropy"]).sort_by("id")
+    for name in ("margin", "entropy"):
+        q = cols[f"{name}_q"]
+        assert q.dtype == np.uint16
+        v = m[name].to_numpy()
+        order = np.argsort(v, kind="stable")
+        assert np.all(np.diff(q[order].astype(int)) >= 0)  # same order as the values
+
+
+def test_tags_and_comments_are_versioned_table_columns(client, proj):
+    from dataloupe.tables import annotate, notes_of, revert_table, tag_counts
+
+    p, _ = proj
+    r = client.post("/api/tables/digits/notes", json={"ids": [1, 2, 3], "add_tags": ["blurry"], "expected_revision": 1},
+                    headers=MUT).json()
+    assert r["committed"] and r["revision"] == 2 and r["changed"] == 3 and "tag blurry on 3 samples" in r["message"]
+    t, n = annotate(p, "digits", [2], add_tags=["odd"], remove_tags=["blurry"], comment="looks like a 7", message="m")
+    assert n == 1 and t.revision == 3
+    assert notes_of(t, 2) == {"tags": ["odd"], "comment": "looks like a 7"}
+    assert tag_counts(t) == {"blurry": 2, "odd": 1}
+    assert client.get("/api/tables/digits/tags", params={"tag": "blurry"}).json()["ids"] == [1, 3]
+    assert client.get("/api/tables/digits/samples/2/notes").json()["comment"] == "looks like a 7"
+    # nothing to change: no revision; a stale page: 409; a bad tag: 400
+    assert annotate(p, "digits", [2], add_tags=["odd"], message="m")[1] == 0
+    assert client.post("/api/tables/digits/notes", json={"ids": [4], "add_tags": ["x"], "expected_revision": 1},
+                       headers=MUT).status_code == 409
+    assert client.post("/api/tables/digits/notes", json={"ids": [4], "add_tags": ["no spaces"]}, headers=MUT).status_code == 400
+    # versioned: the old revision has no notes, and a revert brings that back
+    assert notes_of(open_table(p, "digits", 1), 2) == {"tags": [], "comment": None}
+    assert notes_of(revert_table(p, "digits", 2, message="back"), 2) == {"tags": ["blurry"], "comment": None}

@@ -183,8 +183,8 @@ def test_lasso_hover_and_sample_detail(page, site):
     page.mouse.move(box["x"] + px[0], box["y"] + px[1])
     page.wait_for_selector("#tip:not([hidden])")
     assert page.get_attribute("#tip img", "src").startswith("/api/tables/digits/samples/")
-    # click a grid cell: detail with metrics, neighbours and history
-    cells.first.click()
+    # double-click a grid cell (a click selects it): detail with metrics, neighbours and history
+    cells.first.dblclick()
     page.wait_for_selector("#detail-history")
     assert page.locator("#pane-detail .nbrs img").count() == 12
     assert "r2" in page.inner_text("#detail-history")
@@ -209,6 +209,8 @@ def test_confusion_cell_relabel_diff_and_revert(page, site):
     page.select_option("#action-label", str(b))
     page.fill("#action-message", "relabel confused digits")
     page.click("#act-set_label")
+    if len(ids) > 10:  # bulk edits ask first, stating the count
+        page.click("#confirm-ok")
     page.wait_for_function("window.__dl.lastAction && window.__dl.ready")
     t = open_table(p, "digits")
     assert t.latest_revision == before + 1 and t.entry["message"] == "relabel confused digits"

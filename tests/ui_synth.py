@@ -24,7 +24,10 @@ NOISY = 40  # labels flipped on purpose (ids 100..139): the known label issues
 UNDEFINED = 30  # ids 1700..1729 get no label
 
 
-def make_digits_table(project: Project, image_dir: Path, name: str = "digits") -> dict:
+FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+
+def make_digits_table(project: Project, image_dir: Path, name: str = "digits", classes: list[str] = CLASSES) -> dict:
     """Write the 1,797 digits as PNGs and import them as table ``name``.
 
     Returns ``{"true": true labels (N,), "noisy": flipped ids}``.
@@ -44,14 +47,14 @@ def make_digits_table(project: Project, image_dir: Path, name: str = "digits") -
         (image_dir / rel).parent.mkdir(exist_ok=True)
         Image.fromarray((img * 255 / 16).astype(np.uint8)).save(image_dir / rel)
         paths.append(rel)
-        labels.append(None if 1700 <= i < 1700 + UNDEFINED else str(given[i]))
+        labels.append(None if 1700 <= i < 1700 + UNDEFINED else classes[given[i]])
     create_table(project, name, pa.table({"path": paths, "label": pa.array(labels, pa.string())}),
-                 classes=CLASSES, image_root=image_dir, message="import digits")
+                 classes=list(classes), image_root=image_dir, message="import digits")
     return {"true": true, "noisy": noisy, "features": d.data}
 
 
 def write_digits_run(project: Project, table: str, features: np.ndarray, run: str = "r1",
-                     val_top1: float = 0.9, revision: int | None = None) -> Path:
+                     val_top1: float = 0.9, revision: int | None = None, classes: list[str] = CLASSES) -> Path:
     """Train a logistic regression on the table's labels and write a full run folder."""
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
@@ -61,18 +64,18 @@ def write_digits_run(project: Project, table: str, features: np.ndarray, run: st
     ids = rows["id"].to_numpy()
     labels = rows["label"].to_pylist()
     x = features[ids] / 16.0
-    lab = np.array([-1 if v is None else int(v) for v in labels])
+    lab = np.array([-1 if v is None else classes.index(v) for v in labels])
     known = lab >= 0
     clf = LogisticRegression(max_iter=300, C=0.5).fit(x[known], lab[known])
     probs = clf.predict_proba(x).astype(np.float32)
     emb = PCA(16, random_state=0).fit_transform(x).astype(np.float32)
     xy = PCA(2, random_state=0).fit_transform(x).astype(np.float32)
     pred = probs.argmax(1)
-    suggested = {int(i): str(int(pred[k])) for k, i in enumerate(ids) if known[k] and pred[k] != lab[k]}
-    pseudo = {int(i): str(int(pred[k])) for k, i in enumerate(ids) if not known[k] and probs[k].max() > 0.5}
+    suggested = {int(i): classes[pred[k]] for k, i in enumerate(ids) if known[k] and pred[k] != lab[k]}
+    pseudo = {int(i): classes[pred[k]] for k, i in enumerate(ids) if not known[k] and probs[k].max() > 0.5}
     # the format `dataloupe analyze` writes: records name their table by run role
     analysis = {
-        "label_issues": [{"id": i, "table": "train", "score": 0.9, "label": str(lab[np.searchsorted(ids, i)]),
+        "label_issues": [{"id": i, "table": "train", "score": 0.9, "label": classes[lab[np.searchsorted(ids, i)]],
                           "suggested_label": s} for i, s in suggested.items()],
         "outliers": [{"id": int(i), "table": "train", "score": 1.0}
                      for i in ids[np.argsort(-np.linalg.norm(emb, axis=1))[:15]]],
@@ -83,7 +86,7 @@ def write_digits_run(project: Project, table: str, features: np.ndarray, run: st
             {"id": i, "predicted": s, "confidence": 0.8, "agreement": 1.0} for i, s in pseudo.items()]},
         "taxonomy": {},
     }
-    return write_run(project, run, table, t.revision, ids=ids, labels=labels, classes=CLASSES,
+    return write_run(project, run, table, t.revision, ids=ids, labels=labels, classes=list(classes),
                      probs=probs, embedding=emb, map_xy=xy, cluster=pred.astype(np.int32),
                      analysis=analysis, val_top1=val_top1)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -12,6 +13,8 @@ from dataloupe._cli.common import JsonOpt, ProjectOpt, print_json, project_from
 
 
 def register(app: typer.Typer) -> None:
+    app.command("review")(review_cmd)
+
     @app.command("loop")
     def loop(
         train: Annotated[str, typer.Option("--train", help="Training table (its latest revision is edited).")],
@@ -38,3 +41,41 @@ def register(app: typer.Typer) -> None:
             typer.echo("\n" + summary_table(res))
             typer.echo(f"\nsaved: {res.folder}/summary.txt, accuracy.png; inspect edits with "
                        f"`dataloupe table log {train}` and `dataloupe table diff {train} A B`")
+
+
+def review_cmd(
+    table: Annotated[str, typer.Option("--table", help="Table whose review queue is answered (its latest revision).")],
+    run: Annotated[str, typer.Option("--run", help="Run whose model orders the queue (its metrics on the table).")],
+    oracle: Annotated[Optional[Path], typer.Option("--oracle", help="CSV path,label (paths relative to the table's root) "
+                                                   "answering for a person; without it the queue is printed.")] = None,
+    budget: Annotated[int, typer.Option("--budget", help="How many rows of the queue to answer (or print).")] = 50,
+    strategy: Annotated[str, typer.Option("--strategy", help="margin, entropy, density or random.")] = "margin",
+    seed: Annotated[int, typer.Option(help="Seed of the random strategy.")] = 0,
+    project: ProjectOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Answer the first N rows of the review queue from an oracle file, as one revision."""
+    from dataloupe.loop import answer_from_oracle, review_queue
+
+    p = project_from(project)
+    if oracle is None:
+        q = review_queue(p, table, run, strategy=strategy, seed=seed, limit=budget)
+        if as_json:
+            print_json(q)
+            return
+        typer.echo(f"review queue of {table}@{q['revision']} under run {run} ({strategy}): {q['total']} rows; "
+                   + ", ".join(f"{k} {v}" for k, v in q["counts"].items()))
+        for it in q["items"]:
+            typer.echo(f"  #{it['id']} {it['path']}: label {it['label'] or '(undefined)'}, predicted {it['predicted']} "
+                       f"({(it['confidence'] or 0):.2f}), score {it['score']:.3f} [{', '.join(it['reasons'])}]")
+        return
+    res = answer_from_oracle(p, table, run, oracle, budget=budget, strategy=strategy, seed=seed)
+    if as_json:
+        print_json({k: res[k] for k in ("revision", "asked", "answered", "changed", "strategy")})
+        return
+    skipped = res["skipped_missing"] + res["skipped_unknown_class"]
+    typer.echo(f"{table}: revision {res['revision']} — {res['answered']} of {res['asked']} asked rows answered "
+               f"({strategy}), {res['changed']} changed"
+               + (f"; skipped {res['skipped_missing']} not in {oracle.name}, {res['skipped_unknown_class']} with an "
+                  f"unknown class" if skipped else ""))
+    typer.echo(f"inspect: dataloupe table diff {table} {res['previous_revision']} {res['revision']}")

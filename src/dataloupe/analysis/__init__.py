@@ -36,9 +36,11 @@ from dataloupe.analysis._neighbours import (
 )
 from dataloupe.analysis._pseudo import precision_threshold, pseudo_label
 from dataloupe.analysis._run_api import analyze_run, export_run_csv, reduce_run
+from dataloupe.analysis._trust import model_trust
 from dataloupe.analysis._taxonomy import error_taxonomy, load_real_labels, real_accuracy, topk_accuracy
 
 __all__ = [
+    "model_trust",
     "METHODS", "reduce", "analyze_run", "export_run_csv", "reduce_run", "UNDEFINED", "AnalysisInputs", "Detector", "DetectorResult", "analyze", "with_crossfit",
     "error_taxonomy", "load_real_labels", "real_accuracy", "topk_accuracy", "LabelIssues", "SampleSet",
     "cluster_embeddings", "duplicate_threshold", "cluster_stats", "content_hashes", "crossfit_probs",

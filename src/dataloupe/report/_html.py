@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from dataloupe.analysis._runio import load_metrics, read_run, run_tables
+from dataloupe.analysis._trust import model_trust
 from dataloupe.project import DataloupeError, Project
 from dataloupe.report._plots import confusion_png, curves_png, map_png
 
@@ -31,6 +32,9 @@ h1{margin-bottom:0}h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top
 .pair{display:flex;gap:2px;justify-content:center}.pair img{width:72px;height:72px}
 .card.wide{width:170px}table{border-collapse:collapse}td,th{padding:2px 10px;border-bottom:1px solid #eee;text-align:left}
 .bad{color:#b00}.good{color:#070}figure{margin:0}img.plot{max-width:100%}
+.suggest{color:#555;font-style:italic}.tbl{color:#666}
+.warn{background:#fdecec;border:1px solid #f3b4b4;color:#991b1b;padding:8px 12px;border-radius:6px;font-weight:600}
+.trust{background:#eef6ee;border:1px solid #cfe3cf;color:#14532d;padding:6px 12px;border-radius:6px}
 """
 
 
@@ -143,6 +147,9 @@ def write_report(project: Project, run: str, *, out: str | Path | None = None) -
                 ("ReaL top-1", tax.get("real_top1"))]
         parts.append("<table>" + "".join(f"<tr><th>{k}</th><td>{v:.4f}</td></tr>" for k, v in rows if v is not None)
                      + "</table>")
+    trust = _trust(project, run, info, found, tables, classes)
+    parts.append(f"<p class='{'warn' if trust['weak'] else 'trust'}' id='trust'>{'⚠ ' if trust['weak'] else ''}"
+                 f"{e(trust['message'])}</p>")
     counts = {k: (len(found[k]) if isinstance(found.get(k), list) else None) for k in
               ("label_issues", "outliers", "near_duplicates", "leakage", "clusters")}
     parts.append("<p>" + ", ".join(f"{k.replace('_', ' ')}: <b>{v}</b>" for k, v in counts.items() if v is not None)
@@ -166,7 +173,7 @@ def write_report(project: Project, run: str, *, out: str | Path | None = None) -
     png = _map_figure(project, run, tables, classes, issue_keys)
     if png:
         parts.append(f"<h2>Embedding map</h2><img class='plot' src='{_data_uri(png)}'>")
-    parts += _galleries(found, tables, thumbs)
+    parts += _galleries(found, tables, thumbs, trust)
     doc = (f"<!doctype html><html><head><meta charset='utf-8'><title>dataloupe {e(run)}</title>"
            f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>")
     path = Path(out) if out else folder / "report.html"
@@ -176,47 +183,70 @@ def write_report(project: Project, run: str, *, out: str | Path | None = None) -
     return path
 
 
+def _trust(project: Project, run: str, info: dict, found: dict, tables: dict[str, str], classes: list[str]) -> dict:
+    """The model's quality next to its findings (see :func:`model_trust`)."""
+    labeled = None
+    if tables.get("train"):
+        try:
+            labeled = sum(v is not None for v in load_metrics(project, run, tables["train"], columns=["label"])
+                          .column("label").to_pylist())
+        except DataloupeError:
+            pass
+    issues = sum(1 for r in found.get("label_issues", []) if r.get("table", "train") in ("train", tables.get("train")))
+    val = info.get("best_val_top1")
+    return model_trust(val if isinstance(val, (int, float)) else None, len(classes) or 2,
+                       labeled=labeled, label_issues=issues)
+
+
 def _sim(rec: dict) -> str:
     return "exact" if rec["exact"] else f"{rec['similarity']:.3f}"
 
 
-def _galleries(found: dict, tables: dict[str, str], thumbs: _Thumbs) -> list[str]:
+def _galleries(found: dict, tables: dict[str, str], thumbs: _Thumbs, trust: dict | None = None) -> list[str]:
     e = html.escape
     out = []
+
+    def where(role, sid) -> str:  # ids are per table: always say which
+        return f"<span class='tbl'>{e(str(tables.get(role, role)))}</span> #{sid}"
+
     items = found.get("label_issues", [])
-    out.append(_section("Label issues", "given label -> suggested label (score: higher = more likely wrong)",
+    note = "given label, then the label the model suggests (score: higher = more likely wrong)"
+    if trust and trust["weak"]:
+        note += ". WARNING: " + trust["message"]
+    out.append(_section("Label issues", note,
                         [_card(thumbs.img(r["table"], r["id"]),
-                               f"#{r['id']} <span class='bad'>{e(r['label'])}</span> → "
-                               f"<span class='good'>{e(r['suggested_label'])}</span><br>{r['score']:.2f}")
+                               f"{where(r['table'], r['id'])}<br>label <span class='bad'>{e(r['label'])}</span><br>"
+                               f"model suggests <span class='suggest'>{e(str(r['suggested_label']))}</span><br>"
+                               f"score {r['score']:.2f}")
                          for r in items[:GALLERY]], len(items)))
     items = found.get("outliers", [])
     out.append(_section("Outliers", "farthest from their nearest neighbours in embedding space",
-                        [_card(thumbs.img(r["table"], r["id"]), f"#{r['id']} {e(tables.get(r['table'], r['table']))}<br>{r['score']:.3f}")
+                        [_card(thumbs.img(r["table"], r["id"]), f"{where(r['table'], r['id'])}<br>{r['score']:.3f}")
                          for r in items[:GALLERY]], len(items)))
     items = found.get("near_duplicates", [])
     out.append(_section("Near-duplicates", "pairs within a table (cosine similarity; exact = same file bytes)",
                         [_card(f"<div class='pair'>{thumbs.img(r['table'], r['ids'][0])}{thumbs.img(r['table'], r['ids'][1])}</div>",
-                               f"#{r['ids'][0]} / #{r['ids'][1]}<br>{_sim(r)}",
+                               f"{where(r['table'], r['ids'][0])} / #{r['ids'][1]}<br>{_sim(r)}",
                                wide=True) for r in items[:GALLERY]], len(items)))
     items = found.get("leakage", [])
     tr, va = tables.get("train", ""), tables.get("val", "")
     out.append(_section("Leakage (val ↔ train)", "validation images duplicated in the training table",
                         [_card(f"<div class='pair'>{thumbs.img(va, r['val_id'])}{thumbs.img(tr, r['train_id'])}</div>",
-                               f"val #{r['val_id']} / train #{r['train_id']}<br>"
+                               f"{where('val', r['val_id'])} / {where('train', r['train_id'])}<br>"
                                f"{_sim(r)}", wide=True)
                          for r in items[:GALLERY]], len(items)))
     pl = found.get("pseudo_labels", {})
     items = pl.get("items", [])
     out.append(_section("Pseudo-labels", f"undefined rows above their class threshold (target precision "
                         f"{pl.get('target_precision')} on labeled rows; global threshold {pl.get('global_threshold')})",
-                        [_card(thumbs.img(tr, r["id"]), f"#{r['id']} {e(r['predicted'])}<br>p {r['confidence']:.2f}, "
+                        [_card(thumbs.img(tr, r["id"]), f"{where('train', r['id'])} {e(r['predicted'])}<br>p {r['confidence']:.2f}, "
                                f"agree {r['agreement']:.2f}" if r.get("agreement") is not None else
-                               f"#{r['id']} {e(r['predicted'])}<br>p {r['confidence']:.2f}")
+                               f"{where('train', r['id'])} {e(r['predicted'])}<br>p {r['confidence']:.2f}")
                          for r in items[:GALLERY]], len(items)))
     for name, cat in found.get("taxonomy", {}).get("categories", {}).items():
         ex = cat.get("examples") or [dict(id=i) for i in cat.get("example_ids", [])]
         out.append(_section(f"Validation errors: {name.replace('_', ' ')}", f"{cat.get('count', 0)} samples "
                             "(label -> predicted)",
-                            [_card(thumbs.img(va, r["id"]), f"#{r['id']} <span class='bad'>{e(r.get('label', ''))}</span>"
+                            [_card(thumbs.img(va, r["id"]), f"{where('val', r['id'])} <span class='bad'>{e(r.get('label', ''))}</span>"
                                    f" → {e(r.get('predicted', ''))}") for r in ex[:GALLERY]], cat.get("count", 0)))
     return out

@@ -10,6 +10,7 @@ Example:
     0
 """
 
+from dataloupe.tables._notes import annotate, notes_of, tag_counts
 from dataloupe.tables._edit import (
     ACTIONS,
     EditOp,
@@ -41,7 +42,7 @@ from dataloupe.tables._store import TableConflictError
 from dataloupe.tables._table import Table, TableRef, list_tables, open_ref, open_table, summarize
 
 __all__ = [
-    "ACTIONS", "EditOp", "rows_after_ops", "EditResult", "apply_edits", "ImportReport", "Table", "TableConflictError", "TableDiff",
+    "annotate", "notes_of", "tag_counts", "ACTIONS", "EditOp", "rows_after_ops", "EditResult", "apply_edits", "ImportReport", "Table", "TableConflictError", "TableDiff",
     "TableRef", "add_rows", "change_summary", "check_image", "create_table", "diff_revisions",
     "edit_table", "export_csv", "import_csv", "import_idx", "import_imagefolder", "joined_with",
     "list_tables", "open_ref", "open_table", "read_idx", "revert_table", "set_classes",

@@ -11,6 +11,7 @@ from dataloupe.ui._actions import UI_ACTIONS, ActionRequest, apply_action
 from dataloupe.ui._app import create_app
 from dataloupe.ui._points import build_points, decode
 from dataloupe.ui._server import ServeConfig, resolve_security, serve
+from dataloupe.ui._show import Session, show
 
 __all__ = ["UI_ACTIONS", "ActionRequest", "ServeConfig", "apply_action", "build_points",
-           "create_app", "decode", "resolve_security", "serve"]
+           "create_app", "decode", "resolve_security", "serve", "Session", "show"]

@@ -23,9 +23,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dataloupe import __version__
 from dataloupe._netsafety import host_of, is_loopback, token_matches
+from dataloupe.loop import apply_answers, review_queue
 from dataloupe.project import DataloupeError, Project
-from dataloupe.tables import diff_revisions, list_tables, open_table, revert_table
-from dataloupe.ui import _actions, _images, _runs, _samples
+from dataloupe.tables import annotate, diff_revisions, list_tables, notes_of, open_table, revert_table, tag_counts
+from dataloupe.ui import _actions, _images, _loops, _runs, _samples
 from dataloupe.ui._cache import LRU
 from dataloupe.ui._points import build_points
 
@@ -42,6 +43,32 @@ class ActionBody(BaseModel):
     run: str | None = None
     message: str | None = Field(default=None, max_length=1000)
     expected_revision: int | None = None
+
+
+class ReviewAnswer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: int
+    label: str | None = None  # a class, null = undefined, or EXCLUDE
+
+
+class ReviewBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    run: str
+    strategy: str = Field(default="margin", max_length=40)
+    answers: list[ReviewAnswer] = Field(max_length=100_000)
+    expected_revision: int | None = None
+    message: str | None = Field(default=None, max_length=1000)
+
+
+class NotesBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ids: list[int] = Field(min_length=1, max_length=_actions.MAX_IDS)
+    add_tags: list[str] = Field(default=[], max_length=20)
+    remove_tags: list[str] = Field(default=[], max_length=20)
+    comment: str | None = Field(default=None, max_length=2000)
+    clear_comment: bool = False
+    expected_revision: int | None = None
+    message: str | None = Field(default=None, max_length=1000)
 
 
 class RevertBody(BaseModel):
@@ -167,6 +194,39 @@ def create_app(project: Project, *, token: str | None = None,
         req = _actions.ActionRequest(**body.model_dump())
         return _actions.apply_action(project, name, req)
 
+    @app.post("/api/tables/{name}/notes")
+    def table_notes(name: str, body: NotesBody) -> dict:
+        before = table_or_404(name).latest_revision
+        what = [f"tag {', '.join(body.add_tags)}" if body.add_tags else "", f"untag {', '.join(body.remove_tags)}" if body.remove_tags else "",
+                "comment" if body.comment is not None or body.clear_comment else ""]
+        n = len(set(body.ids))
+        message = (body.message or "").strip() or f"ui: {' + '.join(w for w in what if w) or 'notes'} on {n} sample{'s' if n != 1 else ''}"
+        try:
+            t, changed = annotate(project, name, body.ids, add_tags=body.add_tags, remove_tags=body.remove_tags,
+                                  comment=body.comment, clear_comment=body.clear_comment, message=message,
+                                  expected_revision=body.expected_revision)
+        except DataloupeError as e:
+            if "reload" in str(e):
+                raise _actions.ConflictError(str(e)) from None
+            raise
+        return {"committed": changed > 0, "revision": t.revision, "previous_revision": before, "changed": changed,
+                "message": message if changed else "nothing changed; no revision made"}
+
+    @app.get("/api/tables/{name}/tags")
+    def table_tags(name: str, tag: str | None = None) -> dict:
+        t = table_or_404(name)
+        out = {"tags": tag_counts(t)}
+        if tag is not None:
+            rows = t.to_arrow()
+            ids = rows["id"].to_pylist()
+            vals = rows["tags"].to_pylist() if "tags" in rows.column_names else [None] * len(ids)
+            out["ids"] = [i for i, v in zip(ids, vals) if v and tag in v.split(",")]
+        return out
+
+    @app.get("/api/tables/{name}/samples/{sample_id}/notes")
+    def sample_notes(name: str, sample_id: int) -> dict:
+        return notes_of(table_or_404(name), sample_id)
+
     @app.get("/api/tables/{name}/samples/{sample_id}/image")
     def sample_image(name: str, sample_id: int):
         table_or_404(name)
@@ -199,7 +259,8 @@ def create_app(project: Project, *, token: str | None = None,
         ax = _runs.analysis_index(project, run, info.get("train_table"))
         counts = {k: int(v.size) for k, v in ax.findings.items()}
         return info | {"history": _runs.read_history(project, run), "finding_counts": counts,
-                       "taxonomy": analysis.get("taxonomy"), "clusters": analysis.get("clusters")}
+                       "taxonomy": analysis.get("taxonomy"), "clusters": analysis.get("clusters"),
+                       "trust": _runs.run_trust(project, info)}
 
     @app.get("/api/runs/{run}/points")
     def run_points(run: str, table: str, revision: int | None = None) -> Response:
@@ -208,16 +269,56 @@ def create_app(project: Project, *, token: str | None = None,
         rev = t.at(revision).revision if revision is not None else t.latest_revision
         mpath = _runs.metrics_path(project, run, table)
         apath = project.runs_dir / run / "analysis.json"
-        key = (run, table, rev, _mtime(mpath), _mtime(apath))
+        # the header names the latest revision: a blob packed before a newer edit must not be reused
+        key = (run, table, rev, t.latest_revision, _mtime(mpath), _mtime(apath))
         blob = points_cache.get_or_make(key, lambda: build_points(project, run, table, rev))
         threading.Thread(target=paths.warm, args=(table,), daemon=True).start()  # thumbnails next
         return Response(blob, media_type="application/octet-stream", headers={"Cache-Control": "no-store"})
+
+    @app.get("/api/runs/{run}/pairs")
+    def run_pairs(run: str, limit: int = Query(500, ge=1, le=100_000)) -> list[dict]:
+        return _runs.finding_pairs(project, run_or_404(run), limit)
+
+    @app.get("/api/runs/{run}/review")
+    def run_review(run: str, table: str, strategy: str = "margin", limit: int = Query(500, ge=1, le=100_000)) -> dict:
+        run_or_404(run)
+        table_or_404(table)
+        return review_queue(project, table, run, strategy=strategy, limit=limit)
+
+    @app.post("/api/tables/{name}/review")
+    def table_review(name: str, body: ReviewBody) -> dict:
+        table_or_404(name)
+        run_or_404(body.run)
+        answers = {a.id: a.label for a in body.answers}
+        if not answers:
+            raise DataloupeError("no answers to write")
+        n = len(answers)
+        message = (body.message or "").strip() or f"ui: review {body.strategy}: {n} answer{'s' if n != 1 else ''} (run {body.run})"
+        try:
+            res = apply_answers(project, name, answers, message=message, expected_revision=body.expected_revision)
+        except DataloupeError as e:
+            if "reload" in str(e):
+                raise _actions.ConflictError(str(e)) from None
+            raise
+        return res | {"message": message}
 
     @app.get("/api/runs/{run}/samples/{sample_id}")
     def run_sample(run: str, sample_id: int, table: str, k: int = Query(12, ge=0, le=100)) -> dict:
         info = run_or_404(run)
         table_or_404(table)
         return samples.detail(info, table, sample_id, k)
+
+    # ---- loops ----------------------------------------------------------------------
+    @app.get("/api/loops")
+    def loops() -> list[dict]:
+        return _loops.list_loops(project)
+
+    @app.get("/api/loops/{name}")
+    def loop(name: str) -> dict:
+        try:
+            return _loops.read_loop(project, name)
+        except DataloupeError as e:
+            raise NotFound(str(e)) from None
 
     # ---- front-end ----------------------------------------------------------------
     @app.get("/")

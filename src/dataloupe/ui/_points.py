@@ -21,6 +21,7 @@ into ``classes`` with -1 for "none"; float columns hold NaN for nulls; ``finding
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 
@@ -37,6 +38,9 @@ MAGIC = b"DLP1"
 # Sent for every point (filters, colours, sort); margin and entropy stay in the sample detail
 # to keep a million-point payload near 33 MB.
 FLOAT_COLUMNS = ("confidence", "loss", "aum")
+# Sort keys only: sent as uint16 ranks of the value (2 bytes a point; 65535 = null), so the
+# grid sorts by them without the payload growing by two float columns.
+SORT_COLUMNS = ("margin", "entropy")
 # Above this many floats the embedding is not kept in memory for neighbour search.
 MAX_EMBED_FLOATS = 64_000_000
 
@@ -78,6 +82,9 @@ def build_points(project: Project, run: str, table: str, revision: int | None = 
     for name in FLOAT_COLUMNS:
         if name in m:
             cols.append((name, m[name][mi]))
+    for name in SORT_COLUMNS:
+        if name in m:
+            cols.append((f"{name}_q", _quantize(m[name][mi])))
     if "cluster" in m:
         c = m["cluster"][mi]
         cols.append(("cluster", c.astype(np.int16) if c.size == 0 or c.max() < 2**15 else c))
@@ -136,14 +143,14 @@ def decode(blob: bytes) -> tuple[dict, dict[str, np.ndarray]]:
 def _read_metrics(project: Project, run: str, table: str) -> dict:
     ds = lance.dataset(_runs.metrics_path(project, run, table))
     names = set(ds.schema.names)
-    want = ["id", "predicted", *[c for c in (*FLOAT_COLUMNS, "cluster", "map_x", "map_y") if c in names]]
+    want = ["id", "predicted", *[c for c in (*FLOAT_COLUMNS, *SORT_COLUMNS, "cluster", "map_x", "map_y") if c in names]]
     m = ds.to_table(columns=want)
     order = np.argsort(m["id"].to_numpy(), kind="stable")
     m = m.take(order)
     out: dict = {"id": m["id"].to_numpy().astype(np.int64)}
     out["predicted"] = m["predicted"]
     out["predicted_values"] = pc.unique(m["predicted"]).to_pylist()
-    for name in FLOAT_COLUMNS:
+    for name in (*FLOAT_COLUMNS, *SORT_COLUMNS):
         if name in names:
             out[name] = _floats(m[name])
     if "cluster" in names:
@@ -152,9 +159,10 @@ def _read_metrics(project: Project, run: str, table: str) -> dict:
         out["map_x"], out["map_y"] = _floats(m["map_x"]), _floats(m["map_y"])
         out["map_source"] = "map_x/map_y"
     else:
-        xy = _pca2(ds, order)
+        xy = _pca_cached(str(_runs.metrics_path(project, run, table)), ds.version)
         out["map_x"], out["map_y"] = xy[:, 0], xy[:, 1]
-        out["map_source"] = "pca of embedding (run `dataloupe reduce` for a better map)"
+        out["map_source"] = (f"PCA of the embeddings: this run has no map yet; run `dataloupe reduce {run}` "
+                             "for a map that keeps neighbourhoods (PaCMAP)")
     return out
 
 
@@ -174,6 +182,17 @@ def read_embedding(project: Project, run: str, table: str) -> tuple[np.ndarray, 
     return ids[order], emb
 
 
+@functools.lru_cache(maxsize=4)
+def _pca_cached(path: str, version: int) -> np.ndarray:
+    """The PCA map of one metrics version, in id order (computed once: every revision and
+    every edit of the table reuses it)."""
+    ds = lance.dataset(path, version=version)
+    order = np.argsort(ds.to_table(columns=["id"])["id"].to_numpy(), kind="stable")
+    out = _pca2(ds, order)
+    out.flags.writeable = False
+    return out
+
+
 def _pca2(ds, order: np.ndarray) -> np.ndarray:
     col = "embedding" if "embedding" in ds.schema.names else "probs" if "probs" in ds.schema.names else None
     if col is None:
@@ -190,6 +209,16 @@ def _pca2(ds, order: np.ndarray) -> np.ndarray:
 def _fixed_list(col: pa.ChunkedArray, dim: int) -> np.ndarray:
     flat = pc.list_flatten(col.combine_chunks()).to_numpy(zero_copy_only=False)
     return np.asarray(flat, dtype=np.float32).reshape(-1, dim).copy()
+
+
+def _quantize(x: np.ndarray) -> np.ndarray:
+    """Float values → uint16 on a linear scale over their finite range (order kept; NaN → 65535)."""
+    ok = np.isfinite(x)
+    out = np.full(x.shape, 65535, np.uint16)
+    if ok.any():
+        lo, hi = float(x[ok].min()), float(x[ok].max())
+        out[ok] = np.round((x[ok] - lo) / max(hi - lo, 1e-12) * 65534).astype(np.uint16)
+    return out
 
 
 def _floats(col: pa.ChunkedArray) -> np.ndarray:

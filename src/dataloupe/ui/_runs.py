@@ -237,3 +237,51 @@ def _read_json(path: Path) -> dict:
     if not isinstance(obj, dict):
         raise DataloupeError(f"{path} does not hold a JSON object")
     return obj
+
+
+def run_trust(project: Project, info: dict) -> dict:
+    """:func:`dataloupe.analysis.model_trust` for a run: its val top-1, class count and how many
+    training labels its analysis disputes."""
+    from dataloupe.analysis._trust import model_trust  # noqa: PLC0415
+    from dataloupe.tables import open_table  # noqa: PLC0415
+
+    classes = info.get("classes")
+    labeled = None
+    train = info.get("train_table")
+    if train and (project.tables_dir / train / "revisions.json").is_file():
+        try:
+            t = open_table(project, train, info.get("train_revision"))
+        except DataloupeError:
+            t = open_table(project, train)
+        classes = classes or t.classes
+        labeled = t.summary().get("labeled")
+    issues = None
+    if info.get("has_analysis"):
+        roles = table_roles(info, train) if train else {"train"}
+        issues = sum(1 for r in _records(read_analysis(project, info["run"]).get("label_issues"))
+                     if _about(r, roles, "train"))
+    val = info.get("best_val_top1")
+    return model_trust(val if isinstance(val, (int, float)) else None, len(classes or []) or 2,
+                       labeled=labeled, label_issues=issues)
+
+
+def finding_pairs(project: Project, info: dict, limit: int = 500) -> list[dict]:
+    """Near-duplicate and leakage pairs of the run's analysis, most similar first:
+    ``{"kind", "a": {"table", "id"}, "b": {"table", "id"}, "similarity", "exact"}``
+    (tables by name, since ids are per table)."""
+    found = read_analysis(project, info["run"])
+    name = {"train": info.get("train_table"), "val": info.get("val_table")}
+    out = []
+    for r in _records(found.get("near_duplicates")):
+        ids = r.get("ids") or []
+        if len(ids) == 2:
+            t = name.get(r.get("table"), r.get("table"))
+            out.append({"kind": "near duplicate", "a": {"table": t, "id": ids[0]}, "b": {"table": t, "id": ids[1]},
+                        "similarity": r.get("similarity"), "exact": bool(r.get("exact"))})
+    for r in _records(found.get("leakage")):
+        if isinstance(r.get("val_id"), int) and isinstance(r.get("train_id"), int):
+            out.append({"kind": "leakage", "a": {"table": name["val"], "id": r["val_id"]},
+                        "b": {"table": name["train"], "id": r["train_id"]},
+                        "similarity": r.get("similarity"), "exact": bool(r.get("exact"))})
+    out.sort(key=lambda p: (not p["exact"], -(p["similarity"] or 0)))
+    return out[:limit]

@@ -49,9 +49,9 @@ const ARRAYS = { float32: Float32Array, float64: Float64Array, int32: Int32Array
   int8: Int8Array, uint8: Uint8Array, uint16: Uint16Array, uint32: Uint32Array };
 
 /** Fetch and decode the packed per-sample columns (see _points.py for the format). */
-export async function getPoints(run, table, revision) {
+export async function getPoints(run, table, revision, onProgress = null) {
   const r = await check(await fetch(q(`/api/runs/${enc(run)}/points`, { table, revision }), { headers: headers() }));
-  const buf = await r.arrayBuffer();
+  const buf = onProgress && r.body ? await readWithProgress(r, onProgress) : await r.arrayBuffer();
   const magic = new TextDecoder().decode(new Uint8Array(buf, 0, 4));
   if (magic !== "DLP1") throw new Error("unexpected points format");
   const hlen = new DataView(buf).getUint32(4, true);
@@ -60,6 +60,23 @@ export async function getPoints(run, table, revision) {
   const cols = {};
   for (const c of header.columns) cols[c.name] = new ARRAYS[c.dtype](buf, start + c.offset, c.length);
   return { header, cols, bytes: buf.byteLength };
+}
+
+async function readWithProgress(r, onProgress) {
+  const total = +r.headers.get("content-length") || 0, reader = r.body.getReader(), parts = [];
+  let loaded = 0;
+  onProgress({ loaded, total });
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    parts.push(value);
+    loaded += value.length;
+    onProgress({ loaded, total });
+  }
+  const out = new Uint8Array(loaded);
+  let o = 0;
+  for (const p of parts) { out.set(p, o); o += p.length; }
+  return out.buffer;
 }
 
 export const enc = encodeURIComponent;

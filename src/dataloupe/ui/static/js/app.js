@@ -3,6 +3,8 @@ import { getJSON, enc } from "./api.js";
 import { lineChart } from "./charts.js";
 import { h, status, showDiff, revertTo, toast } from "./ui.js";
 import { RunView } from "./run.js";
+import { ReviewView } from "./review.js";
+import { LoopView } from "./loop.js";
 
 const view = document.getElementById("view");
 const crumbs = document.getElementById("crumbs");
@@ -11,7 +13,8 @@ window.__dl = { ready: false };  // test/benchmark hooks
 async function projectView() {
   crumbs.replaceChildren();
   status("loading project…");
-  const [proj, tables, runs] = await Promise.all([getJSON("/api/project"), getJSON("/api/tables"), getJSON("/api/runs")]);
+  const [proj, tables, runs, loops] = await Promise.all([getJSON("/api/project"), getJSON("/api/tables"), getJSON("/api/runs"),
+    getJSON("/api/loops")]);
   status(proj.root);
   const logs = await Promise.all(tables.map((t) => getJSON(`/api/tables/${enc(t.name)}/log`)));
   const chart = h("canvas", { id: "acc-chart" });
@@ -19,12 +22,25 @@ async function projectView() {
     h("section", { class: "card wide" }, h("h2", {}, "Validation top-1 per run (train table revision)"), chart),
     h("section", { class: "card", id: "tables" }, h("h2", {}, `Tables (${tables.length})`),
       tables.length ? tables.map((t, k) => tableCard(t, logs[k])) : h("p", { class: "muted" }, "No tables yet: dataloupe table import …")),
-    h("section", { class: "card", id: "runs" }, h("h2", {}, `Runs (${runs.length})`), runsTable(runs)));
+    h("section", { class: "card", id: "runs" }, h("h2", {}, `Runs (${runs.length})`), runsTable(runs)),
+    loops.length ? h("section", { class: "card wide", id: "loops" }, h("h2", {}, `Loops (${loops.length})`),
+      h("table", {}, h("tr", {}, ["loop", "train", "val", "policy", "iterations", "best val top-1", "stopped"].map((x) => h("th", {}, x))),
+        loops.map((l) => h("tr", {}, h("td", {}, h("a", { href: `#/loop/${enc(l.loop)}` }, l.loop)), h("td", {}, l.train), h("td", {}, l.val),
+          h("td", {}, l.policy), h("td", {}, l.iterations),
+          h("td", {}, typeof l.best_val_top1 === "number" ? (100 * l.best_val_top1).toFixed(2) + "%" : "–"),
+          h("td", { class: "muted" }, l.stopped || "running"))))) : null);
   view.replaceChildren(page);
   const done = runs.filter((r) => typeof r.best_val_top1 === "number");
   const labels = {};
   done.forEach((r, i) => { labels[i] = `${r.run} (${r.train_table}@${r.train_revision})`; });
-  lineChart(chart, [{ name: "val top-1", points: done.map((r, i) => [i, r.best_val_top1]) }],
+  // one line per validation table: accuracies on different tables are not comparable
+  const byVal = new Map();
+  done.forEach((r, i) => {
+    const key = `val top-1 on ${r.val_table ?? "?"}${r.val_revision !== undefined ? "@" + r.val_revision : ""}`;
+    if (!byVal.has(key)) byVal.set(key, []);
+    byVal.get(key).push([i, r.best_val_top1]);
+  });
+  window.__dl.accChart = lineChart(chart, [...byVal].map(([name, points]) => ({ name, points })),
     { labels, pct: true, valueLabels: true, empty: "no finished runs yet: dataloupe train …" });
   window.__dl.ready = true;
 }
@@ -47,13 +63,14 @@ function fmtChanges(c) {
 
 function runsTable(runs) {
   if (!runs.length) return h("p", { class: "muted" }, "No runs yet: dataloupe train …");
-  return h("table", {}, h("tr", {}, ...["run", "status", "train table", "val top-1", "epochs", "metrics"].map((x) => h("th", {}, x))),
+  return h("table", {}, h("tr", {}, ...["run", "status", "train table", "val top-1", "epochs", "metrics", ""].map((x) => h("th", {}, x))),
     runs.map((r) => h("tr", {},
       h("td", {}, (r.metrics_tables || []).length ? h("a", { href: `#/run/${enc(r.run)}` }, r.run) : r.run),
       h("td", {}, r.status), h("td", {}, `${r.train_table ?? "?"}@${r.train_revision ?? "?"}`),
       h("td", {}, typeof r.best_val_top1 === "number" ? (100 * r.best_val_top1).toFixed(2) + "%" : "–"),
       h("td", {}, `${r.epochs_done ?? "?"}/${r.epochs ?? "?"}`),
-      h("td", {}, (r.metrics_tables || []).join(", ") || "–"))));
+      h("td", {}, (r.metrics_tables || []).join(", ") || "–"),
+      h("td", {}, (r.metrics_tables || []).includes(r.train_table) ? h("a", { href: `#/review/${enc(r.run)}`, class: "review-link" }, "review queue") : ""))));
 }
 
 let current = null;
@@ -62,12 +79,26 @@ async function route() {
   if (current) current.destroy();
   current = null;
   const m = location.hash.match(/^#\/run\/([^?]+)(?:\?(.*))?$/);
+  const rv = location.hash.match(/^#\/review\/([^?]+)(?:\?(.*))?$/);
+  const lp = location.hash.match(/^#\/loop\/([^?]+)$/);
   try {
-    if (m) {
+    if (lp) {
+      const name = decodeURIComponent(lp[1]);
+      crumbs.replaceChildren(h("a", { href: "#/" }, "project"), " / ", `loop ${name}`);
+      current = new LoopView(view, name);
+      await current.load();
+    } else if (rv) {
+      const run = decodeURIComponent(rv[1]);
+      const p = new URLSearchParams(rv[2] || "");
+      crumbs.replaceChildren(h("a", { href: "#/" }, "project"), " / ", h("a", { href: `#/run/${enc(run)}` }, `run ${run}`), " / review");
+      current = new ReviewView(view, run, p.get("table"), p.get("strategy"));
+      window.__dl.review = current;
+      await current.load();
+    } else if (m) {
       const run = decodeURIComponent(m[1]);
       const p = new URLSearchParams(m[2] || "");
       crumbs.replaceChildren(h("a", { href: "#/" }, "project"), " / ", `run ${run}`);
-      current = new RunView(view, run, p.get("table"), p.get("revision"));
+      current = new RunView(view, run, p.get("table"), p.get("revision"), p);
       window.__dl.run = current;
       await current.load();
     } else await projectView();

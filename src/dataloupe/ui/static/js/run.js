@@ -3,6 +3,7 @@
 // typed-array columns from /api/runs/<run>/points; the server is asked again only after
 // an edit (new revision) or when another revision is chosen.
 import { getJSON, getPoints, enc, thumbURL } from "./api.js";
+import { Loading } from "./loading.js";
 import { cat, css, fillColors, range, RAMP_LUT, NONE } from "./colors.js";
 import { ImageGrid } from "./grid.js";
 import { Scatter } from "./scatter.js";
@@ -13,8 +14,9 @@ const METRICS = ["confidence", "loss", "aum"];
 const COLOR_BY = ["label", "predicted", "correct", "confidence", "loss", "aum", "finding", "cluster", "excluded", "changed"];
 
 export class RunView {
-  constructor(root, run, table, revision) {
+  constructor(root, run, table, revision, params = null) {
     this.root = root;
+    this.urlParams = params || new URLSearchParams();
     this.run = run;
     this.table = table;
     this.revision = revision ? Number(revision) : null;
@@ -29,23 +31,145 @@ export class RunView {
 
   async load() {
     performance.mark("dl:load-start");
-    status(`loading run ${this.run}…`);
-    this.info = await getJSON(`/api/runs/${enc(this.run)}`);
-    const tables = this.info.metrics_tables;
-    if (!tables.length) throw new Error(`run ${this.run} has no per-sample metrics yet (dataloupe collect)`);
-    if (!this.table || !tables.includes(this.table)) this.table = tables.includes(this.info.train_table) ? this.info.train_table : tables[0];
-    this.layout();
-    this.panes = new Panes(this);
-    this.panes.curves();
-    await this.reload(this.revision, true);
+    this.loading = new Loading(this.root, `loading run ${this.run}`);
+    try {
+      this.loading.phase("reading the run");
+      this.info = await getJSON(`/api/runs/${enc(this.run)}`);
+      const tables = this.info.metrics_tables;
+      if (!tables.length) throw new Error(`run ${this.run} has no per-sample metrics yet (dataloupe collect)`);
+      if (!this.table || !tables.includes(this.table)) this.table = tables.includes(this.info.train_table) ? this.info.train_table : tables[0];
+      this.layout();
+      this.loading.attach(this.root.querySelector(".mapbox"));
+      this.panes = new Panes(this);
+      this.panes.curves();
+      await this.reload(this.revision, true);
+    } finally {
+      this.loading.done();
+    }
+    this.applyUrlState(this.urlParams);
+    this.urlReady = true;
+    this.refreshTags().catch((e) => toast(`tags: ${e.message}`, [], true));  // in the background
   }
 
-  /** (Re)fetch the columns for a table revision; keeps the view, filters and colouring. */
+  // ---- the view in the URL: filters, colour, sort, selection and revision ------------
+  urlState() {
+    const f = this.filterEl, p = new URLSearchParams();
+    p.set("table", this.table);
+    if (this.revision !== this.latest) p.set("revision", this.revision);
+    for (const [name, key] of [["label", "nolabel"], ["predicted", "nopred"]]) {
+      const off = [...f.querySelectorAll(`input[name=${name}]`)].filter((c) => !c.checked).map((c) => c.value);
+      if (off.length) p.set(key, off.join(","));
+    }
+    for (const [id, key] of [["f-correct", "correct"], ["f-undefined", "undef"], ["f-excluded", "excl"], ["f-finding", "finding"]]) {
+      const v = f.querySelector("#" + id).value;
+      if (v !== "any") p.set(key, v);
+    }
+    if (f.querySelector("#f-changed").checked) p.set("changed", "1");
+    if (f.querySelector("#f-ids").value.trim()) p.set("ids", f.querySelector("#f-ids").value.trim());
+    for (const m of METRICS) {
+      if (!this.C[m]) continue;
+      const lo = f.querySelector(`#r-${m}-lo`), hi = f.querySelector(`#r-${m}-hi`);
+      if (+lo.value !== +lo.min || +hi.value !== +hi.max) p.set(m, `${(+lo.value).toPrecision(4)}:${(+hi.value).toPrecision(4)}`);
+    }
+    if (this.colorBy !== "label") p.set("color", this.colorBy);
+    if (this.sortBy !== "id") p.set("sort", this.sortBy);
+    if (this.sortDesc) p.set("desc", "1");
+    if (this.selCount && this.selCount <= 5000) {
+      const ids = [];
+      for (let i = 0; i < this.n; i++) if (this.selected[i]) ids.push(this.C.id[i]);
+      p.set("sel", ids.join(","));
+    }
+    return p;
+  }
+
+  saveUrl() {
+    if (!this.urlReady || this.urlPending) return;
+    this.urlPending = true;
+    setTimeout(() => {
+      this.urlPending = false;
+      if (!this.C) return;
+      history.replaceState(null, "", `#/run/${enc(this.run)}?${this.urlState()}`);
+    }, 150);
+  }
+
+  applyUrlState(p) {
+    const f = this.filterEl;
+    const has = [...p.keys()].some((k) => k !== "table" && k !== "revision");
+    if (!has) return;
+    for (const [name, key] of [["label", "nolabel"], ["predicted", "nopred"]]) {
+      const off = new Set((p.get(key) || "").split(",").filter((x) => x !== ""));
+      for (const cb of f.querySelectorAll(`input[name=${name}]`)) cb.checked = !off.has(cb.value);
+    }
+    for (const [id, key] of [["f-correct", "correct"], ["f-undefined", "undef"], ["f-excluded", "excl"], ["f-finding", "finding"]]) {
+      if (p.get(key)) f.querySelector("#" + id).value = p.get(key);
+    }
+    f.querySelector("#f-changed").checked = p.get("changed") === "1";
+    if (p.get("ids")) f.querySelector("#f-ids").value = p.get("ids");
+    for (const m of METRICS) {
+      if (!this.C[m] || !p.get(m)) continue;
+      const [lo, hi] = p.get(m).split(":").map(Number);
+      f.querySelector(`#r-${m}-lo`).value = lo;
+      f.querySelector(`#r-${m}-hi`).value = hi;
+    }
+    if (p.get("color")) { this.colorBy = p.get("color"); this.root.querySelector("#color-by").value = this.colorBy; this.colorize(false); }
+    if (p.get("sort")) { this.sortBy = p.get("sort"); this.root.querySelector("#sort-by").value = this.sortBy; }
+    if (p.get("desc") === "1") { this.sortDesc = true; this.root.querySelector("#sort-dir").textContent = "↓"; }
+    this.applyFilters("url");
+    if (p.get("sel")) {
+      const idx = p.get("sel").split(",").map(Number).map((id) => this.indexOf(id)).filter((i) => i >= 0);
+      this.setSelection(idx);
+    }
+  }
+
+  saveView() {
+    const name = prompt("Name of this view (filters, colour, selection):");
+    if (!name) return;
+    const views = JSON.parse(localStorage.getItem("dataloupe-views") || "{}");
+    views[name] = location.hash;
+    localStorage.setItem("dataloupe-views", JSON.stringify(views));
+    this.fillViews();
+    toast(`view “${name}” saved`);
+  }
+
+  fillViews() {
+    const views = JSON.parse(localStorage.getItem("dataloupe-views") || "{}");
+    this.viewsSel.replaceChildren(h("option", { value: "" }, `views (${Object.keys(views).length})`),
+      ...Object.entries(views).map(([k, v]) => h("option", { value: v }, k)));
+  }
+
+  /** Download the selection (or, with none, the grid) as CSV: id,label,predicted,confidence. */
+  exportCSV() {
+    const cls = this.H.classes, C = this.C;
+    const rows = ["id,label,predicted,confidence"];
+    const idx = this.selCount ? [...this.items].filter((i) => this.selected[i]) : [...this.items];
+    for (const i of idx) {
+      const q = (s) => (/[",\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s);
+      rows.push([C.id[i], C.label[i] < 0 ? "" : q(cls[C.label[i]]), C.predicted[i] < 0 ? "" : q(cls[C.predicted[i]]),
+        C.confidence ? C.confidence[i].toFixed(4) : ""].join(","));
+    }
+    const a = h("a", { href: URL.createObjectURL(new Blob([rows.join("\n") + "\n"], { type: "text/csv" })),
+      download: `${this.table}-r${this.revision}-${this.selCount ? "selection" : "grid"}.csv` });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    window.__dl.lastExport = rows;
+    return rows.length - 1;
+  }
+
+  /**
+   * (Re)fetch the columns for a table revision. After the first load it keeps the person's
+   * place: filters, colouring, sort, selection (by id), grid scroll and the open sample.
+   */
   async reload(revision, first = false) {
     const t0 = performance.now();
-    const [tinfo, pts] = await Promise.all([getJSON(`/api/tables/${enc(this.table)}`), getPoints(this.run, this.table, revision)]);
+    const place = first || !this.C ? null : this.place();
+    const progress = this.loading && first ? (p) => this.loading.progress(p) : null;
+    if (this.loading && first) this.loading.phase(`packing ${this.run}'s samples on the server (the first load of a run computes its map)`);
+    const [tinfo, pts] = await Promise.all([getJSON(`/api/tables/${enc(this.table)}`), getPoints(this.run, this.table, revision, progress)]);
     performance.mark("dl:points-fetched");
+    if (this.loading && first) this.loading.phase("drawing");
     this.tinfo = tinfo;
+    this.latest = Math.max(...tinfo.log.map((e) => e.revision));
     this.P = pts;
     this.H = pts.header;
     this.C = pts.cols;
@@ -61,18 +185,65 @@ export class RunView {
     const lap = (k) => { const now = performance.now(); T[k] = now - t; t = now; };
     this.scatter.setPoints(this.C.map_x, this.C.map_y, !first);
     lap("setPoints");
-    this.buildFilters();
+    const shape = JSON.stringify([this.H.classes, this.H.finding_types, Object.keys(this.ranges)]);
+    if (!place || shape !== this.filterShape) this.buildFilters();  // an edit keeps the filter panel as it was
+    else this.revisionSelect();
+    this.filterShape = shape;
     lap("buildFilters");
+    if (place) this.restoreSelection(place);
     this.colorize(false);
     lap("colorize");
-    this.applyFilters("load");
+    this.applyFilters("load", !!place);
     lap("applyFilters");
+    if (place) this.restorePlace(place);
     performance.mark("dl:first-draw");
     performance.measure("dl:load-to-first-draw", "dl:load-start", "dl:first-draw");
     const missing = this.H.missing_metrics ? ` · ${this.H.missing_metrics.toLocaleString()} rows have no metrics in this run` : "";
-    status(`${this.n.toLocaleString()} samples · ${this.table} r${this.revision}${this.revision !== this.H.latest_revision ? ` (latest r${this.H.latest_revision}: edits need the latest)` : ""}${missing} · ${(pts.bytes / 1e6).toFixed(1)} MB in ${(performance.now() - t0).toFixed(0)} ms`);
+    status(`${this.n.toLocaleString()} samples · ${this.table} r${this.revision}${this.revision !== this.latest ? ` (latest r${this.latest}: edits need the latest)` : ""}${missing} · ${(pts.bytes / 1e6).toFixed(1)} MB in ${(performance.now() - t0).toFixed(0)} ms`);
+    this.mapHint.hidden = this.H.map_source === "map_x/map_y";
+    this.mapHint.textContent = `map: ${this.H.map_source}`;
     this.panes.refresh();
     window.__dl.ready = true;
+  }
+
+  /** What an edit must not lose. */
+  place() {
+    const sel = [];
+    for (let i = 0; i < this.n; i++) if (this.selected[i]) sel.push(this.C.id[i]);
+    const cur = this.grid.cursor >= 0 ? this.C.id[this.items[this.grid.cursor]] : null;
+    const detail = this.panes.current === "detail" && this.panes.detailIndex >= 0 ? this.C.id[this.panes.detailIndex] : null;
+    return { sel, scroll: this.grid.el.scrollTop, cursorPos: this.grid.cursor, cursorId: cur, detail, pane: this.panes.current };
+  }
+
+  indexOf(id) {
+    const ids = this.C.id;
+    let lo = 0, hi = ids.length - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      if (ids[mid] === id) return mid;
+      if (ids[mid] < id) lo = mid + 1; else hi = mid - 1;
+    }
+    return -1;
+  }
+
+  restoreSelection(place) {
+    let c = 0;
+    for (const id of place.sel) { const i = this.indexOf(id); if (i >= 0) { this.selected[i] = 1; c++; } }
+    this.selCount = c;
+  }
+
+  restorePlace(place) {
+    const g = this.grid;
+    g.el.scrollTop = place.scroll;
+    g.render();
+    // the cursor stays on its sample, or (when an edit filtered it out) at the same position
+    const k = place.cursorId === null ? -1 : this.items.indexOf(this.indexOf(place.cursorId));
+    g.cursor = k >= 0 ? k : Math.min(place.cursorPos, this.items.length - 1);
+    g.refreshMarks();
+    if (place.pane === "detail" && place.detail !== null) {
+      const i = this.indexOf(place.detail);
+      if (i >= 0) this.panes.detail(i, false);
+    }
   }
 
   layout() {
@@ -87,8 +258,8 @@ export class RunView {
     this.filterEl = h("form", { class: "filters", id: "filters", onsubmit: (e) => e.preventDefault() });
     this.gridEl = h("div", { class: "grid", id: "grid" });
     this.countEl = h("span", { id: "counts" });
-    const sortSel = h("select", { id: "sort-by", onchange: (e) => { this.sortBy = e.target.value; this.updateGrid(); } },
-      ["id", ...METRICS].map((m) => h("option", { value: m }, m)));
+    const sortSel = h("select", { id: "sort-by", onchange: (e) => { this.sortBy = e.target.value; this.updateGrid(); this.saveUrl(); } },
+      ["id", ...METRICS, "margin", "entropy"].map((m) => h("option", { value: m }, m)));
     const sortDir = h("button", { id: "sort-dir", onclick: (e) => { this.sortDesc = !this.sortDesc; e.target.textContent = this.sortDesc ? "↓" : "↑"; this.updateGrid(); } }, "↑");
     this.side = h("div", { class: "side" });
     this.root.replaceChildren(h("div", { class: "run" },
@@ -97,27 +268,61 @@ export class RunView {
         h("div", { class: "maptools" }, "table ", tableSel, " colour ", colorSel,
           modeBtn("pan", "pan / zoom"), modeBtn("box", "box select"), modeBtn("lasso", "lasso"),
           h("button", { id: "clear-sel", onclick: () => this.setSelection(null) }, "clear selection"),
-          h("button", { onclick: () => { this.scatter.fit(); this.scatter.requestDraw(); this.scatter._viewSettled(); } }, "fit"), this.countEl),
-        h("div", { class: "mapbox" }, this.canvas, this.overlay, this.legend)),
+          h("button", { onclick: () => { this.scatter.fit(); this.scatter.requestDraw(); this.scatter._viewSettled(); } }, "fit"),
+          this.viewsSel = h("select", { id: "views", onchange: (e) => { if (e.target.value) { location.hash = e.target.value; } } }),
+          h("button", { id: "save-view", title: "save filters, colour and selection under a name", onclick: () => this.saveView() }, "save view"),
+          h("a", { id: "to-review", href: `#/review/${enc(this.run)}?table=${enc(this.table)}` }, "review queue"), this.countEl),
+        this.trustEl = h("div", { id: "trust" }),
+        h("div", { class: "mapbox" }, this.canvas, this.overlay, this.legend,
+          this.mapHint = h("div", { id: "map-hint", class: "map-hint", hidden: true }))),
       this.side));
     this.scatter = new Scatter(this.canvas);
     this.scatter.onViewChange = () => this.drawOverlay();
     this.grid = new ImageGrid(this.gridEl, {
       id: (i) => this.C.id[i],
       caption: (i) => this.caption(i),
-      onClick: (i) => this.panes.detail(i),
+      isSelected: (i) => this.selected[i],
+      onToggle: (pos, e) => this.gridClick(pos, e),
+      onOpen: (i) => this.panes.detail(i),
     });
-    this.gridTools = h("div", { class: "gridbar" }, "sort ", sortSel, sortDir, h("span", { id: "grid-count", class: "muted" }));
+    const size = h("input", { type: "range", id: "thumb-size", min: 64, max: 256, step: 16, value: 96, title: "thumbnail size",
+      oninput: (e) => this.grid.setCellSize(+e.target.value) });
+    this.gridTools = h("div", { class: "gridbar" }, "sort ", sortSel, sortDir,
+      h("button", { id: "grid-all", title: "select every cell in the grid (Ctrl+A)", onclick: () => this.selectAllGrid() }, "select all"),
+      h("button", { id: "grid-invert", title: "invert the selection within the grid (i)", onclick: () => this.invertGrid() }, "invert"),
+      h("button", { id: "grid-none", title: "clear the selection (Esc)", onclick: () => this.setSelection(null) }, "none"),
+      h("button", { id: "grid-export", title: "download the selection (or the grid) as CSV", onclick: () => this.exportCSV() }, "export CSV"),
+      h("label", { class: "muted" }, "size ", size), h("span", { id: "grid-count", class: "muted" }));
+    this.fillViews();
+    this.trustEl.hidden = true;
+    const t = this.info.trust;
+    if (t) {
+      this.trustEl.hidden = false;
+      this.trustEl.className = t.weak ? "trust weak" : "trust";
+      this.trustEl.textContent = (t.weak ? "⚠ " : "") + t.message;
+    }
+    const keys = (e) => this.onKey(e);
+    document.addEventListener("keydown", keys);
+    this.cleanup.push(() => document.removeEventListener("keydown", keys));
     this.bindMouse();
     const ro = new ResizeObserver(() => { this.scatter.requestDraw(); });
     ro.observe(this.canvas);
     this.cleanup.push(() => ro.disconnect());
   }
 
+  /** Grid caption: {text: label (→ predicted when it differs), conf: "97%", title: everything}. */
   caption(i) {
     const cls = this.H.classes, l = this.C.label[i], p = this.C.predicted[i];
-    const conf = this.C.confidence ? ` ${(this.C.confidence[i] * 100).toFixed(0)}%` : "";
-    return `${l < 0 ? "∅" : cls[l]}→${p < 0 ? "?" : cls[p]}${conf}`;
+    const ln = l < 0 ? "∅" : cls[l], pn = p < 0 ? "?" : cls[p];
+    const conf = this.C.confidence && Number.isFinite(this.C.confidence[i]) ? `${(this.C.confidence[i] * 100).toFixed(0)}%` : "";
+    const text = l === p ? ln : `${ln}→${pn}`;
+    return { text, conf, title: `id ${this.C.id[i]} · label ${l < 0 ? "(undefined)" : ln} · predicted ${pn}${conf ? " " + conf : ""}${this.C.excluded[i] ? " · excluded" : ""}` };
+  }
+
+  /** Tooltip/one-line form of the caption. */
+  captionText(i) {
+    const c = this.caption(i);
+    return `${c.text}${c.conf ? " " + c.conf : ""}`;
   }
 
   // ---- filters ------------------------------------------------------------------------
@@ -138,13 +343,18 @@ export class RunView {
         outHi.textContent = (+f.querySelector(`#r-${m}-hi`).value).toFixed(3);
         this.scheduleFilter();
       } });
-      return h("fieldset", {}, h("legend", {}, m), h("div", { class: "range" }, inp(`r-${m}-lo`, lo), inp(`r-${m}-hi`, hi), outLo, outHi));
+      return h("fieldset", {}, h("legend", {}, m), h("canvas", { class: "hist", id: `h-${m}` }),
+        h("div", { class: "range" }, inp(`r-${m}-lo`, lo), inp(`r-${m}-hi`, hi), outLo, outHi));
     };
-    const revs = this.tinfo.log.map((e) => e.revision).reverse();
+    this.revSel = h("select", { id: "f-revision", onchange: (e) => this.reload(Number(e.target.value)) });
+    this.revisionSelect();
     f.replaceChildren(
-      h("fieldset", {}, h("legend", {}, "revision"), h("select", { id: "f-revision", onchange: (e) => this.reload(Number(e.target.value)) },
-        revs.map((r) => h("option", { value: r, selected: r === this.revision }, `r${r}${r === this.H.latest_revision ? " (latest)" : ""}`))),
+      h("fieldset", {}, h("legend", {}, "revision"), this.revSel,
       h("label", {}, " ", h("input", { type: "checkbox", id: "f-changed", onchange: () => this.applyFilters("filter") }), " changed in it")),
+      h("fieldset", {}, h("legend", {}, "tag"), this.tagSel = h("select", { id: "f-tag", onchange: () => this.loadTagFilter() },
+        h("option", { value: "" }, "any"))),
+      h("fieldset", {}, h("legend", {}, "ids"), h("input", { type: "text", id: "f-ids", placeholder: "e.g. 12, 40-60 (Enter)",
+        onchange: () => this.applyFilters("filter") })),
       h("fieldset", {}, h("legend", {}, "label ", allNone("label")), checks("label")),
       h("fieldset", {}, h("legend", {}, "predicted ", allNone("predicted")), checks("predicted")),
       h("fieldset", {}, h("legend", {}, "correct"), sel("f-correct", [["any", "any"], ["correct", "correct"], ["incorrect", "incorrect"]])),
@@ -154,6 +364,56 @@ export class RunView {
         ...this.H.finding_types.map((t, k) => [`b${k}`, t.replace(/_/g, " ")])])),
       ...METRICS.map(rangeBox),
       h("button", { type: "button", id: "f-reset", onclick: () => { this.buildFilters(); this.applyFilters("filter"); } }, "reset filters"));
+  }
+
+  revisionSelect() {
+    const revs = this.tinfo.log.map((e) => e.revision).sort((a, b) => b - a);
+    this.revSel.replaceChildren(...revs.map((r) => h("option", { value: r, selected: r === this.revision },
+      `r${r}${r === this.latest ? " (latest)" : ""}`)));
+  }
+
+  /** A histogram inside each range filter: every point (grey) and the points shown (blue). */
+  drawHistograms() {
+    const BINS = 40;
+    for (const m of METRICS) {
+      const cv = this.filterEl.querySelector(`#h-${m}`);
+      if (!cv || !this.C[m]) continue;
+      const a = this.C[m], [lo, hi] = this.ranges[m], all = new Uint32Array(BINS), shown = new Uint32Array(BINS);
+      const s = BINS / (hi - lo), f = this.flags;
+      for (let i = 0; i < this.n; i++) {
+        const v = a[i];
+        if (!Number.isFinite(v)) continue;
+        const b = Math.max(0, Math.min(BINS - 1, ((v - lo) * s) | 0));
+        all[b]++;
+        if (f[i] & 1) shown[b]++;
+      }
+      const W = (cv.width = cv.clientWidth || 220), H = (cv.height = 34), g = cv.getContext("2d");
+      let max = 1;
+      for (const c of all) if (c > max) max = c;
+      const bw = W / BINS;
+      g.clearRect(0, 0, W, H);
+      for (const [arr, col] of [[all, "#cbd5e1"], [shown, "#2563eb"]]) {
+        g.fillStyle = col;
+        for (let b = 0; b < BINS; b++) { const hh = Math.ceil((H * arr[b]) / max); if (arr[b]) g.fillRect(b * bw, H - hh, bw - 1, hh); }
+      }
+      cv.dataset.shown = shown.reduce((x, y) => x + y, 0);
+    }
+  }
+
+  /** Tags of the table (for the tag filter), and the ids carrying the chosen one. */
+  async refreshTags() {
+    if (!this.tagSel) return;
+    const keep = this.tagSel.value;
+    const r = await getJSON(`/api/tables/${enc(this.table)}/tags`, keep ? { tag: keep } : {});
+    this.tagSel.replaceChildren(h("option", { value: "" }, "any"),
+      ...Object.entries(r.tags).map(([t, n]) => h("option", { value: t, selected: t === keep }, `${t} (${n})`)));
+    if (keep && r.ids) { this.tagIds = new Set(r.ids); this.applyFilters("filter", true); }
+  }
+
+  async loadTagFilter() {
+    const tag = this.tagSel.value;
+    this.tagIds = tag ? new Set((await getJSON(`/api/tables/${enc(this.table)}/tags`, { tag })).ids) : null;
+    this.applyFilters("filter");
   }
 
   setAll(name, on) {
@@ -184,7 +444,8 @@ export class RunView {
       if (!openLo || !openHi) ranges.push([this.C[m], openLo ? -Infinity : lo, openHi ? Infinity : hi]);
     }
     return {
-      label: lut("label"), predicted: lut("predicted"), ranges,
+      label: lut("label"), predicted: lut("predicted"), ranges, ids: parseIds(f.querySelector("#f-ids").value),
+      tagged: f.querySelector("#f-tag").value && this.tagIds ? this.tagIds : null,
       correct: f.querySelector("#f-correct").value, undef: f.querySelector("#f-undefined").value,
       excl: f.querySelector("#f-excluded").value, finding: f.querySelector("#f-finding").value,
       changed: f.querySelector("#f-changed").checked,
@@ -192,7 +453,7 @@ export class RunView {
   }
 
   /** Recompute visibility from the filter panel, upload flags, redraw (synchronously). */
-  applyFilters(reason) {
+  applyFilters(reason, keepGrid = false) {
     const t0 = performance.now();
     const F = this.readFilters(), C = this.C, n = this.n, flags = this.flags, sel = this.selected;
     const label = C.label, pred = C.predicted, excl = C.excluded, fnd = C.findings, chg = C.changed;
@@ -206,6 +467,8 @@ export class RunView {
       if (ok && F.excl !== "any") ok = F.excl === "only" ? excl[i] === 1 : excl[i] === 0;
       if (ok && F.finding !== "any") ok = F.finding === "some" ? fnd[i] !== 0 : F.finding === "none" ? fnd[i] === 0 : (fnd[i] & fbit) !== 0;
       if (ok && F.changed) ok = chg[i] === 1;
+      if (ok && F.ids) ok = F.ids(C.id[i]);
+      if (ok && F.tagged) ok = F.tagged.has(C.id[i]);
       for (let r = 0; ok && r < F.ranges.length; r++) {
         const v = F.ranges[r][0][i];
         ok = v >= F.ranges[r][1] && v <= F.ranges[r][2];
@@ -217,13 +480,15 @@ export class RunView {
     const t1 = performance.now();
     this.scatter.setFlags(flags, this.selCount > 0);
     const t2 = performance.now();
+    this.drawHistograms();
     this.scatter.draw(true);
     const ms = performance.now() - t0;
     window.__dl.filterTimings = { loop: t1 - t0, upload: t2 - t1, draw: ms - (t2 - t0) };
     performance.mark(`dl:${reason}-drawn`);
     this.lastFilterMs = ms;
-    this.updateGrid();
+    this.updateGrid(keepGrid);
     this.panes.refresh();
+    this.saveUrl();
     window.__dl.filterCount = (window.__dl.filterCount || 0) + 1;
     return ms;
   }
@@ -261,10 +526,12 @@ export class RunView {
     this.scatter.setColors(fillColors(this.n, colorOf, this.n > 200000 ? 160 : 210));
     this.legend.replaceChildren(...legend.map(([c, t]) => h("div", {}, h("i", { style: `background:${css(c)}` }), t)));
     if (draw) this.scatter.draw(true);
+    this.saveUrl();
   }
 
   // ---- selection and grid ---------------------------------------------------------------
   setSelection(indices, add = false) {
+    this.anchor = undefined;
     const t0 = performance.now();
     if (!add) this.selected.fill(0);
     if (indices) for (const i of indices) this.selected[i] = 1;
@@ -280,6 +547,7 @@ export class RunView {
     this.lastSelectionMs = performance.now() - t0;
     this.panes.showGrid();
     this.panes.refresh();
+    this.saveUrl();
   }
 
   /** Point indices shown in the grid: visible ∩ (selection if any), sorted. */
@@ -289,23 +557,123 @@ export class RunView {
     for (let i = 0; i < n; i++) if (flags[i] & 1 && (!useSel || flags[i] & 2)) m++;
     const out = new Uint32Array(m);
     for (let i = 0, k = 0; i < n; i++) if (flags[i] & 1 && (!useSel || flags[i] & 2)) out[k++] = i;
-    if (this.sortBy !== "id" && this.C[this.sortBy]) sortByKey(out, this.C[this.sortBy], this.sortDesc);
+    const key = this.C[this.sortBy] || this.C[this.sortBy + "_q"];  // margin, entropy: uint16 ranks
+    if (this.sortBy !== "id" && key) sortByKey(out, key, this.sortDesc, key instanceof Uint16Array ? 65535 : null);
     else if (this.sortDesc) out.reverse();
     return out;
   }
 
-  updateGrid() {
+  updateGrid(keep = false) {
     this.items = this.currentItems();
-    this.grid.setItems(this.items, this.table);
-    const txt = `${this.visible.toLocaleString()} of ${this.n.toLocaleString()} shown` + (this.selCount ? ` · ${this.selCount.toLocaleString()} selected` : "");
+    this.grid.setItems(this.items, this.table, keep);
+    this.updateCounts();
+  }
+
+  updateCounts() {
+    const txt = `${this.visible.toLocaleString()} of ${this.n.toLocaleString()} shown` + (this.selCount ? ` · ${this.selectedVisible().toLocaleString()} selected` : "");
     const sc = this.scatter;
     this.countEl.textContent = txt + (sc.sampled ? ` · map draws a ${sc.drawn.toLocaleString()}-point sample (software WebGL: zoom in or filter to see all)` : "");
     const gc = this.gridTools.querySelector("#grid-count");
-    if (gc) gc.textContent = `${this.items.length.toLocaleString()} in grid`;
+    if (gc) gc.textContent = `${this.items.length.toLocaleString()} in grid` + (this.selCount ? ` · ${this.selectedVisible().toLocaleString()} selected` : "");
   }
 
+  selectedVisible() {
+    let c = 0;
+    for (let i = 0; i < this.n; i++) c += this.selected[i] & this.flags[i] & 1;
+    return c;
+  }
+
+  /** Ids of the selected samples the filters show (empty when nothing is selected). */
   selectedIds() {
-    return Array.from(this.items, (i) => this.C.id[i]);
+    const out = [];
+    for (let i = 0; i < this.n; i++) if (this.selected[i] && this.flags[i] & 1) out.push(this.C.id[i]);
+    return out;
+  }
+
+  /** Ids of every sample the filters show. */
+  visibleIds() {
+    const out = [];
+    for (let i = 0; i < this.n; i++) if (this.flags[i] & 1) out.push(this.C.id[i]);
+    return out;
+  }
+
+  // Grid selection changes the selection in place: the grid keeps its cells (a deselected
+  // cell stays, unticked), so a person can drop the wrong ones from a box selection.
+  changeSelection(fn) {
+    fn(this.selected);
+    let c = 0;
+    for (let i = 0; i < this.n; i++) c += this.selected[i];
+    this.selCount = c;
+    for (let i = 0; i < this.n; i++) this.flags[i] = (this.flags[i] & 1) | (this.flags[i] & 1 ? this.selected[i] << 1 : 0);
+    this.scatter.setFlags(this.flags, c > 0);
+    this.scatter.requestDraw();
+    this.grid.refreshMarks();
+    this.updateCounts();
+    this.saveUrl();
+  }
+
+  gridClick(pos, e) {
+    const items = this.items;
+    if (e.shiftKey && this.anchor !== undefined && this.anchor < items.length) {
+      const [a, b] = this.anchor < pos ? [this.anchor, pos] : [pos, this.anchor];
+      this.changeSelection((s) => { for (let k = a; k <= b; k++) s[items[k]] = 1; });
+    } else {
+      const i = items[pos];
+      this.changeSelection((s) => { s[i] = s[i] ? 0 : 1; });
+      this.anchor = pos;
+    }
+  }
+
+  selectAllGrid() {
+    const items = this.items;
+    this.changeSelection((s) => { for (const i of items) s[i] = 1; });
+  }
+
+  invertGrid() {
+    const items = this.items;
+    this.changeSelection((s) => { for (const i of items) s[i] = s[i] ? 0 : 1; });
+  }
+
+  // ---- keyboard ----------------------------------------------------------------------
+  // Grid: arrows move, space toggles, Enter opens, Ctrl+A selects all, i inverts, Esc clears.
+  // Grid and sample view: 1..9 set that class, u marks undefined, x excludes — on the
+  // selection, else on the sample under the cursor (the sample view: its sample, then the next).
+  onKey(e) {
+    const tag = (e.target.tagName || "").toLowerCase();
+    if (["input", "select", "textarea"].includes(tag) || e.altKey || !this.C || !document.getElementById("modal").hidden) return;
+    const inDetail = this.panes.current === "detail", g = this.grid;
+    const k = e.key;
+    if ((e.ctrlKey || e.metaKey) && k.toLowerCase() === "a") {
+      if (this.panes.current !== "grid") return;
+      e.preventDefault(); this.selectAllGrid(); return;
+    }
+    if (e.ctrlKey || e.metaKey) return;
+    const nav = { ArrowLeft: -1, ArrowRight: 1, ArrowUp: -g.columns, ArrowDown: g.columns };
+    if (k in nav) {
+      e.preventDefault();
+      if (inDetail) { this.panes.step(k === "ArrowLeft" || k === "ArrowUp" ? -1 : 1); return; }
+      g.moveCursor(nav[k]);
+      return;
+    }
+    if (k === " " && !inDetail && g.cursor >= 0) { e.preventDefault(); this.gridClick(g.cursor, { shiftKey: e.shiftKey }); return; }
+    if (k === "Enter" && !inDetail && g.cursor >= 0) { e.preventDefault(); this.panes.detail(this.items[g.cursor]); return; }
+    if (k === "Escape") { if (inDetail) this.panes.show("grid"); else this.setSelection(null); return; }
+    if (k === "i" && !inDetail) { this.invertGrid(); return; }
+    let action = null, label = null;
+    if (/^[1-9]$/.test(k)) {
+      const cls = this.H.table_classes[+k - 1];
+      if (cls === undefined) { toast(`no class ${k}: this table has ${this.H.table_classes.length}`, [], true); return; }
+      action = "set_label"; label = cls;
+    } else if (k === "u") action = "mark_undefined";
+    else if (k === "x") action = "exclude";
+    if (!action) return;
+    e.preventDefault();
+    let ids;
+    if (inDetail && this.panes.detailIndex >= 0) ids = [this.C.id[this.panes.detailIndex]];
+    else if (this.selCount) ids = this.selectedIds();
+    else if (g.cursor >= 0) ids = [this.C.id[this.items[g.cursor]]];
+    else { toast("select samples, or move the cursor with the arrow keys, before using a label key", [], true); return; }
+    this.panes.act(action, { ids, label, advance: inDetail });
   }
 
   // ---- mouse on the map ---------------------------------------------------------------
@@ -368,7 +736,7 @@ export class RunView {
     const img = tip.querySelector("img");
     const url = thumbURL(this.table, id);
     if (img.getAttribute("src") !== url) img.src = url;
-    const C = this.C, parts = [`id ${id}`, this.caption(i)];
+    const C = this.C, parts = [`id ${id}`, this.captionText(i)];
     if (C.loss && Number.isFinite(C.loss[i])) parts.push(`loss ${C.loss[i].toFixed(3)}`);
     if (C.aum && Number.isFinite(C.aum[i])) parts.push(`AUM ${C.aum[i].toFixed(3)}`);
     tip.querySelector("div").textContent = parts.join(" · ");
@@ -393,19 +761,32 @@ export class RunView {
   }
 }
 
+/** "12, 40-60" → a test id => bool (null when empty). */
+function parseIds(text) {
+  const parts = (text || "").split(/[\s,]+/).filter(Boolean);
+  if (!parts.length) return null;
+  const single = new Set(), spans = [];
+  for (const p of parts) {
+    const m = p.match(/^(\d+)-(\d+)$/);
+    if (m) spans.push([+m[1], +m[2]]);
+    else if (/^\d+$/.test(p)) single.add(+p);
+  }
+  return (id) => single.has(id) || spans.some(([a, b]) => id >= a && id <= b);
+}
+
 /**
  * Sort point indices by a float key in place. For up to 2^21 points the key's order-
  * preserving 32 bits and the index are packed into one exact float64 integer, so the
  * engine's native numeric sort does the work (~10x faster than a comparator sort).
  */
-function sortByKey(idx, key, desc) {
+function sortByKey(idx, key, desc, nullValue = null) {
   const m = idx.length;
   if (key.length <= 1 << 21) {
     const f = new Float32Array(1), u = new Uint32Array(f.buffer), packed = new Float64Array(m);
     for (let k = 0; k < m; k++) {
       const i = idx[k];
       let v = key[i];
-      if (!Number.isFinite(v)) v = desc ? -Infinity : Infinity;  // nulls last
+      if (!Number.isFinite(v) || v === nullValue) v = desc ? -Infinity : Infinity;  // nulls last
       f[0] = desc ? -v : v;
       let b = u[0];
       b = b & 0x80000000 ? ~b >>> 0 : (b | 0x80000000) >>> 0;  // order-preserving bits

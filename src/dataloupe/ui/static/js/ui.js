@@ -55,3 +55,20 @@ export async function revertTo(table, revision, after) {
   if (after) after(r);
   return r;
 }
+
+/** Ask before an edit: resolves true when the person confirms (the button states the count). */
+export function confirmDialog(question, okLabel) {
+  return new Promise((resolve) => {
+    const m = document.getElementById("modal");
+    const done = (v) => { m.hidden = true; document.removeEventListener("keydown", key, true); resolve(v); };
+    const key = (e) => { if (e.key === "Escape") { e.stopPropagation(); done(false); } };
+    modal(h("h2", {}, "Confirm"), h("p", { id: "confirm-text" }, question),
+      h("div", { class: "confirm-buttons" },
+        h("button", { id: "confirm-ok", class: "primary", onclick: () => done(true) }, okLabel),
+        h("button", { id: "confirm-cancel", onclick: () => done(false) }, "cancel")));
+    m.querySelector(".close").onclick = () => done(false);
+    m.onclick = (e) => { if (e.target === m) done(false); };
+    document.addEventListener("keydown", key, true);
+    m.querySelector("#confirm-ok").focus();
+  });
+}

@@ -1,0 +1,311 @@
+"""The review queue: the rows a person should look at next, in active-learning order.
+
+Candidates are the training table's rows (weight > 0) that the loop would hand to a person:
+undefined rows (the pool to label), rows ``flag_low_confidence`` flags, label issues of the
+run's analysis, and rows a loop iteration flagged (``loops/<name>/review-it<k>.json``).
+They are ordered by an acquisition score computed from the run's per-sample metrics:
+
+* ``margin``  — smallest top-1 − top-2 probability first (least confident between two classes);
+* ``entropy`` — highest predictive entropy first;
+* ``density`` — entropy × information density (mean cosine similarity to the k nearest
+  candidates in embedding space), so typical uncertain rows come before odd ones;
+* ``random``  — a seeded shuffle (the baseline every strategy is measured against).
+
+A person (the dashboard) or an oracle file (``dataloupe review``) answers rows of the queue;
+all answers become ONE table revision. Everything returned is plain data.
+
+Example:
+    >>> q = review_queue(p, "cm-train", "run-1", strategy="margin")   # doctest: +SKIP
+    >>> q["items"][0]["id"], q["items"][0]["reasons"]                  # doctest: +SKIP
+    (412, ['undefined'])
+    >>> answer_from_oracle(p, "cm-train", "run-1", "labels.csv", budget=200)  # doctest: +SKIP
+    {'revision': 7, 'asked': 200, 'answered': 200, 'changed': 188, 'strategy': 'margin', ...}
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path, PurePosixPath
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+
+from dataloupe.project import DataloupeError, Project
+from dataloupe.tables import EditOp, apply_edits, open_table
+
+REASONS = ("undefined", "low_confidence", "label_issue", "loop_flagged")
+# An answer: a class name, None (undefined) or EXCLUDE (weight 0).
+EXCLUDE = "__exclude__"
+
+_STRATEGIES: dict[str, Callable[..., np.ndarray]] = {}
+
+
+def strategy(name: str):
+    """Register an acquisition score ``(margin (N,), entropy (N,), embedding (N, D) | None, *, seed)
+    -> scores (N,)``; higher is asked first."""
+    def deco(fn):
+        _STRATEGIES[name] = fn
+        return fn
+    return deco
+
+
+def list_strategies() -> list[str]:
+    return list(_STRATEGIES)
+
+
+def get_strategy(name: str) -> Callable[..., np.ndarray]:
+    if name not in _STRATEGIES:
+        raise DataloupeError(f"unknown review strategy {name!r}; known: {', '.join(_STRATEGIES)}")
+    return _STRATEGIES[name]
+
+
+@strategy("margin")
+def margin_score(margin: np.ndarray, entropy: np.ndarray, embedding: np.ndarray | None, *, seed: int = 0) -> np.ndarray:
+    return 1.0 - np.nan_to_num(margin.astype(np.float64), nan=0.0)
+
+
+@strategy("entropy")
+def entropy_score(margin: np.ndarray, entropy: np.ndarray, embedding: np.ndarray | None, *, seed: int = 0) -> np.ndarray:
+    return np.nan_to_num(entropy.astype(np.float64), nan=0.0)
+
+
+@strategy("density")
+def density_score(margin: np.ndarray, entropy: np.ndarray, embedding: np.ndarray | None, *, seed: int = 0,
+                  k: int = 10, beta: float = 1.0) -> np.ndarray:
+    """Information density (Settles & Craven 2008): entropy × (mean similarity to k neighbours)^beta."""
+    ent = entropy_score(margin, entropy, embedding)
+    if embedding is None or len(embedding) < 2:
+        return ent
+    x = embedding.astype(np.float32)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    kk = min(k, len(x) - 1)
+    dens = np.empty(len(x), np.float64)
+    step = max(1, (1 << 24) // len(x))  # (step, N) similarity blocks: at most 64 MB each
+    for s in range(0, len(x), step):
+        sim = x[s:s + step] @ x.T
+        part = -np.partition(-sim, kk, axis=1)[:, 1:kk + 1]  # drop self (similarity 1)
+        dens[s:s + step] = part.mean(axis=1)
+    return ent * np.clip((dens + 1) / 2, 0, 1) ** beta
+
+
+@strategy("random")
+def random_score(margin: np.ndarray, entropy: np.ndarray, embedding: np.ndarray | None, *, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random(len(margin))
+
+
+def _loop_flagged(project: Project, table: str) -> set[int]:
+    """Ids flagged for review by loop iterations on ``table`` (``review-it<k>.json``)."""
+    out: set[int] = set()
+    root = project.root / "loops"
+    if not root.is_dir():
+        return out
+    for state in root.glob("*/state.json"):
+        try:
+            st = json.loads(state.read_text())
+        except (OSError, ValueError):
+            continue
+        if str(st.get("train", "")).split("@")[0] != table:
+            continue
+        for f in state.parent.glob("review-it*.json"):
+            try:
+                out.update(int(i) for i in json.loads(f.read_text()).get("flagged", []))
+            except (OSError, ValueError, TypeError):
+                continue
+    return out
+
+
+def _label_issues(project: Project, run: str, table: str, info: dict) -> dict[int, str | None]:
+    path = project.runs_dir / run / "analysis.json"
+    if not path.is_file():
+        return {}
+    found = json.loads(path.read_text())
+    roles = {r for r in ("train", "val") if info.get(f"{r}_table") == table} | {table}
+    return {int(r["id"]): r.get("suggested_label") for r in found.get("label_issues", [])
+            if r.get("table", "train") in roles}
+
+
+def review_queue(project: Project, table: str, run: str, *, strategy: str = "margin",
+                 reasons: tuple[str, ...] = REASONS, max_confidence: float = 0.6, seed: int = 0,
+                 limit: int | None = None) -> dict:
+    """The review queue of ``table`` under ``run``'s model, best first.
+
+    Rows whose label or weight changed since the revision the run trained on are left out:
+    someone already answered them.
+
+    Returns:
+        ``{"table", "revision", "run", "strategy", "total", "counts": {reason: n},
+        "classes", "items": [{"id", "path", "label", "predicted", "confidence", "margin",
+        "entropy", "score", "reasons", "suggested"}]}`` (``items`` cut to ``limit``).
+    """
+    from dataloupe.analysis._runio import load_metrics, read_run  # noqa: PLC0415
+
+    score_fn = get_strategy(strategy)
+    bad = set(reasons) - set(REASONS)
+    if bad:
+        raise DataloupeError(f"unknown review reason(s) {sorted(bad)}; known: {', '.join(REASONS)}")
+    info = read_run(project, run)
+    if info.get("kind") == "pretrain":
+        raise DataloupeError(f"run {run!r} is a pretrain run: the review queue needs a classifier's probabilities")
+    t = open_table(project, table)
+    rows = t.to_arrow(columns=["id", "path", "label", "weight"])
+    m = load_metrics(project, run, table)
+    names = set(m.column_names)
+    ids = rows["id"].to_numpy()
+    mid = m["id"].to_numpy()
+    common, ti, mi = np.intersect1d(ids, mid, assume_unique=True, return_indices=True)
+    label = np.array(rows["label"].to_pylist(), dtype=object)[ti]
+    weight = rows["weight"].to_numpy(zero_copy_only=False)[ti]
+    paths = np.array(rows["path"].to_pylist(), dtype=object)[ti]
+
+    def col(name, default=np.nan):
+        if name not in names:
+            return np.full(len(mi), default, np.float64)
+        return m[name].cast(pa.float64()).fill_null(np.nan).to_numpy()[mi]
+
+    conf, margin, entropy = col("confidence"), col("margin"), col("entropy")
+    predicted = np.array(m["predicted"].to_pylist(), dtype=object)[mi]
+    emb = None
+    if strategy == "density" and "embedding" in names:
+        arr = m["embedding"].combine_chunks()
+        emb = arr.values.to_numpy(zero_copy_only=False).reshape(len(arr), arr.type.list_size)[mi]
+
+    issues = _label_issues(project, run, table, info) if "label_issue" in reasons else {}
+    flagged = _loop_flagged(project, table) if "loop_flagged" in reasons else set()
+    why = {
+        "undefined": np.array([v is None for v in label]),
+        "low_confidence": (conf < max_confidence) & np.array([v is not None for v in label]),
+        "label_issue": np.isin(common, np.fromiter(issues, np.int64, len(issues))),
+        "loop_flagged": np.isin(common, np.fromiter(flagged, np.int64, len(flagged))),
+    }
+    cand = np.zeros(len(common), bool)
+    for r in reasons:
+        cand |= why[r]
+    cand &= weight > 0
+    answered = _changed_since(t, info.get("train_revision") if info.get("train_table") == table else None, common)
+    cand &= ~answered
+    idx = np.flatnonzero(cand)
+    score = score_fn(margin[idx], entropy[idx], emb[idx] if emb is not None else None, seed=seed)
+    order = idx[np.argsort(-score, kind="stable")]
+    score_of = dict(zip(idx.tolist(), score.tolist()))
+    keep = order if limit is None else order[:limit]
+    items = [{"id": int(common[i]), "path": paths[i], "label": label[i], "predicted": predicted[i],
+              "confidence": _f(conf[i]), "margin": _f(margin[i]), "entropy": _f(entropy[i]),
+              "score": _f(score_of[i]), "reasons": [r for r in reasons if why[r][i]],
+              "suggested": issues.get(int(common[i]))} for i in keep.tolist()]
+    return {"table": table, "revision": t.revision, "run": run, "strategy": strategy, "total": int(len(order)),
+            "counts": {r: int((why[r] & cand).sum()) for r in reasons}, "classes": list(t.classes),
+            "items": items}
+
+
+def _f(v) -> float | None:
+    v = float(v)
+    return None if np.isnan(v) else round(v, 6)
+
+
+def _changed_since(t, revision: int | None, ids: np.ndarray) -> np.ndarray:
+    """Mask over ``ids``: label or weight differs between ``revision`` and ``t`` (or row is new)."""
+    if revision is None or int(revision) == t.revision:
+        return np.zeros(len(ids), bool)
+    try:
+        old = t.at(int(revision)).to_arrow(columns=["id", "label", "weight"])
+    except DataloupeError:
+        return np.zeros(len(ids), bool)
+    cur = t.to_arrow(columns=["id", "label", "weight"])
+    before = {int(i): (lab, w) for i, lab, w in zip(old["id"].to_pylist(), old["label"].to_pylist(), old["weight"].to_pylist())}
+    now = {int(i): (lab, w) for i, lab, w in zip(cur["id"].to_pylist(), cur["label"].to_pylist(), cur["weight"].to_pylist())}
+    return np.array([before.get(int(i)) != now.get(int(i)) for i in ids])
+
+
+def apply_answers(project: Project, table: str, answers: dict[int, str | None], *, message: str,
+                  expected_revision: int | None = None) -> dict:
+    """Write answers (id → class, None = undefined, :data:`EXCLUDE`) as ONE revision.
+
+    Confirmations (an answer equal to the row's label) change nothing.
+
+    Returns:
+        ``{"revision", "previous_revision", "committed", "answered", "changed", "changes"}``.
+    """
+    t = open_table(project, table)
+    if expected_revision is not None and expected_revision != t.latest_revision:
+        raise DataloupeError(f"table {table!r} is at revision {t.latest_revision}, not {expected_revision}; "
+                             "reload the queue first")
+    unknown = sorted({v for v in answers.values() if v is not None and v != EXCLUDE and v not in t.classes})
+    if unknown:
+        raise DataloupeError(f"unknown class(es) {', '.join(map(repr, unknown))}; classes: {', '.join(t.classes)}")
+    have = t.to_arrow(columns=["id"])["id"].to_numpy()
+    missing = sorted(set(answers) - set(have.tolist()))
+    if missing:
+        raise DataloupeError(f"{len(missing)} id(s) are not in table {table!r} (e.g. {', '.join(map(str, missing[:5]))})")
+    labeled = {i: v for i, v in answers.items() if v is not None and v != EXCLUDE}
+    ops, extra = [], None
+    if labeled:
+        extra = pa.table({"id": pa.array(list(labeled), pa.int64()), "answer": pa.array(list(labeled.values()), pa.string())})
+        ops.append(EditOp("set_label", ids=np.array(list(labeled), np.int64), set_label_from="answer", name="label"))
+    undef = [i for i, v in answers.items() if v is None]
+    if undef:
+        ops.append(EditOp("undefine", ids=np.array(undef, np.int64), name="undefine"))
+    excl = [i for i, v in answers.items() if v == EXCLUDE]
+    if excl:
+        ops.append(EditOp("exclude", ids=np.array(excl, np.int64), name="exclude"))
+    if not ops:
+        return {"revision": t.latest_revision, "previous_revision": t.latest_revision, "committed": False,
+                "answered": 0, "changed": 0, "changes": {}}
+    res = apply_edits(project, table, ops, message=message, extra=extra)
+    return {"revision": res.table.revision, "previous_revision": t.latest_revision, "committed": res.committed,
+            "answered": len(answers), "changed": res.changed, "changes": res.changes}
+
+
+def read_oracle(path: str | Path) -> dict[str, str | None]:
+    """``path,label`` CSV (paths relative to the table's root, as ``table import csv`` reads them)
+    → {POSIX path: label or None}."""
+    import pyarrow.csv as pacsv  # noqa: PLC0415
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DataloupeError(f"oracle file not found: {p}")
+    try:
+        t = pacsv.read_csv(p, convert_options=pacsv.ConvertOptions(
+            column_types={"path": pa.string(), "label": pa.string()}, strings_can_be_null=True))
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataloupeError(f"cannot read {p.name}: {str(e).splitlines()[0]}") from None
+    for c in ("path", "label"):
+        if c not in t.column_names:
+            raise DataloupeError(f"{p.name} has no {c!r} column (columns: {', '.join(t.column_names)})")
+    return {PurePosixPath(a).as_posix(): (b or None) for a, b in zip(t["path"].to_pylist(), t["label"].to_pylist()) if a}
+
+
+def answer_from_oracle(project: Project, table: str, run: str, oracle: str | Path, *, budget: int,
+                       strategy: str = "margin", seed: int = 0, message: str | None = None) -> dict:
+    """Answer the first ``budget`` rows of the review queue from an oracle CSV, as ONE revision.
+
+    This is how a person is simulated. Queue rows missing from the file are skipped and
+    counted (``skipped_missing``); rows whose file label is not a class are counted in
+    ``skipped_unknown_class``.
+
+    Returns:
+        ``{"revision", "asked", "answered", "changed", "strategy", "previous_revision",
+        "skipped_missing", "skipped_unknown_class", "queue_total"}``.
+    """
+    if budget < 1:
+        raise DataloupeError(f"--budget must be >= 1, got {budget}")
+    truth = read_oracle(oracle)
+    q = review_queue(project, table, run, strategy=strategy, seed=seed, limit=budget)
+    classes = set(q["classes"])
+    answers: dict[int, str | None] = {}
+    missing = unknown = 0
+    for it in q["items"]:
+        key = PurePosixPath(it["path"]).as_posix()
+        if key not in truth:
+            missing += 1
+            continue
+        lab = truth[key]
+        if lab is not None and lab not in classes:
+            unknown += 1
+            continue
+        answers[it["id"]] = lab
+    msg = message or f"review {strategy}: {len(answers)} answers from {Path(oracle).name} (run {run})"
+    res = apply_answers(project, table, answers, message=msg, expected_revision=q["revision"])
+    return {"revision": res["revision"], "asked": len(q["items"]), "answered": len(answers),
+            "changed": res["changed"], "strategy": strategy, "previous_revision": res["previous_revision"],
+            "skipped_missing": missing, "skipped_unknown_class": unknown, "queue_total": q["total"]}

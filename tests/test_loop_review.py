@@ -1,0 +1,123 @@
+"""The review queue (``dataloupe.loop.review_queue``) and ``dataloupe review`` with an oracle file.
+
+A real tiny table (sklearn digits as PNGs, 30 undefined rows, 40 flipped labels) and a real
+logistic-regression run written to the metrics contract (tests/ui_synth.py).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from ui_synth import UNDEFINED, make_digits_table, write_digits_run
+
+from dataloupe.loop import EXCLUDE, apply_answers, list_strategies, review_queue
+from dataloupe.project import DataloupeError, Project
+from dataloupe.tables import diff_revisions, open_table
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    root = tmp_path_factory.mktemp("review")
+    p = Project.open(root / "proj")
+    info = make_digits_table(p, root / "img")
+    write_digits_run(p, "digits", info["features"], run="r1")
+    return p, info, root
+
+
+def _oracle(path, table, true, ids=None, drop=()):
+    t = table.to_arrow(columns=["id", "path"])
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label"])
+        for i, pth in zip(t["id"].to_pylist(), t["path"].to_pylist()):
+            if (ids is None or i in ids) and i not in drop:
+                w.writerow([pth, str(true[i])])
+    return path
+
+
+def test_queue_holds_flagged_rows_in_strategy_order(digits):
+    p, info, _ = digits
+    q = review_queue(p, "digits", "r1", strategy="margin")
+    items = q["items"]
+    assert q["counts"]["undefined"] == UNDEFINED
+    ids = [it["id"] for it in items]
+    assert len(ids) == len(set(ids)) == q["total"]
+    assert set(range(1700, 1700 + UNDEFINED)) <= set(ids)  # the unlabeled pool
+    assert all(it["reasons"] for it in items)
+    margins = [it["margin"] for it in items]
+    assert margins == sorted(margins)  # smallest margin first
+    ent = [it["entropy"] for it in review_queue(p, "digits", "r1", strategy="entropy")["items"]]
+    assert ent == sorted(ent, reverse=True)
+    dens = review_queue(p, "digits", "r1", strategy="density")
+    assert {it["id"] for it in dens["items"]} == set(ids)
+    r1 = [it["id"] for it in review_queue(p, "digits", "r1", strategy="random", seed=1)["items"]]
+    assert sorted(r1) == sorted(ids) and r1 != ids
+    assert set(list_strategies()) == {"margin", "entropy", "density", "random"}
+    with pytest.raises(DataloupeError, match="known: margin"):
+        review_queue(p, "digits", "r1", strategy="nope")
+
+
+def test_answers_are_one_revision_and_leave_the_queue(tmp_path, digits):
+    p, info, root = digits
+    # a copy of the project, so the module's table stays as built
+    import shutil
+
+    proj = tmp_path / "proj"
+    shutil.copytree(p.root, proj)
+    p2 = Project.open(proj)
+    t = open_table(p2, "digits")
+    answers = {1700: "3", 1701: None, 1702: EXCLUDE, 5: open_table(p2, "digits").to_arrow(
+        columns=["label"], where="id = 5")["label"][0].as_py()}
+    res = apply_answers(p2, "digits", answers, message="review by hand", expected_revision=t.revision)
+    assert res["revision"] == t.revision + 1 and res["changed"] == 2  # 1700 labeled, 1702 excluded
+    d = diff_revisions(p2, "digits", t.revision, res["revision"])
+    assert d.summary["labeled"] == 1 and d.summary["excluded"] == 1
+    q = review_queue(p2, "digits", "r1")
+    assert not {1700, 1702} & {it["id"] for it in q["items"]}
+    with pytest.raises(DataloupeError, match="unknown class"):
+        apply_answers(p2, "digits", {1703: "cat"}, message="x")
+    with pytest.raises(DataloupeError, match="reload"):
+        apply_answers(p2, "digits", {1703: "1"}, message="x", expected_revision=t.revision)
+
+
+def test_review_cli_answers_budget_from_oracle(cli, tmp_path, digits):
+    import shutil
+
+    p, info, root = digits
+    shutil.copytree(p.root, cli.project_dir)
+    p2 = Project.open(cli.project_dir)
+    before = open_table(p2, "digits")
+    q = review_queue(p2, "digits", "r1", strategy="margin", limit=20)
+    asked = [it["id"] for it in q["items"]]
+    missing = asked[:3]
+    oracle = _oracle(tmp_path / "labels.csv", before, info["true"], drop=set(missing))
+    r = cli("review", "--table", "digits", "--run", "r1", "--oracle", oracle, "--budget", "20", "--json")
+    out = json.loads(r.stdout)
+    assert set(out) == {"revision", "asked", "answered", "changed", "strategy"}
+    assert out["asked"] == 20 and out["answered"] == 17 and out["strategy"] == "margin"
+    assert out["revision"] == before.revision + 1
+    after = open_table(p2, "digits")
+    assert "margin" in after.entry["message"] and "17" in after.entry["message"]
+    d = diff_revisions(p2, "digits", before.revision, after.revision).to_dict(limit=1000)
+    changed = {r["id"]: r["label_b"] for r in d["changed"]}
+    assert out["changed"] == len(changed)
+    assert set(changed) <= set(asked[3:])  # exactly answered rows, to the file's labels
+    assert all(lab == str(info["true"][i]) for i, lab in changed.items())
+    wrong = [i for i in asked[3:] if before.to_arrow(columns=["label"], where=f"id = {i}")["label"][0].as_py()
+             != str(info["true"][i])]
+    assert set(changed) == set(wrong)
+    # without --oracle the queue is printed; errors are one line
+    r = cli("review", "--table", "digits", "--run", "r1", "--budget", "3")
+    assert r.stdout.count("#") >= 3
+    r = cli("review", "--table", "digits", "--run", "r1", "--oracle", tmp_path / "none.csv", "--budget", "3", check=False)
+    assert r.returncode == 2 and "oracle file not found" in r.stderr
+
+
+def test_strategies_rank_uncertain_rows_first(digits):
+    p, info, _ = digits
+    q = review_queue(p, "digits", "r1", strategy="margin")
+    m = np.array([it["margin"] for it in q["items"]])
+    assert m[: len(m) // 4].mean() < m[-len(m) // 4:].mean()
