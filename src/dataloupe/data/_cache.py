@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dataloupe._imagepath import OutsideRootError
 from dataloupe.data._decode import ImageDecodeError, decode_image
 from dataloupe.data._samples import SampleSet
 
@@ -101,8 +102,8 @@ def build_cache(
     def work(j: int) -> None:
         i = order[j]
         try:
-            images[j] = decode_image(samples.root / samples.paths[i], size)
-        except (ImageDecodeError, OSError) as e:
+            images[j] = decode_image(samples.file(i), size)
+        except (ImageDecodeError, OSError, OutsideRootError) as e:
             failed[int(ids[j])] = f"{samples.paths[i]}: {e}"
             images[j] = 0
 

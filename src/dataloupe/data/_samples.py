@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dataloupe._imagepath import image_file
 from dataloupe.project import DataloupeError
 
 
@@ -42,6 +43,10 @@ class SampleSet:
     def trainable(self) -> np.ndarray:
         """``(N,)`` bool: labeled rows with weight > 0 (the only rows ever trained on)."""
         return (self.labels >= 0) & (self.weights > 0)
+
+    def file(self, i: int) -> Path:
+        """The image file of row ``i`` (inside ``root``, or ``OutsideRootError``)."""
+        return image_file(self.root, self.paths[i])
 
     def subset(self, mask: np.ndarray) -> "SampleSet":
         """Rows where ``mask`` holds (content key kept: cache rows are looked up by id)."""

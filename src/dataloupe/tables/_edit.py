@@ -45,16 +45,26 @@ class EditResult:
 def _normalise_rows(rows: pa.Table, classes: list[str], first_id: int, split: str) -> pa.Table:
     if "path" not in rows.column_names:
         raise DataloupeError("rows need a 'path' column")
+    reserved = [c for c in rows.column_names if c.startswith("_") or not c.strip()]
+    if reserved:  # Lance reserves _rowid, _rowaddr, ...; an empty name cannot be selected
+        raise DataloupeError(f"column name(s) {', '.join(map(repr, reserved))} not allowed (names must not be"
+                             " empty or start with '_')")
     n = rows.num_rows
+
+    def column(name: str, typ: pa.DataType, default):
+        if name not in rows.column_names:
+            return default
+        try:
+            return rows[name].cast(typ)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+            raise DataloupeError(f"column {name!r} must hold {typ} values: {str(e).splitlines()[0]}") from None
+
     cols: dict[str, pa.Array] = {
         "id": pa.array(np.arange(first_id, first_id + n, dtype=np.int64)),
-        "path": rows["path"].cast(pa.string()),
-        "label": rows["label"].cast(pa.string()) if "label" in rows.column_names
-        else pa.nulls(n, pa.string()),
-        "weight": rows["weight"].cast(pa.float32()) if "weight" in rows.column_names
-        else pa.array(np.ones(n, np.float32)),
-        "split": rows["split"].cast(pa.string()) if "split" in rows.column_names
-        else pa.array([split] * n, pa.string()),
+        "path": column("path", pa.string(), None),
+        "label": column("label", pa.string(), pa.nulls(n, pa.string())),
+        "weight": column("weight", pa.float32(), pa.array(np.ones(n, np.float32))),
+        "split": column("split", pa.string(), pa.array([split] * n, pa.string())),
     }
     _check_labels(cols["label"], classes)
     w = cols["weight"].to_numpy(zero_copy_only=False)
@@ -84,9 +94,13 @@ def create_table(
     image_root: str | os.PathLike,
     message: str = "import",
     split: str = "train",
+    before_commit: Callable[[], None] | None = None,
 ) -> Table:
     """Create table ``name`` as revision 1 from ``rows`` (columns ``path`` [, ``label``,
     ``weight``, ``split``, metadata...]); ids are assigned 0..N-1.
+
+    ``before_commit`` runs under the table's write lock once the name is known to be free
+    (an importer writes the image files there, so two imports into one name never mix).
 
     Example:
         >>> rows = pa.table({"path": ["a/1.png"], "label": ["a"]})
@@ -100,6 +114,8 @@ def create_table(
         if (tdir / "revisions.json").exists():
             raise DataloupeError(f"table {name!r} already exists (use --append to add rows)")
         table = _normalise_rows(rows, classes, 0, split)
+        if before_commit is not None:
+            before_commit()
         _store.write_settings(tdir, {"image_root": str(Path(image_root).resolve())})
         _store.commit(tdir, table, message=message, changes={"added": table.num_rows},
                       classes=classes, log=[], extra={"next_id": table.num_rows})
@@ -168,7 +184,7 @@ def _filter_joined(rows: pa.Table, extra: pa.Table, where: str) -> np.ndarray:
 
     ds = lance.write_dataset(flat, f"memory://select-{os.getpid()}-{id(flat)}")
     try:
-        return ds.to_table(columns=["id"], filter=where)["id"].to_numpy()
+        return ds.to_table(columns=["id"], filter=_store.whole_predicate(where))["id"].to_numpy()
     except (ValueError, OSError) as e:
         raise DataloupeError(f"invalid predicate {where!r}: {_store._first_line(e)}") from None
 

@@ -36,8 +36,8 @@ import pyarrow as pa
 
 from dataloupe._fileio import write_json_atomic
 from dataloupe.project import DataloupeError, Project
+from dataloupe.project import check_name as _check_name
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 LOCK_TIMEOUT_S = 60.0
 CORE_COLUMNS = ("id", "path", "label", "weight", "split")
 
@@ -47,11 +47,7 @@ class TableConflictError(DataloupeError):
 
 
 def check_name(name: str) -> str:
-    if not NAME_RE.match(name or ""):
-        raise DataloupeError(
-            f"invalid table name {name!r}: use letters, digits, '_', '-', '.' (not first)"
-        )
-    return name
+    return _check_name(name, "table")
 
 
 def table_dir(project: Project, name: str) -> Path:
@@ -155,13 +151,49 @@ def write_log(tdir: Path, log: list[dict]) -> None:
     write_json_atomic(tdir / "revisions.json", {"revisions": log})
 
 
+def whole_predicate(where: str) -> str:
+    """``where`` made safe to hand to Lance's filter: the whole text must be one expression.
+
+    Lance parses ``SELECT ... WHERE <where>`` and silently ignores what follows the first
+    complete expression (``1=1; DROP TABLE x`` selects every row; ``a = 1) OR (b = 2``
+    selects by ``a = 1`` only). So: parentheses must balance outside quoted text, and the
+    predicate is evaluated inside its own parentheses, where trailing text is a parse error.
+
+    Example:
+        >>> whole_predicate("label = 'a'")
+        "(label = 'a'\n)"
+    """
+    if not where or not where.strip():
+        raise DataloupeError("empty predicate (--where)")
+    depth, quote = 0, None
+    for ch in where:
+        if quote:
+            if ch == quote:
+                quote = None  # a doubled quote ('') closes and reopens: same result
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth < 0:
+                raise DataloupeError(f"invalid predicate {where!r}: ')' without a matching '('")
+        elif ch == ";":
+            raise DataloupeError(f"invalid predicate {where!r}: ';' is not allowed (one expression only)")
+    if quote:
+        raise DataloupeError(f"invalid predicate {where!r}: unterminated {quote}quoted{quote} text")
+    if depth:
+        raise DataloupeError(f"invalid predicate {where!r}: '(' without a matching ')'")
+    return f"({where}\n)"  # newline: a trailing -- comment cannot swallow the parenthesis
+
+
 def read_rows(tdir: Path, lance_version: int, columns: list[str] | None = None,
               where: str | None = None) -> pa.Table:
     import lance  # noqa: PLC0415
 
     ds = lance.dataset(tdir / "data.lance", version=lance_version)
     try:
-        t = ds.to_table(columns=columns, filter=where)
+        t = ds.to_table(columns=columns, filter=None if where is None else whole_predicate(where))
     except (ValueError, OSError) as e:
         raise DataloupeError(f"invalid predicate {where!r}: {_first_line(e)}") from None
     return t

@@ -202,7 +202,7 @@ def check_resumable(info: dict, data: TrainData, *, force: bool) -> list[str]:
 
 
 def _start_run(project, data, recipe, run, ctx, *, resume: bool, force: bool):
-    folder, resume, info = _runs.resume_target(project, run, resume, pretrain=False)
+    folder, resume, info = _runs.resume_target(project, run, resume, pretrain=False, force=force)
     if resume:
         changes = check_resumable(info, data, force=force)
         if changes and ctx.is_primary():  # forced: the run now continues on the new revisions; say so
@@ -235,6 +235,13 @@ def train_samples(project: Project, data: TrainData, recipe: Recipe, *, run: str
         raise DataloupeError(f"validation table {data.val_table}@{data.val_revision} has no labeled rows with"
                              " weight > 0")
     check_weight_sources(project, recipe)  # before the run folder exists: a typo leaves nothing behind
+    with _runs.run_claim(_runs.run_dir(project, run), ctx, run):  # one process per run, released when it ends
+        return _train_claimed(project, data, recipe, run=run, resume=resume, force=force, ctx=ctx, tty=tty,
+                              train_set=train_set, val_set=val_set)
+
+
+def _train_claimed(project: Project, data: TrainData, recipe: Recipe, *, run: str, resume: bool, force: bool,
+                   ctx: DistContext, tty, train_set, val_set) -> dict:
     folder, info = _start_run(project, data, recipe, run, ctx, resume=resume, force=force)
     primary = ctx.is_primary()
     try:

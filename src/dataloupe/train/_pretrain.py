@@ -287,6 +287,12 @@ def pretrain_samples(project: Project, data: PretrainData, config: PretrainConfi
     if n < 2:
         raise DataloupeError(f"tables {', '.join(t['table'] for t in data.tables)} have {n} row(s) with weight > 0;"
                              " pretraining needs at least 2")
+    with _runs.run_claim(_runs.run_dir(project, run), ctx, run):  # one process per run
+        return _pretrain_claimed(project, data, config, run=run, resume=resume, ctx=ctx, tty=tty, learn=learn)
+
+
+def _pretrain_claimed(project: Project, data: PretrainData, config: PretrainConfig, *, run: str, resume: bool,
+                      ctx: DistContext, tty, learn) -> dict:
     folder, resume = _start_run(project, data, config, run, ctx, resume=resume, learn=learn)
     s = build_pretrain_setup(project, data, config, ctx, learn)
     primary = ctx.is_primary()

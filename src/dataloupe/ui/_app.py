@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dataloupe import __version__
 from dataloupe._netsafety import host_of, is_loopback, token_matches
-from dataloupe.project import DataloupeError, Project
+from dataloupe.project import NAME_PATTERN, DataloupeError, Project
 from dataloupe.tables import diff_revisions, list_tables, open_table, revert_table
 from dataloupe.ui import _actions, _images, _runs, _samples
 from dataloupe.ui._cache import LRU
@@ -112,7 +112,7 @@ def create_app(project: Project, *, token: str | None = None,
         return _error(422, f"invalid request: {where}: {first.get('msg', 'bad value')}")
 
     def table_or_404(name: str):
-        if not _runs.RUN_NAME_RE.match(name) or not (project.tables_dir / name / "revisions.json").is_file():
+        if not NAME_PATTERN.fullmatch(name) or not (project.tables_dir / name / "revisions.json").is_file():
             known = ", ".join(t["name"] for t in list_tables(project)) or "none"
             raise NotFound(f"unknown table {name!r} (known tables: {known})")
         return open_table(project, name)

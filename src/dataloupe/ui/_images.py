@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dataloupe._imagepath import OutsideRootError, image_file
 from dataloupe.project import DataloupeError, Project
 from dataloupe.tables import open_table
 
@@ -66,10 +67,10 @@ class PathIndex:
 
 def safe_image_path(root: Path, rel: str) -> Path:
     """``root / rel`` resolved; raises :class:`ForbiddenPath` if it leaves ``root``."""
-    base = Path(root).resolve()
-    full = (base / rel).resolve()
-    if not full.is_relative_to(base) or full == base:
-        raise ForbiddenPath("image path is outside the table's image root")
+    try:
+        full = image_file(root, rel)
+    except OutsideRootError:
+        raise ForbiddenPath("image path is outside the table's image root") from None
     if full.suffix.lower() not in IMAGE_TYPES:
         raise ForbiddenPath(f"not an image file type: {full.suffix or '(none)'}")
     if not full.is_file():
