@@ -18,10 +18,14 @@ from dataloupe.data._loader import (
     open_cache,
     plan_loader,
 )
-from dataloupe.data._samples import SampleSet, sample_set_from_table
+from dataloupe.data._samples import (MAX_UNREADABLE_SHARE, SampleSet, check_readable, missing_files,
+                                     sample_set_from_table)
 
 __all__ = [
     "MAX_PIXELS",
+    "MAX_UNREADABLE_SHARE",
+    "check_readable",
+    "missing_files",
     "AugmentConfig",
     "DecodedCache",
     "ImageDecodeError",

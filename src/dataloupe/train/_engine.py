@@ -11,14 +11,15 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from dataloupe.data import (AugmentConfig, ShardSampler, WeightedEpochSampler, make_loader, mix_transform,
-                            open_cache, plan_loader, sample_transform)
+from dataloupe.data import (AugmentConfig, ShardSampler, WeightedEpochSampler, check_readable, make_loader,
+                            missing_files, mix_transform, open_cache, plan_loader, sample_transform)
 from dataloupe.models import create_model
 from dataloupe.project import DataloupeError, Project
 from dataloupe.train import _runs
@@ -103,10 +104,11 @@ def build_setup(project: Project, data: TrainData, recipe: Recipe, ctx: DistCont
             if ctx.is_primary() and time.perf_counter() - t0 > 5:
                 print(f"decoded {len(samples)} images at {recipe.image_size} px into {caches[i].path}"
                       f" in {time.perf_counter() - t0:.0f}s", flush=True)
+            used = (train_set, val_set)[i]
+            warnings = check_readable(used, caches[i].failed, f"{data.train_table if i == 0 else data.val_table}")
             if ctx.is_primary():
-                for rid, why in sorted(caches[i].failed.items()):
-                    if rid in set(samples.ids.tolist()):
-                        print(f"warning: id {rid} could not be decoded (trained as black): {why}")
+                for line in warnings:
+                    print(line, flush=True)
     aug = AugmentConfig.from_recipe(recipe)
     batched = recipe.augment == "batched" or (recipe.augment == "auto" and cuda)
     sampler = WeightedEpochSampler(train_set.weights, num_replicas=ctx.world_size, rank=ctx.rank, seed=recipe.seed,
@@ -235,6 +237,9 @@ def train_samples(project: Project, data: TrainData, recipe: Recipe, *, run: str
         raise DataloupeError(f"validation table {data.val_table}@{data.val_revision} has no labeled rows with"
                              " weight > 0")
     check_weight_sources(project, recipe)  # before the run folder exists: a typo leaves nothing behind
+    for used, ref in ((train_set, f"{data.train_table}@{data.train_revision}"),
+                      (val_set, f"{data.val_table}@{data.val_revision}")):
+        check_readable(used, missing_files(used), ref)  # a deleted image folder stops here, before the run
     with _runs.run_claim(_runs.run_dir(project, run), ctx, run):  # one process per run, released when it ends
         return _train_claimed(project, data, recipe, run=run, resume=resume, force=force, ctx=ctx, tty=tty,
                               train_set=train_set, val_set=val_set)
@@ -299,6 +304,7 @@ def _one_epoch(s: Setup, ctx: DistContext, recipe: Recipe, data: TrainData, fold
     msum = ctx.all_reduce_sum(torch.from_numpy(tr["margin_sum"])).numpy()
     mcnt = ctx.all_reduce_sum(torch.from_numpy(tr["margin_count"])).numpy()
     tl, tc, tn, vl, v1, v5, vn, secs = sums.tolist()
+    check_finite_losses(tl / tn, vl / vn if evaluated else 0.0, epoch=epoch, lr=recipe.effective_lr)
     record = {"epoch": epoch, "train_loss": tl / tn, "train_top1": tc / tn}
     if evaluated:
         s.schedule.epoch_end(vl / vn)
@@ -321,6 +327,14 @@ def _one_epoch(s: Setup, ctx: DistContext, recipe: Recipe, data: TrainData, fold
         _write_epoch(s, recipe, data, folder, epoch, record, best, improved, dyn, plot=evaluated)
     ctx.barrier()
     return best
+
+
+def check_finite_losses(train_loss: float, val_loss: float, *, epoch: int, lr: float) -> None:
+    """Stop a diverged run before anything of the epoch is written (no checkpoint of NaN weights)."""
+    if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+        raise DataloupeError(f"training diverged in epoch {epoch}: train loss {train_loss:g}, val loss {val_loss:g};"
+                             f" nothing of this epoch was saved. Lower lr (now {lr:g}) and start again, or"
+                             " --resume from the last good epoch with a lower lr=...")
 
 
 def _write_epoch(s, recipe, data, folder, epoch, record, best, improved, dyn, *, plot: bool = True) -> None:

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dataloupe.data import SampleSet, ShardSampler, WeightedEpochSampler, make_loader, open_cache, plan_loader
+from dataloupe.data import (SampleSet, ShardSampler, WeightedEpochSampler, check_readable, make_loader, missing_files,
+                            open_cache, plan_loader)
 from dataloupe.models import create_model
 from dataloupe.project import DataloupeError, Project
 from dataloupe.train import _runs
@@ -287,6 +288,8 @@ def pretrain_samples(project: Project, data: PretrainData, config: PretrainConfi
     if n < 2:
         raise DataloupeError(f"tables {', '.join(t['table'] for t in data.tables)} have {n} row(s) with weight > 0;"
                              " pretraining needs at least 2")
+    for used, t in zip(learn, data.tables):  # a deleted image folder stops here, before the run
+        check_readable(used, missing_files(used), f"{t['table']}@{t['revision']}")
     with _runs.run_claim(_runs.run_dir(project, run), ctx, run):  # one process per run
         return _pretrain_claimed(project, data, config, run=run, resume=resume, ctx=ctx, tty=tty, learn=learn)
 
