@@ -34,7 +34,7 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from dataloupe._fileio import write_json_atomic
+from dataloupe._fileio import write_failure, write_json_atomic
 from dataloupe.project import DataloupeError, Project
 from dataloupe.project import check_name as _check_name
 
@@ -129,8 +129,12 @@ def commit(
     mode = "overwrite" if uri.exists() else "create"
     import lance  # noqa: PLC0415
 
-    ds = lance.write_dataset(rows, uri, mode=mode, data_storage_version="stable")
     parent = log[-1]["revision"] if log else None
+    try:
+        ds = lance.write_dataset(rows, uri, mode=mode, data_storage_version="stable")
+    except OSError as e:  # e.g. a full disk: the log still names the previous revision, which stays intact
+        raise DataloupeError(f"could not write table {tdir.name!r} ({write_failure(uri, e)}); nothing was changed"
+                             f"{f', revision {parent} is still the latest' if parent else ''}") from None
     entry = {
         "revision": (parent or 0) + 1,
         "lance_version": ds.version,
@@ -142,7 +146,11 @@ def commit(
         "rows": rows.num_rows,
         **(extra or {}),
     }
-    write_json_atomic(tdir / "revisions.json", {"revisions": [*log, entry]})
+    try:
+        write_json_atomic(tdir / "revisions.json", {"revisions": [*log, entry]})
+    except OSError as e:
+        raise DataloupeError(f"could not write table {tdir.name!r} ({write_failure(tdir, e)}); nothing was changed"
+                             f"{f', revision {parent} is still the latest' if parent else ''}") from None
     return entry
 
 
