@@ -30,6 +30,14 @@ def _rev(rev: str | None) -> int | str | None:
     return int(rev) if rev is not None and rev.isdigit() else rev
 
 
+def _open_ref(project: Project, name: str, revision: str | None) -> T.Table:
+    """``NAME`` with ``--revision``, or ``NAME@REV`` (a number or a tag), as the README shows."""
+    ref = T.TableRef.parse(name)
+    if ref.revision is not None and revision is not None:
+        raise DataloupeError(f"give the revision once: {name!r} already names one, and --revision {revision}")
+    return T.open_table(project, ref.name, ref.revision if ref.revision is not None else _rev(revision))
+
+
 def _classes(text: str | None) -> list[str] | None:
     return [c.strip() for c in text.split(",") if c.strip()] if text else None
 
@@ -121,8 +129,8 @@ def ls(project: ProjectOpt = None, as_json: JsonOpt = False) -> None:
 @table_app.command("show")
 def show(name: str, revision: RevOpt = None, project: ProjectOpt = None,
          as_json: JsonOpt = False) -> None:
-    """Counts of one revision: rows, labeled, undefined, excluded, per class."""
-    s = T.open_table(project_from(project), name, _rev(revision)).summary()
+    """Counts of one revision (NAME, NAME@REV or NAME@TAG): rows, labeled, undefined, excluded, per class."""
+    s = _open_ref(project_from(project), name, revision).summary()
     if as_json:
         print_json(s)
         return
@@ -301,7 +309,7 @@ def set_classes(
 @table_app.command("export")
 def export(name: str, csv_file: Annotated[Path, typer.Option("--csv", help="Output CSV file.")],
            revision: RevOpt = None, project: ProjectOpt = None) -> None:
-    """Write id,path,label,weight,split (+ metadata) of a revision to CSV."""
-    t = T.open_table(project_from(project), name, _rev(revision))
+    """Write id,path,label,weight,split (+ metadata) of a revision (NAME or NAME@REV) to CSV."""
+    t = _open_ref(project_from(project), name, revision)
     n = T.export_csv(t, csv_file)
-    typer.echo(f"wrote {n} rows of {name} r{t.revision} to {csv_file}")
+    typer.echo(f"wrote {n} rows of {t.name} r{t.revision} to {csv_file}")

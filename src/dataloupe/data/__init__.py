@@ -9,7 +9,7 @@ from dataloupe.data._augment import (
 )
 from dataloupe.data._batch_augment import batch_augment
 from dataloupe.data._cache import DecodedCache, build_cache, cache_bytes, cache_path
-from dataloupe.data._decode import MAX_PIXELS, ImageDecodeError, decode_image
+from dataloupe.data._decode import MAX_PIXELS, ImageDecodeError, decode_image, image_pixels
 from dataloupe.data._loader import (
     LoaderPlan,
     ShardSampler,
@@ -39,6 +39,7 @@ __all__ = [
     "cache_bytes",
     "cache_path",
     "decode_image",
+    "image_pixels",
     "make_loader",
     "mix_transform",
     "normalize_batch",

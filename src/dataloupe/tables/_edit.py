@@ -267,11 +267,12 @@ def _op_mask_and_labels(op: EditOp, rows: pa.Table, tdir: Path, version: int | N
 
 def apply_edits(project: Project, name: str, ops: list[EditOp], *,
                 message: str | Callable[[tuple], str],
-                extra: pa.Table | None = None) -> EditResult:
+                extra: pa.Table | None = None, expected_revision: int | None = None) -> EditResult:
     """Apply ``ops`` in order to the latest revision and commit them as ONE revision.
 
     Each op's predicate sees the rows as the earlier ops left them. Nothing is written if
-    any op is invalid or if nothing changes. ``EditResult.per_op`` lists, per op, its
+    any op is invalid or if nothing changes, or (:class:`StaleRevisionError`) if
+    ``expected_revision`` is given and is not the latest revision once the lock is held. ``EditResult.per_op`` lists, per op, its
     name, rows matched and changes; ``message`` may be a function of that list, so the
     revision message can state what each step changed.
 
@@ -287,6 +288,10 @@ def apply_edits(project: Project, name: str, ops: list[EditOp], *,
     with _store.write_lock(tdir):
         log = _store.read_log(tdir)
         last = log[-1]
+        if expected_revision is not None and expected_revision != last["revision"]:
+            raise _store.StaleRevisionError(
+                f"table {name!r} is at revision {last['revision']}, not {expected_revision}; "
+                "reload to see the newer revision first")
         classes = last["classes"]
         rows = _store.read_rows(tdir, last["lance_version"])
         version: int | None = last["lance_version"]
@@ -325,6 +330,7 @@ def edit_table(
     weight: float | None = None,
     extra: pa.Table | None = None,
     set_label_from: str | None = None,
+    expected_revision: int | None = None,
 ) -> EditResult:
     """Apply one edit to the latest revision of ``name``; commits one revision if anything changes.
 
@@ -341,6 +347,8 @@ def edit_table(
             before ``where`` is evaluated.
         set_label_from: with ``set_label``, take each row's new label from this column of
             ``extra`` (rows where it is null are left alone).
+        expected_revision: refuse (``StaleRevisionError``, nothing written) unless this is
+            still the latest revision when the table's lock is held.
 
     Example:
         >>> edit_table(p, "cm-train", action="exclude", where="label = 'muffin'",
@@ -348,7 +356,7 @@ def edit_table(
     """
     op = EditOp(action, where=where, ids=ids, label=label, weight=weight,
                 set_label_from=set_label_from)
-    return apply_edits(project, name, [op], message=message, extra=extra)
+    return apply_edits(project, name, [op], message=message, extra=extra, expected_revision=expected_revision)
 
 
 def revert_table(project: Project, name: str, revision: int | str, *,

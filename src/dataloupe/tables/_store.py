@@ -46,6 +46,10 @@ class TableConflictError(DataloupeError):
     """Another process holds the table's write lock; retry later."""
 
 
+class StaleRevisionError(DataloupeError):
+    """The edit was made against a revision that is no longer the latest (checked under the lock)."""
+
+
 def check_name(name: str) -> str:
     return _check_name(name, "table")
 
