@@ -81,14 +81,11 @@ def host_refusal(host: str) -> tuple[int, dict]:
     return 403, {"error": msg, "detail": msg}
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
 class BodyLimit:
     """ASGI middleware: a request body larger than ``max_bytes`` gets 413 before it is buffered.
 
-    ``Content-Length`` is checked first; a chunked body is counted as it arrives.
+    ``Content-Length`` is checked first; a body without one (chunked) is read here up to
+    the limit and then handed on, so memory never holds more than ``max_bytes`` of it.
     ``error(message)`` builds the response (each server keeps its own JSON shape).
     """
 
@@ -99,33 +96,33 @@ class BodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         msg = f"request body too large: limit is {self.max_bytes} bytes"
-        length = dict(scope.get("headers") or []).get(b"content-length", b"")
-        if length.isdigit() and int(length) > self.max_bytes:
-            return await self.error(msg)(scope, receive, send)
-        seen = 0
-        started = False
-
-        async def counted():
-            nonlocal seen
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None:
+            if length.isdigit() and int(length) > self.max_bytes:
+                return await self.error(msg)(scope, receive, send)
+            return await self.app(scope, receive, send)
+        chunks, seen = [], 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _BodyTooLarge()
-            return message
+            if message["type"] != "http.request":
+                return  # the client went away
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                return await self.error(msg)(scope, receive, send)
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        replayed = False
 
-        async def tracking_send(message):
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
 
-        try:
-            await self.app(scope, counted, tracking_send)
-        except _BodyTooLarge:
-            if started:
-                raise
-            await self.error(msg)(scope, receive, send)
+        await self.app(scope, replay, send)
 
 
 def check_port_free(host: str, port: int) -> None:

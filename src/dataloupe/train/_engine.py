@@ -374,6 +374,8 @@ def train(project: Project, train_table: str, val_table: str, recipe: Recipe | d
         resume: continue run ``run`` from its last checkpoint.
         force: resume even when the tables changed underneath.
     """
+    if run is not None:
+        _runs.check_run_name(run)  # before anything is read or written
     if isinstance(recipe, str):
         recipe = load_recipe(recipe)
     elif isinstance(recipe, dict):

@@ -364,6 +364,8 @@ def pretrain(project: Project, tables: list[str] | None, config: PretrainConfig 
         resume: continue run ``run`` from ``checkpoints/last.pt``.
         tty: progress bar (True) or plain lines (False); default: whether stderr is a terminal.
     """
+    if run is not None:
+        _runs.check_run_name(run)  # before anything is read or written
     cfg, info = _config_for(project, config, overrides, run, resume)
     refs = list(tables) if tables else [f"{t['table']}@{t['revision']}" for t in info.get("tables", [])]
     ctx = init_distributed(cfg.device)
