@@ -179,7 +179,7 @@ def test_also_a_taken_port_is_a_one_line_error(tmp_path):
         with pytest.raises(DataloupeError, match=f"port {port} on 127.0.0.1 is already in use"):
             check_port_free("127.0.0.1", port)
         r = subprocess.run([sys.executable, "-m", "dataloupe", "ui", "--port", str(port),
-                            "--project", str(tmp_path / "p")], capture_output=True, text=True, timeout=120,
+                            "--project", str(tmp_path / "p")], capture_output=True, text=True, timeout=600,
                            env={"PYTHONPATH": str(__import__("pathlib").Path(__file__).parents[1] / "src"),
                                 "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
     assert r.returncode == 2 and "already in use" in r.stderr and "open http" not in r.stdout

@@ -172,7 +172,7 @@ def _in_small_tmpfs(tmp_path: Path, script: str, size: str = "12m") -> dict:
     (tmp_path / "s.py").write_text(script)
     env = dict(os.environ, PYTHONPATH=str(SRC), MNT=str(mnt), OMP_NUM_THREADS="1")
     cmd = f"mount -t tmpfs -o size={size} none {mnt} && exec {sys.executable} {tmp_path / 's.py'}"
-    r = subprocess.run(["unshare", "-rm", "sh", "-c", cmd], env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(["unshare", "-rm", "sh", "-c", cmd], env=env, capture_output=True, text=True, timeout=900)
     if "mount" in r.stderr and r.returncode != 0 and "Traceback" not in r.stderr:
         pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()[:200]}")
     assert r.returncode == 0, r.stderr

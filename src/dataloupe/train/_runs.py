@@ -69,9 +69,9 @@ def resume_target(project: Project, run: str, resume: bool, *, pretrain: bool,
                 raise DataloupeError(f"run {run!r} already exists (completed): --resume with more epochs to extend"
                                      " it, or use another --run name")
             if done and not force:
+                over = "" if pretrain else ", --force to start it over (its folder is replaced)"
                 raise DataloupeError(f"run {run!r} already exists ({status} after {done} of {info.get('epochs')}"
-                                     " epochs): --resume to continue it, --force to start it over (its folder is"
-                                     " replaced), or use another --run name")
+                                     f" epochs): --resume to continue it{over}, or use another --run name")
             clear_run_folder(folder)  # failed before any epoch, or --force: a fresh start
         return folder, False, None
     if not exists:
