@@ -1,7 +1,8 @@
 """Whether a run folder is in use: one process at a time, and dead runs seen as failed.
 
 The process that trains (or pretrains) a run holds an exclusive ``fcntl`` lock on
-``runs/<run>/.lock`` for as long as it works on the run; the file also holds its pid.
+``runs/.<run>.lock`` for as long as it works on the run; the file also holds its pid. (It
+sits beside the run folder, not in it, so taking it does not make the run exist.)
 The operating system drops the lock when the process ends, however it ends (``kill -9``
 included), so:
 
@@ -21,7 +22,10 @@ from pathlib import Path
 
 from dataloupe.project import DataloupeError
 
-LOCK_NAME = ".lock"
+def lock_path(folder: Path) -> Path:
+    """``runs/.<run>.lock`` for run folder ``runs/<run>``."""
+    folder = Path(folder)
+    return folder.parent / f".{folder.name}.lock"
 DIED = "the process ended before the run finished (killed or crashed)"
 
 
@@ -42,10 +46,10 @@ class RunClaim:
 
 
 def claim(folder: Path, run: str | None = None) -> RunClaim:
-    """Take ``folder``'s run lock (creating the folder); raises :class:`RunBusyError` if held."""
+    """Take ``folder``'s run lock; raises :class:`RunBusyError` if another process holds it."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path(folder), os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -61,7 +65,7 @@ def claim(folder: Path, run: str | None = None) -> RunClaim:
 def is_held(folder: Path) -> bool:
     """True while some process holds ``folder``'s run lock."""
     try:
-        fd = os.open(Path(folder) / LOCK_NAME, os.O_RDONLY)
+        fd = os.open(lock_path(folder), os.O_RDONLY)
     except OSError:
         return False
     try:

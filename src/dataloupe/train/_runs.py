@@ -86,10 +86,8 @@ def resume_target(project: Project, run: str, resume: bool, *, pretrain: bool,
 
 
 def clear_run_folder(folder: Path) -> None:
-    """Remove everything a previous attempt left in ``folder`` (the run's lock stays)."""
+    """Remove everything a previous attempt left in ``folder``."""
     for p in folder.iterdir():
-        if p.name == _runstate.LOCK_NAME:
-            continue
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)
         else:
