@@ -211,7 +211,7 @@ def test_pretrained_run_errors(stage1):
         load("pretrained=run:s1", model="convnet-xs")
     with pytest.raises(DataloupeError, match="made with small_input=true but this model has small_input=false"):
         load("pretrained=run:s1", small=False)
-    with pytest.raises(DataloupeError, match="bad run name"):
+    with pytest.raises(DataloupeError, match="invalid run name"):
         load("pretrained=run:../x")
     # through train: a name that points nowhere leaves no run behind; weights that do not fit fail the run
     with pytest.raises(DataloupeError, match="pretrained=run:nope: unknown run"):

@@ -68,9 +68,13 @@ def test_cli_import_reports_skips_and_strict_fails(cli, digits_dir):
     assert "skipped 0/zero.png" in r.stderr and "5 file(s) skipped" in r.stderr
     r = cli("table", "import", "imagefolder", digits_dir, "--table", "s", "--unlabeled-dir",
             "undefined", "--strict", check=False)
-    assert r.returncode == 1
+    assert r.returncode == 2 and "--strict: nothing was written" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
     show = json.loads(cli("table", "show", "d", "--json").stdout)
     assert show["rows"] == 48 and show["revision"] == 1
+    # issue 14 item 6: a strict import that fails commits nothing
+    names = [t["name"] for t in json.loads(cli("table", "ls", "--json").stdout)]
+    assert names == ["d"]
 
 
 def test_csv_import_export_roundtrip(project, digits_dir, tmp_path):

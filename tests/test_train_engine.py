@@ -103,7 +103,7 @@ def test_out_of_disk_during_checkpoint_write_keeps_the_previous(project, monkeyp
         raise OSError(errno.ENOSPC, "No space left on device")  # ...then the disk is full
 
     monkeypatch.setattr(_checkpoint.torch, "save", full_disk)
-    with pytest.raises(DataloupeError, match="out of disk space.*previous one is intact"):
+    with pytest.raises(DataloupeError, match="disk full.*previous one is intact"):
         train(project, "dig-train", "dig-val", _recipe("epochs=2"), run="r", resume=True, tty=False)
     assert last.read_bytes() == before
     assert torch.load(last, weights_only=True)["epoch"] == 1

@@ -250,12 +250,13 @@ def test_token_guards_every_api_call(proj):
 
 def test_local_server_refuses_foreign_host_headers(proj):
     c = TestClient(create_app(proj[0], allowed_hosts=LOCAL_HOSTS), base_url="http://evil.example")
-    assert c.get("/api/tables").status_code == 400
+    r = c.get("/api/tables")
+    assert r.status_code == 403 and "loopback" in r.json()["error"] == r.json()["detail"]  # as the inference server
     for ok in ("http://127.0.0.1:8765", "http://[::1]:8765", "http://127.0.0.2:8765", "http://localhost"):
         c = TestClient(create_app(proj[0], allowed_hosts=LOCAL_HOSTS), base_url=ok)
         assert c.get("/api/tables").status_code == 200, ok
     c = TestClient(create_app(proj[0], allowed_hosts=LOCAL_HOSTS), base_url="http://127.0.0.1.evil.example")
-    assert c.get("/api/tables").status_code == 400
+    assert c.get("/api/tables").status_code == 403
 
 
 def test_security_rules_for_hosts():

@@ -71,3 +71,79 @@ def token_matches(expected: str, authorization: str | None, query_token: str | N
     if given is None:
         given = query_token
     return given is not None and secrets.compare_digest(given.encode(), expected.encode())
+
+
+def host_refusal(host: str) -> tuple[int, dict]:
+    """The one answer both servers give a request whose ``Host`` is not allowed: 403 and a
+    body that carries the reason under ``error`` (the dashboard's key) and ``detail`` (FastAPI's)."""
+    msg = (f"host {host!r} not allowed: this server answers only requests addressed to a loopback host"
+           " (start it with --token to accept others)")
+    return 403, {"error": msg, "detail": msg}
+
+
+class BodyLimit:
+    """ASGI middleware: a request body larger than ``max_bytes`` gets 413 before it is buffered.
+
+    ``Content-Length`` is checked first; a body without one (chunked) is read here up to
+    the limit and then handed on, so memory never holds more than ``max_bytes`` of it.
+    ``error(message)`` builds the response (each server keeps its own JSON shape).
+    """
+
+    def __init__(self, app, *, max_bytes: int, error):
+        self.app, self.max_bytes, self.error = app, max_bytes, error
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        msg = f"request body too large: limit is {self.max_bytes} bytes"
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None:
+            if length.isdigit() and int(length) > self.max_bytes:
+                return await self.error(msg)(scope, receive, send)
+            return await self.app(scope, receive, send)
+        chunks, seen = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                return await self.error(msg)(scope, receive, send)
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise ``DataloupeError`` (one line) when ``host:port`` cannot be bound, e.g. another
+    program listens there; checked before a server prints its address."""
+    import errno
+    import socket
+
+    from dataloupe.project import DataloupeError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise DataloupeError(f"cannot use host {host!r}: {e.strerror}") from None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            s.bind(addr)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise DataloupeError(f"port {port} on {host} is already in use by another program;"
+                                     " pick another --port") from None
+            raise DataloupeError(f"cannot listen on {host}:{port}: {e.strerror}") from None

@@ -6,7 +6,9 @@ logic of its own beyond parsing arguments and printing results.
 
 from __future__ import annotations
 
+import errno
 import sys
+from typing import Annotated
 
 import typer
 
@@ -19,6 +21,22 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from dataloupe import __version__
+
+        typer.echo(f"dataloupe {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Data-centric image classification: versioned tables, training, analysis, the loop."""
 
 
 def _register_all() -> None:
@@ -48,10 +66,36 @@ def main() -> None:
     except typer.Abort:
         typer.echo("aborted", err=True)
         sys.exit(1)
-    except Exception as e:  # click usage errors carry their own exit codes
+    except _CLICK_ERRORS as e:  # usage mistakes: one line, then where the help is
+        typer.echo(f"error: {_usage_line(e)}", err=True)
+        sys.exit(e.exit_code)
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        typer.echo(f"error: disk full ({e.filename or 'writing'}): {e.strerror}; free some space and retry", err=True)
+        sys.exit(2)
+
+
+def _click_errors() -> tuple[type, ...]:
+    """Click's error base class, as typer raises it (typer may vendor its own copy of click)."""
+    found = {c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"}
+    try:
         import click
 
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
+        found.add(click.ClickException)
+    except ImportError:
+        pass
+    return tuple(found)
+
+
+_CLICK_ERRORS = _click_errors()
+
+
+def _usage_line(e: Exception) -> str:
+    msg = " ".join(e.format_message().split())  # one line
+    ctx = getattr(e, "ctx", None)
+    path = ctx.command_path if ctx is not None else "dataloupe"
+    if type(e).__name__ in ("UsageError", "NoSuchOption", "BadOptionUsage", "BadArgumentUsage",
+                            "MissingParameter", "BadParameter"):
+        return f"{msg} (see `{path} --help`)"
+    return msg

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +21,26 @@ ENV_VAR = "DATALOUPE_PROJECT"
 DEFAULT_DIR = "dataloupe-project"
 
 
+# Table and run names: one rule everywhere (CLI, API, dashboard). ``fullmatch``, so a
+# trailing newline is refused too (``$`` would allow one).
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
 class DataloupeError(Exception):
     """An error with a one-line message meant for the user (the CLI prints it as is)."""
+
+
+def check_name(name: str, what: str = "table") -> str:
+    """Return ``name`` if it is a valid table/run name, else raise :class:`DataloupeError`.
+
+    Example:
+        >>> check_name("cm-train")
+        'cm-train'
+    """
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise DataloupeError(f"invalid {what} name {name!r}: use letters, digits, '_', '-', '.' (not first),"
+                             " at most 128 characters")
+    return name
 
 
 @dataclass(frozen=True)
@@ -59,4 +78,4 @@ class Project:
 
     def images_dir(self, table: str) -> Path:
         """Where images that an importer had to write (e.g. from IDX files) are stored."""
-        return self.root / "images" / table
+        return self.root / "images" / check_name(table)

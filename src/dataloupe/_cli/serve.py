@@ -93,6 +93,9 @@ def serve(
         token, generated = resolve_token(host, token)
     except ValueError as e:
         raise DataloupeError(str(e)) from None
+    from dataloupe._netsafety import check_port_free
+
+    check_port_free(host, port)  # before loading the model and printing an address
     bundle = _bundle(model, project)
     config = ServeConfig(token=token, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
                          max_batch=max_batch, max_wait_ms=max_wait_ms)

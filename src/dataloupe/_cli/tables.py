@@ -30,11 +30,19 @@ def _rev(rev: str | None) -> int | str | None:
     return int(rev) if rev is not None and rev.isdigit() else rev
 
 
+def _open_ref(project: Project, name: str, revision: str | None) -> T.Table:
+    """``NAME`` with ``--revision``, or ``NAME@REV`` (a number or a tag), as the README shows."""
+    ref = T.TableRef.parse(name)
+    if ref.revision is not None and revision is not None:
+        raise DataloupeError(f"give the revision once: {name!r} already names one, and --revision {revision}")
+    return T.open_table(project, ref.name, ref.revision if ref.revision is not None else _rev(revision))
+
+
 def _classes(text: str | None) -> list[str] | None:
     return [c.strip() for c in text.split(",") if c.strip()] if text else None
 
 
-def _report(rep: T.ImportReport, as_json: bool, strict: bool) -> None:
+def _report(rep: T.ImportReport, as_json: bool) -> None:
     if as_json:
         print_json(rep.to_dict())
     else:
@@ -46,8 +54,6 @@ def _report(rep: T.ImportReport, as_json: bool, strict: bool) -> None:
         typer.echo(f"skipped {path}: {reason}", err=True)
     if rep.skipped:
         typer.echo(f"{len(rep.skipped)} file(s) skipped", err=True)
-        if strict:
-            raise typer.Exit(1)
 
 
 @import_app.command("imagefolder")
@@ -59,15 +65,15 @@ def import_imagefolder(
     classes_from: Annotated[Optional[str], typer.Option(help="Take the class order of this table.")] = None,
     split: Annotated[Optional[str], typer.Option(help="Split of the rows (default: from the folder name).")] = None,
     append: Annotated[bool, typer.Option(help="Add the rows to an existing table as one revision.")] = False,
-    strict: Annotated[bool, typer.Option(help="Exit non-zero if any file was skipped.")] = False,
+    strict: Annotated[bool, typer.Option(help="Any skipped file is an error: nothing is written.")] = False,
     project: ProjectOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Import FOLDER/<class>/... (sub-folders are classes)."""
     rep = T.import_imagefolder(project_from(project), folder, table=table,
                                unlabeled_dir=unlabeled_dir, classes=_classes(classes),
-                               classes_from=classes_from, split=split, append=append)
-    _report(rep, as_json, strict)
+                               classes_from=classes_from, split=split, append=append, strict=strict)
+    _report(rep, as_json)
 
 
 @import_app.command("csv")
@@ -79,15 +85,15 @@ def import_csv(
     classes_from: Annotated[Optional[str], typer.Option(help="Take the class order of this table.")] = None,
     split: Annotated[Optional[str], typer.Option(help="Split for rows without a split column.")] = None,
     append: Annotated[bool, typer.Option(help="Add the rows to an existing table as one revision.")] = False,
-    strict: Annotated[bool, typer.Option(help="Exit non-zero if any file was skipped.")] = False,
+    strict: Annotated[bool, typer.Option(help="Any skipped file is an error: nothing is written.")] = False,
     project: ProjectOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Import a CSV with columns path,label (+ weight, split, metadata); empty label = undefined."""
     rep = T.import_csv(project_from(project), csv_file, table=table, root=root,
                        classes=_classes(classes), classes_from=classes_from, split=split,
-                       append=append)
-    _report(rep, as_json, strict)
+                       append=append, strict=strict)
+    _report(rep, as_json)
 
 
 @import_app.command("idx")
@@ -104,7 +110,7 @@ def import_idx(
     """Import MNIST-format IDX files (e.g. Fashion-MNIST, .gz allowed)."""
     rep = T.import_idx(project_from(project), images, labels, table=table,
                        classes=_classes(classes), split=split, limit=limit)
-    _report(rep, as_json, False)
+    _report(rep, as_json)
 
 
 @table_app.command("ls")
@@ -123,8 +129,8 @@ def ls(project: ProjectOpt = None, as_json: JsonOpt = False) -> None:
 @table_app.command("show")
 def show(name: str, revision: RevOpt = None, project: ProjectOpt = None,
          as_json: JsonOpt = False) -> None:
-    """Counts of one revision: rows, labeled, undefined, excluded, per class."""
-    s = T.open_table(project_from(project), name, _rev(revision)).summary()
+    """Counts of one revision (NAME, NAME@REV or NAME@TAG): rows, labeled, undefined, excluded, per class."""
+    s = _open_ref(project_from(project), name, revision).summary()
     if as_json:
         print_json(s)
         return
@@ -173,8 +179,8 @@ def _read_ids(path: Path) -> np.ndarray:
         return np.array([int(x) for x in lines if x and not x.startswith("#")], dtype=np.int64)
     except OSError as e:
         raise DataloupeError(f"cannot read ids file {path}: {e.strerror}") from None
-    except ValueError as e:
-        raise DataloupeError(f"ids file {path} must hold one integer id per line ({e})") from None
+    except (ValueError, OverflowError) as e:
+        raise DataloupeError(f"ids file {path} must hold one integer id (0 .. 2^63-1) per line ({e})") from None
 
 
 def run_metrics(project: Project, run: str, table: str):
@@ -303,7 +309,7 @@ def set_classes(
 @table_app.command("export")
 def export(name: str, csv_file: Annotated[Path, typer.Option("--csv", help="Output CSV file.")],
            revision: RevOpt = None, project: ProjectOpt = None) -> None:
-    """Write id,path,label,weight,split (+ metadata) of a revision to CSV."""
-    t = T.open_table(project_from(project), name, _rev(revision))
+    """Write id,path,label,weight,split (+ metadata) of a revision (NAME or NAME@REV) to CSV."""
+    t = _open_ref(project_from(project), name, revision)
     n = T.export_csv(t, csv_file)
-    typer.echo(f"wrote {n} rows of {name} r{t.revision} to {csv_file}")
+    typer.echo(f"wrote {n} rows of {t.name} r{t.revision} to {csv_file}")

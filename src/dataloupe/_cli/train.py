@@ -34,7 +34,7 @@ def train_cmd(
         help="Run name (default: <recipe>-<n>). Under torchrun use --run-name (torchrun takes --run for --run-path).",
     )] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue run --run from its last checkpoint.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Resume even if the tables changed.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="With --resume: resume even if the tables changed. Without: start a failed or killed run over (its folder is replaced).")] = False,
     project: ProjectOpt = None,
 ) -> None:
     """Train a classifier on table revisions with a recipe (works under torchrun)."""

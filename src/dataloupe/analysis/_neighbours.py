@@ -57,10 +57,13 @@ def outlier_mask(scores: np.ndarray) -> np.ndarray:
     return scores > q3 + 1.5 * (q3 - q1)
 
 
-def content_hashes(paths: list[str | Path]) -> np.ndarray:
-    """SHA-1 of each file's bytes, `(N,)` str (empty string for unreadable files)."""
+def content_hashes(paths: list[str | Path | None]) -> np.ndarray:
+    """SHA-1 of each file's bytes, `(N,)` str (empty string for unreadable files and None)."""
     out = []
     for p in paths:
+        if p is None:
+            out.append("")
+            continue
         try:
             out.append(hashlib.sha1(Path(p).read_bytes()).hexdigest())
         except OSError:

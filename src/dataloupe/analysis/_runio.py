@@ -154,9 +154,16 @@ def sample_set(project: Project, run: str, table: str, classes: list[str], *, ha
         aum = m.column("aum").to_numpy(zero_copy_only=False).astype(np.float64)  # nulls -> NaN
     weights = rows.column("weight").to_numpy()[pos].astype(np.float32)
     paths = np.array(rows.column("path").to_pylist(), dtype=object)[pos]
-    h = content_hashes([t.image_root / p for p in paths]) if hashes else None
+    h = content_hashes([_file_or_none(t, p) for p in paths]) if hashes else None
     return SampleSet(ids=ids, labels=labels, probs=probs, embeddings=emb, aum=aum, weights=weights, hashes=h,
                      probs_source="in-sample" if trained_on else "out-of-sample")
+
+
+def _file_or_none(t, rel: str):
+    try:
+        return t.image_path(rel)
+    except DataloupeError:  # outside the image root: never read
+        return None
 
 
 def load_inputs(project: Project, run: str, *, hashes: bool = True, k: int = 10) -> tuple[AnalysisInputs, dict]:

@@ -9,7 +9,7 @@ from dataloupe.data._augment import (
 )
 from dataloupe.data._batch_augment import batch_augment
 from dataloupe.data._cache import DecodedCache, build_cache, cache_bytes, cache_path
-from dataloupe.data._decode import MAX_PIXELS, ImageDecodeError, decode_image
+from dataloupe.data._decode import MAX_PIXELS, ImageDecodeError, decode_image, image_pixels
 from dataloupe.data._loader import (
     LoaderPlan,
     ShardSampler,
@@ -20,10 +20,14 @@ from dataloupe.data._loader import (
     plan_loader,
 )
 from dataloupe.data._store import EncodedBatch, ImageStore, build_store, fragment_blocks, store_path
-from dataloupe.data._samples import SampleSet, sample_set_from_table
+from dataloupe.data._samples import (MAX_UNREADABLE_SHARE, SampleSet, check_readable, missing_files,
+                                     sample_set_from_table)
 
 __all__ = [
     "MAX_PIXELS",
+    "MAX_UNREADABLE_SHARE",
+    "check_readable",
+    "missing_files",
     "AugmentConfig",
     "DecodedCache",
     "EncodedBatch",
@@ -41,6 +45,7 @@ __all__ = [
     "cache_path",
     "decode_image",
     "fragment_blocks",
+    "image_pixels",
     "make_loader",
     "mix_transform",
     "normalize_batch",

@@ -17,6 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from dataloupe._imagepath import OutsideRootError
+from dataloupe._fileio import write_failure
+from dataloupe.project import DataloupeError
 from dataloupe.data._decode import ImageDecodeError, decode_image
 from dataloupe.data._samples import SampleSet
 
@@ -67,6 +70,42 @@ def _open(path: Path, size: int) -> DecodedCache | None:
     return DecodedCache(images, ids, {int(k): v for k, v in meta["failed"].items()}, path)
 
 
+def _allocate(tmp: Path, nbytes: int) -> None:
+    """Reserve the whole file on disk first: writing through a memory map into a sparse file
+    on a full disk kills the process with SIGBUS; a reservation fails with a message instead."""
+    try:
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.posix_fallocate(fd, 0, nbytes)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise DataloupeError(f"could not build the decoded cache: it needs {nbytes / 1e6:.1f} MB in {tmp.parent}"
+                             f" ({write_failure(tmp, e)}); free space, or train with loader=stream") from None
+
+
+def remove_stale_temp_files(folder: Path) -> list[Path]:
+    """Delete ``*.tmp<pid>`` files left by cache builds whose process is gone (e.g. killed)."""
+    removed = []
+    for p in Path(folder).glob("*.tmp*"):
+        pid = p.name.rpartition(".tmp")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def build_cache(
     samples: SampleSet, size: int, cache_dir: Path, *, threads: int | None = None, progress=None
 ) -> DecodedCache:
@@ -91,18 +130,20 @@ def build_cache(
     if found is not None and np.isin(samples.ids, found.ids).all():
         return found
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(path.parent)
     order = np.argsort(samples.ids, kind="stable")
     ids = samples.ids[order]
     n = len(ids)
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    _allocate(tmp, cache_bytes(max(n, 1), size))
     images = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(max(n, 1), size, size, 3))
     failed: dict[int, str] = {}
 
     def work(j: int) -> None:
         i = order[j]
         try:
-            images[j] = decode_image(samples.root / samples.paths[i], size)
-        except (ImageDecodeError, OSError) as e:
+            images[j] = decode_image(samples.file(i), size)
+        except (ImageDecodeError, OSError, OutsideRootError) as e:
             failed[int(ids[j])] = f"{samples.paths[i]}: {e}"
             images[j] = 0
 
@@ -119,7 +160,12 @@ def build_cache(
             tmp.write_bytes(b"")
         meta = {"ids": ids.tolist(), "size": size, "content_key": samples.content_key, "failed": failed}
         meta_tmp = path.with_name(f"{path.stem}.json.tmp{os.getpid()}")
-        meta_tmp.write_text(json.dumps(meta))
+        try:
+            meta_tmp.write_text(json.dumps(meta))
+        except OSError as e:
+            meta_tmp.unlink(missing_ok=True)
+            raise DataloupeError(f"could not write the decoded cache {path.with_suffix('.json')}"
+                                 f" ({write_failure(path, e)})") from None
         os.replace(tmp, path)
         os.replace(meta_tmp, path.with_suffix(".json"))
     finally:

@@ -42,6 +42,20 @@ def _open(source: str | os.PathLike | bytes) -> Image.Image:
         raise ImageDecodeError(f"not a readable image: {e}") from e
 
 
+def image_pixels(source: str | os.PathLike | bytes) -> int:
+    """Width x height from the image's header, without decoding it (cheap; for admission control).
+
+    Raises:
+        ImageDecodeError: not an image, or more than :data:`MAX_PIXELS` pixels.
+    """
+    img = _open(source)
+    try:
+        w, h = img.size
+        return int(w) * int(h)
+    finally:
+        img.close()
+
+
 def decode_image(source: str | os.PathLike | bytes, size: int) -> np.ndarray:
     """Decode ``source`` to RGB, resize its short side to ``size`` and centre-crop.
 

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dataloupe.data._augment import augment_batch
 from dataloupe.data._cache import DecodedCache, build_cache, cache_bytes
+from dataloupe._imagepath import OutsideRootError
 from dataloupe.data._decode import ImageDecodeError, decode_image
 from dataloupe.data._samples import SampleSet
 from dataloupe.data._store import EncodedBatch, ImageStore, build_store, locality_order
@@ -106,7 +107,7 @@ class _CachedImages(Dataset):
 
 class _StreamedImages(Dataset):
     def __init__(self, samples: SampleSet, size: int, transform):
-        self.root, self.paths, self.size = samples.root, samples.paths, size
+        self.samples, self.paths, self.size = samples, samples.paths, size
         self.labels, self.transform = torch.as_tensor(samples.labels), transform
 
     def __len__(self) -> int:
@@ -114,8 +115,8 @@ class _StreamedImages(Dataset):
 
     def _decode(self, i: int) -> np.ndarray:
         try:
-            return decode_image(self.root / self.paths[i], self.size)
-        except (ImageDecodeError, OSError) as e:
+            return decode_image(self.samples.file(i), self.size)
+        except (ImageDecodeError, OSError, OutsideRootError) as e:
             print(f"warning: skipped pixels of {self.paths[i]} (black image used): {e}", file=sys.stderr)
             return np.zeros((self.size, self.size, 3), dtype=np.uint8)
 

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from dataloupe._imagepath import OutsideRootError, image_file
 from dataloupe.project import DataloupeError
+
+# Rows whose image cannot be read are trained as black images, with a warning each, up to
+# this share of the rows a run uses; beyond it (a moved or deleted image folder) training
+# stops before it starts, naming a few of them.
+MAX_UNREADABLE_SHARE = 0.01
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,10 @@ class SampleSet:
     def trainable(self) -> np.ndarray:
         """``(N,)`` bool: labeled rows with weight > 0 (the only rows ever trained on)."""
         return (self.labels >= 0) & (self.weights > 0)
+
+    def file(self, i: int) -> Path:
+        """The image file of row ``i`` (inside ``root``, or ``OutsideRootError``)."""
+        return image_file(self.root, self.paths[i])
 
     def subset(self, mask: np.ndarray) -> "SampleSet":
         """Rows where ``mask`` holds (content key kept: cache rows are looked up by id)."""
@@ -80,3 +92,35 @@ def sample_set_from_table(table, classes: list[str]) -> SampleSet:
         root=Path(table.image_root),
         content_key=str(table.content_key()),
     )
+
+
+def missing_files(samples: SampleSet, threads: int = 16) -> dict[int, str]:
+    """``{id: reason}`` of rows whose file is absent, not a file, or outside the image root."""
+    def why(i: int) -> str | None:
+        try:
+            return None if samples.file(i).is_file() else "file not found"
+        except OutsideRootError as e:
+            return str(e)
+        except OSError as e:
+            return e.strerror or str(e)
+
+    with ThreadPoolExecutor(max(1, min(threads, (os.cpu_count() or 1) * 4))) as pool:
+        reasons = list(pool.map(why, range(len(samples)), chunksize=256))
+    return {int(samples.ids[i]): f"{samples.paths[i]}: {r}" for i, r in enumerate(reasons) if r is not None}
+
+
+def check_readable(samples: SampleSet, failed: dict[int, str], what: str) -> list[str]:
+    """Warnings for the rows of ``samples`` listed in ``failed`` (``{id: reason}``); raises when
+    they are more than :data:`MAX_UNREADABLE_SHARE` of the rows.
+
+    Example:
+        >>> check_readable(s, missing_files(s), "cm-train@3")  # doctest: +SKIP
+        []
+    """
+    bad = [(i, failed[i]) for i in samples.ids.tolist() if i in failed] if failed else []
+    if len(bad) > MAX_UNREADABLE_SHARE * len(samples):
+        shown = "; ".join(r for _, r in bad[:3])
+        raise DataloupeError(f"{len(bad)} of the {len(samples)} images {what} uses cannot be read ({shown}"
+                             f"{'; ...' if len(bad) > 3 else ''}); fix the files or the image root"
+                             " (`dataloupe table set-root`), or exclude those rows")
+    return [f"warning: id {i} cannot be read (trained as a black image): {r}" for i, r in bad]

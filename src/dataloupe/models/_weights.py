@@ -108,7 +108,8 @@ def _read(path: Path):
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle / zip / safetensors errors of all kinds: one user-facing line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataloupeError(f"cannot read pretrained weights {path}: {first}") from e
+        raise DataloupeError(f"cannot read pretrained weights {path}: not a PyTorch or safetensors weights file"
+                             f" ({type(e).__name__}: {first[:120]})") from e
 
 
 def _dataloupe_state(obj) -> tuple[dict, dict] | None:

@@ -57,22 +57,24 @@ class _Thumbs:
             except (DataloupeError, IndexError):
                 continue
             rows = t.to_arrow(columns=["id", "path"])
-            self.paths[name] = {int(i): t.image_root / p for i, p in
+            self.paths[name] = {int(i): (t, p) for i, p in
                                 zip(rows.column("id").to_pylist(), rows.column("path").to_pylist())}
 
     def img(self, table: str, sid: int) -> str:
         """``table``: a table name or a run role (train/val)."""
         from PIL import Image
 
-        path = self.paths.get(self.roles.get(table, table), {}).get(int(sid))
+        found = self.paths.get(self.roles.get(table, table), {}).get(int(sid))
         try:
-            with Image.open(path) as im:
+            if found is None:
+                raise ValueError("no such sample")
+            with Image.open(found[0].image_path(found[1])) as im:
                 im = im.convert("RGB")
                 im.thumbnail((THUMB, THUMB))
                 buf = io.BytesIO()
                 im.save(buf, format="JPEG", quality=85)
             return f'<img src="{_data_uri(buf.getvalue(), "image/jpeg")}" alt="{table} #{sid}">'
-        except (OSError, TypeError, ValueError):
+        except (OSError, TypeError, ValueError, DataloupeError):
             return f'<div title="image unavailable">#{sid}<br>(no image)</div>'
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+import os
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Annotated, AsyncGenerator
 
@@ -14,9 +15,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from dataloupe.data import ImageDecodeError
-from dataloupe._netsafety import host_header_is_loopback, token_matches
+from dataloupe.data import MAX_PIXELS, ImageDecodeError, image_pixels
+from dataloupe._netsafety import host_header_is_loopback, host_of, host_refusal, token_matches
 from dataloupe.serve._batcher import MicroBatcher, QueueFullError
+from dataloupe.serve._budget import BudgetBusy, DecodeBudget
 from dataloupe.serve._bundle import ModelBundle, top_k
 
 FIELD = "file"
@@ -34,6 +36,11 @@ class ServeConfig:
         max_batch: most images per forward pass (1 = batching off).
         max_wait_ms: how long a batch waits for more requests, milliseconds.
         max_queue: most requests waiting for the model before answering 503.
+        max_decodes: most uploads decoded at once.
+        max_pixels_in_flight: most pixels (width x height, summed) of the uploads being
+            decoded at once; with ``max_decodes`` it bounds the decode memory (~4-8 bytes
+            a pixel). At least :data:`dataloupe.data.MAX_PIXELS`, the largest image accepted.
+        decode_wait_s: how long an upload waits for room to decode before 503 (busy).
         loopback_hosts_only: refuse requests whose ``Host`` header is not a loopback name
             (DNS-rebinding guard; :func:`run_server` turns it on for loopback without a token).
     """
@@ -43,6 +50,9 @@ class ServeConfig:
     max_batch: int = 16
     max_wait_ms: float = 5.0
     max_queue: int = 1024
+    max_decodes: int = field(default_factory=lambda: max(2, min(8, os.cpu_count() or 2)))
+    max_pixels_in_flight: int = 2 * MAX_PIXELS
+    decode_wait_s: float = 5.0
     loopback_hosts_only: bool = False
 
 
@@ -110,6 +120,8 @@ def create_app(bundle: ModelBundle, config: ServeConfig | None = None) -> FastAP
     batcher = MicroBatcher(bundle.predict_proba, max_batch=config.max_batch,
                            max_wait_ms=config.max_wait_ms, max_queue=config.max_queue)
     page = _page()
+    budget = DecodeBudget(max_decodes=config.max_decodes,
+                          max_pixels=max(config.max_pixels_in_flight, MAX_PIXELS), wait_s=config.decode_wait_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -121,13 +133,14 @@ def create_app(bundle: ModelBundle, config: ServeConfig | None = None) -> FastAP
 
     app = FastAPI(title="dataloupe inference", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.batcher = batcher
+    app.state.decode_budget = budget
     app.state.bundle = bundle
 
     @app.middleware("http")
     async def check_access(request: Request, call_next):
         if config.loopback_hosts_only and not host_header_is_loopback(request.headers.get("host")):
-            return JSONResponse({"detail": "this server answers only requests addressed to a loopback host "
-                                 "(start it with --token to accept others)"}, status_code=403)
+            status, body = host_refusal(host_of(request.headers.get("host")))
+            return JSONResponse(body, status_code=status)
         if config.token and request.url.path not in ("/", "/favicon.ico"):
             if not token_matches(config.token, request.headers.get("authorization"),
                                  request.query_params.get("token")):
@@ -150,6 +163,7 @@ def create_app(bundle: ModelBundle, config: ServeConfig | None = None) -> FastAP
             "image_size": bundle.image_size,
             "max_upload_bytes": config.max_upload_bytes,
             "batching": batcher.stats(),
+            "decoding": budget.stats(),
         }
 
     @app.post("/predict")
@@ -158,9 +172,13 @@ def create_app(bundle: ModelBundle, config: ServeConfig | None = None) -> FastAP
         # ?top_k= limits the list; default: every class, so the probabilities sum to 1.
         data = await _read_upload(request, config.max_upload_bytes)
         try:
-            x = await run_in_threadpool(bundle.load_image, data)
+            pixels = image_pixels(data)  # from the header: what decoding will cost
+            async with budget.hold(pixels):
+                x = await run_in_threadpool(bundle.load_image, data)
         except ImageDecodeError as e:
             raise HTTPException(400, _BUFFER_REPR.sub("", str(e))) from None
+        except BudgetBusy as e:
+            raise HTTPException(503, str(e), headers={"Retry-After": "1"}) from None
         try:
             probs = await batcher.submit(x)
         except QueueFullError as e:
@@ -177,11 +195,12 @@ def run_server(bundle: ModelBundle, *, host: str = "127.0.0.1", port: int = 8000
     import uvicorn
 
     from dataloupe.project import DataloupeError
-    from dataloupe._netsafety import is_loopback
+    from dataloupe._netsafety import check_port_free, is_loopback
 
     config = config or ServeConfig()
     if not is_loopback(host) and not config.token:
         raise DataloupeError(f"refusing to serve on {host} without a token (see resolve_token)")
     if not config.token:
         config = replace(config, loopback_hosts_only=True)
+    check_port_free(host, port)
     uvicorn.run(create_app(bundle, config), host=host, port=port, log_level=log_level)

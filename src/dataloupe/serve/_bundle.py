@@ -54,9 +54,22 @@ class ModelBundle:
         """Decode a file path or encoded bytes to one ``(3, S, S)`` input (raises ImageDecodeError)."""
         return self.preprocess(decode_image(source, self.image_size))
 
+    @property
+    def tta_hflip(self) -> bool:
+        """Whether the run evaluated on the mean of each image and its mirror (then so does serving)."""
+        return bool(self.metadata.get("tta_hflip"))
+
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:
-        """``(N, 3, S, S)`` inputs -> softmax probabilities ``(N, K)`` float32."""
-        return softmax(self.forward(np.ascontiguousarray(batch, dtype=np.float32)))
+        """``(N, 3, S, S)`` inputs -> softmax probabilities ``(N, K)`` float32.
+
+        With ``tta_hflip`` the probabilities are the mean over the image and its horizontal
+        mirror, as the run's validation top-1 was measured (``StepOptions.eval_forward``).
+        """
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        probs = softmax(self.forward(x))
+        if self.tta_hflip:
+            probs = (probs + softmax(self.forward(np.ascontiguousarray(x[..., ::-1])))) / 2
+        return probs
 
 
 def preprocess(image: np.ndarray, mean: list[float], std: list[float]) -> np.ndarray:
@@ -134,6 +147,9 @@ def metadata_from_checkpoint(ckpt: dict, run: str | None = None) -> dict[str, An
         "std": [float(v) for v in ckpt["std"]],
         "epoch": ckpt.get("epoch"),
         "val_top1": ckpt.get("val_top1"),
+        # the run evaluated each image with its mirror: predictions average both softmaxes
+        # (load_bundle does; a raw ONNX/TorchScript user must too, to match val_top1)
+        "tta_hflip": bool(ckpt.get("tta_hflip", False)),
         "preprocessing": "dataloupe.data.decode_image(image, image_size) (RGB, short side -> "
         "image_size, centre crop) -> float32 /255 -> (x - mean) / std -> NCHW",
         "input": "float32 (N, 3, image_size, image_size)",

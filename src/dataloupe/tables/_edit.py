@@ -45,16 +45,26 @@ class EditResult:
 def _normalise_rows(rows: pa.Table, classes: list[str], first_id: int, split: str) -> pa.Table:
     if "path" not in rows.column_names:
         raise DataloupeError("rows need a 'path' column")
+    reserved = [c for c in rows.column_names if c.startswith("_") or not c.strip()]
+    if reserved:  # Lance reserves _rowid, _rowaddr, ...; an empty name cannot be selected
+        raise DataloupeError(f"column name(s) {', '.join(map(repr, reserved))} not allowed (names must not be"
+                             " empty or start with '_')")
     n = rows.num_rows
+
+    def column(name: str, typ: pa.DataType, default):
+        if name not in rows.column_names:
+            return default
+        try:
+            return rows[name].cast(typ)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+            raise DataloupeError(f"column {name!r} must hold {typ} values: {str(e).splitlines()[0]}") from None
+
     cols: dict[str, pa.Array] = {
         "id": pa.array(np.arange(first_id, first_id + n, dtype=np.int64)),
-        "path": rows["path"].cast(pa.string()),
-        "label": rows["label"].cast(pa.string()) if "label" in rows.column_names
-        else pa.nulls(n, pa.string()),
-        "weight": rows["weight"].cast(pa.float32()) if "weight" in rows.column_names
-        else pa.array(np.ones(n, np.float32)),
-        "split": rows["split"].cast(pa.string()) if "split" in rows.column_names
-        else pa.array([split] * n, pa.string()),
+        "path": column("path", pa.string(), None),
+        "label": column("label", pa.string(), pa.nulls(n, pa.string())),
+        "weight": column("weight", pa.float32(), pa.array(np.ones(n, np.float32))),
+        "split": column("split", pa.string(), pa.array([split] * n, pa.string())),
     }
     _check_labels(cols["label"], classes)
     w = cols["weight"].to_numpy(zero_copy_only=False)
@@ -84,9 +94,13 @@ def create_table(
     image_root: str | os.PathLike,
     message: str = "import",
     split: str = "train",
+    before_commit: Callable[[], None] | None = None,
 ) -> Table:
     """Create table ``name`` as revision 1 from ``rows`` (columns ``path`` [, ``label``,
     ``weight``, ``split``, metadata...]); ids are assigned 0..N-1.
+
+    ``before_commit`` runs under the table's write lock once the name is known to be free
+    (an importer writes the image files there, so two imports into one name never mix).
 
     Example:
         >>> rows = pa.table({"path": ["a/1.png"], "label": ["a"]})
@@ -100,6 +114,8 @@ def create_table(
         if (tdir / "revisions.json").exists():
             raise DataloupeError(f"table {name!r} already exists (use --append to add rows)")
         table = _normalise_rows(rows, classes, 0, split)
+        if before_commit is not None:
+            before_commit()
         _store.write_settings(tdir, {"image_root": str(Path(image_root).resolve())})
         _store.commit(tdir, table, message=message, changes={"added": table.num_rows},
                       classes=classes, log=[], extra={"next_id": table.num_rows})
@@ -168,7 +184,7 @@ def _filter_joined(rows: pa.Table, extra: pa.Table, where: str) -> np.ndarray:
 
     ds = lance.write_dataset(flat, f"memory://select-{os.getpid()}-{id(flat)}")
     try:
-        return ds.to_table(columns=["id"], filter=where)["id"].to_numpy()
+        return ds.to_table(columns=["id"], filter=_store.whole_predicate(where))["id"].to_numpy()
     except (ValueError, OSError) as e:
         raise DataloupeError(f"invalid predicate {where!r}: {_store._first_line(e)}") from None
 
@@ -251,11 +267,12 @@ def _op_mask_and_labels(op: EditOp, rows: pa.Table, tdir: Path, version: int | N
 
 def apply_edits(project: Project, name: str, ops: list[EditOp], *,
                 message: str | Callable[[tuple], str],
-                extra: pa.Table | None = None) -> EditResult:
+                extra: pa.Table | None = None, expected_revision: int | None = None) -> EditResult:
     """Apply ``ops`` in order to the latest revision and commit them as ONE revision.
 
     Each op's predicate sees the rows as the earlier ops left them. Nothing is written if
-    any op is invalid or if nothing changes. ``EditResult.per_op`` lists, per op, its
+    any op is invalid or if nothing changes, or (:class:`StaleRevisionError`) if
+    ``expected_revision`` is given and is not the latest revision once the lock is held. ``EditResult.per_op`` lists, per op, its
     name, rows matched and changes; ``message`` may be a function of that list, so the
     revision message can state what each step changed.
 
@@ -271,6 +288,10 @@ def apply_edits(project: Project, name: str, ops: list[EditOp], *,
     with _store.write_lock(tdir):
         log = _store.read_log(tdir)
         last = log[-1]
+        if expected_revision is not None and expected_revision != last["revision"]:
+            raise _store.StaleRevisionError(
+                f"table {name!r} is at revision {last['revision']}, not {expected_revision}; "
+                "reload to see the newer revision first")
         classes = last["classes"]
         rows = _store.read_rows(tdir, last["lance_version"])
         version: int | None = last["lance_version"]
@@ -309,6 +330,7 @@ def edit_table(
     weight: float | None = None,
     extra: pa.Table | None = None,
     set_label_from: str | None = None,
+    expected_revision: int | None = None,
 ) -> EditResult:
     """Apply one edit to the latest revision of ``name``; commits one revision if anything changes.
 
@@ -325,6 +347,8 @@ def edit_table(
             before ``where`` is evaluated.
         set_label_from: with ``set_label``, take each row's new label from this column of
             ``extra`` (rows where it is null are left alone).
+        expected_revision: refuse (``StaleRevisionError``, nothing written) unless this is
+            still the latest revision when the table's lock is held.
 
     Example:
         >>> edit_table(p, "cm-train", action="exclude", where="label = 'muffin'",
@@ -332,7 +356,7 @@ def edit_table(
     """
     op = EditOp(action, where=where, ids=ids, label=label, weight=weight,
                 set_label_from=set_label_from)
-    return apply_edits(project, name, [op], message=message, extra=extra)
+    return apply_edits(project, name, [op], message=message, extra=extra, expected_revision=expected_revision)
 
 
 def revert_table(project: Project, name: str, revision: int | str, *,

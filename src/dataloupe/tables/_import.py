@@ -20,7 +20,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 from PIL import Image
 
-from dataloupe.project import DataloupeError, Project
+from dataloupe._imagepath import OutsideRootError, image_file
+from dataloupe.project import DataloupeError, Project, check_name
 from dataloupe.tables._edit import add_rows, create_table
 from dataloupe.tables._table import Table, open_table
 
@@ -62,11 +63,18 @@ def check_image(path: Path) -> tuple[int, int] | str:
         return f"not a readable image ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
 
 
+def _check_inside(root: Path, rel: str) -> tuple[int, int] | str:
+    try:
+        return check_image(image_file(root, rel))
+    except OutsideRootError:
+        return f"outside the image root {root}"
+
+
 def _check_all(root: Path, rels: list[str]) -> tuple[list[int], list[tuple[int, int]], list[tuple[str, str]]]:
     """Decode-check files in parallel (Pillow releases the GIL while decoding)."""
     workers = min(32, (os.cpu_count() or 1) * 2)
     with ThreadPoolExecutor(workers) as pool:
-        results = list(pool.map(lambda r: check_image(root / r), rels, chunksize=64))
+        results = list(pool.map(lambda r: _check_inside(root, r), rels, chunksize=64))
     ok, sizes, skipped = [], [], []
     for i, (rel, res) in enumerate(zip(rels, results)):
         if isinstance(res, str):
@@ -84,12 +92,17 @@ def default_split(folder: Path) -> str:
 
 
 def _finish(project: Project, name: str, rows: pa.Table, *, classes: list[str], root: Path,
-            message: str, split: str, append: bool, skipped: list) -> ImportReport:
+            message: str, split: str, append: bool, skipped: list, strict: bool = False,
+            before_commit=None) -> ImportReport:
+    if strict and skipped:
+        shown = "; ".join(f"{p}: {r}" for p, r in skipped[:3])
+        raise DataloupeError(f"{len(skipped)} file(s) could not be imported ({shown}"
+                             f"{'; ...' if len(skipped) > 3 else ''}); --strict: nothing was written")
     if append:
         t = add_rows(project, name, rows, message=message, split=split)
     else:
         t = create_table(project, name, rows, classes=classes, image_root=root,
-                         message=message, split=split)
+                         message=message, split=split, before_commit=before_commit)
     return ImportReport(t, rows.num_rows, skipped)
 
 
@@ -106,9 +119,12 @@ def import_imagefolder(
     project: Project, folder: str | os.PathLike, *, table: str,
     unlabeled_dir: str | None = None, classes: list[str] | None = None,
     classes_from: str | None = None, split: str | None = None, append: bool = False,
-    message: str | None = None,
+    message: str | None = None, strict: bool = False,
 ) -> ImportReport:
     """Import ``folder/<class>/**/file``; ``folder/<unlabeled_dir>/**`` gives undefined rows.
+
+    Unreadable files (and symlinks that lead out of ``folder``) are skipped and listed;
+    with ``strict`` any skipped file is an error and nothing is written.
 
     Example:
         >>> import_imagefolder(p, "train128", table="cm-train", unlabeled_dir="undefined")  # doctest: +SKIP
@@ -140,18 +156,20 @@ def import_imagefolder(
                      "width": pa.array(wh[:, 0]), "height": pa.array(wh[:, 1])})
     return _finish(project, table, rows, classes=cls, root=root,
                    message=message or f"import imagefolder {root.name}",
-                   split=split or default_split(root), append=append, skipped=skipped)
+                   split=split or default_split(root), append=append, skipped=skipped, strict=strict)
 
 
 def import_csv(
     project: Project, csv_file: str | os.PathLike, *, table: str, root: str | None = None,
     classes: list[str] | None = None, classes_from: str | None = None,
     split: str | None = None, append: bool = False, message: str | None = None,
+    strict: bool = False,
 ) -> ImportReport:
     """Import a CSV with columns ``path,label`` (+ optional ``weight``, ``split``, metadata).
 
     An empty label means undefined; paths are relative to ``root`` (default: the CSV's
-    folder).
+    folder). A path that leads out of ``root`` (``../``, absolute, or through a symlink)
+    is skipped with the reason, like an unreadable file.
     """
     csv_path = Path(csv_file).expanduser().resolve()
     if not csv_path.is_file():
@@ -163,6 +181,9 @@ def import_csv(
             strings_can_be_null=True))
     except (pa.ArrowInvalid, OSError) as e:
         raise DataloupeError(f"cannot read {csv_path.name}: {str(e).splitlines()[0]}") from None
+    twice = sorted({c for c in t.column_names if t.column_names.count(c) > 1})
+    if twice:
+        raise DataloupeError(f"{csv_path.name} has repeated column(s) {', '.join(twice)} in its header")
     for col in ("path", "label"):
         if col not in t.column_names:
             raise DataloupeError(f"{csv_path.name} has no {col!r} column (columns: "
@@ -195,7 +216,7 @@ def import_csv(
     skipped = [(p, r) for _, p, r in bad] + skipped
     return _finish(project, table, rows, classes=cls, root=img_root,
                    message=message or f"import csv {csv_path.name}",
-                   split=split or "train", append=append, skipped=skipped)
+                   split=split or "train", append=append, skipped=skipped, strict=strict)
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -230,6 +251,7 @@ def import_idx(
     decoded cache, thumbnails, the dashboard and the inference server treat IDX data like
     any photo folder. 28x28 PNGs cost ~0.4 KB each and are written once.
     """
+    check_name(table)  # before anything is written: the name becomes a folder
     x, y = read_idx(images), read_idx(labels)
     if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
         raise DataloupeError(f"IDX shapes do not match: images {x.shape}, labels {y.shape}")
@@ -242,20 +264,26 @@ def import_idx(
     out = project.images_dir(table)
     if (project.tables_dir / table / "revisions.json").exists():
         raise DataloupeError(f"table {table!r} already exists")
-    out.mkdir(parents=True, exist_ok=True)
     rels = [f"{i:06d}.png" for i in range(len(x))]
 
     def write(i: int) -> None:
         Image.fromarray(x[i]).save(out / rels[i], optimize=False, compress_level=1)
 
-    with ThreadPoolExecutor(min(16, (os.cpu_count() or 1) * 2)) as pool:
-        list(pool.map(write, range(len(x)), chunksize=256))
+    def write_all() -> None:  # under the new table's lock, after the name was found free
+        out.mkdir(parents=True, exist_ok=True)
+        try:
+            with ThreadPoolExecutor(min(16, (os.cpu_count() or 1) * 2)) as pool:
+                list(pool.map(write, range(len(x)), chunksize=256))
+        except OSError as e:
+            raise DataloupeError(f"cannot write the images of {table!r} under {out}: "
+                                 f"{os.strerror(e.errno) if e.errno else e}") from None
+
     rows = pa.table({"path": pa.array(rels, pa.string()),
                      "label": pa.array([names[v] for v in y], pa.string()),
                      "source_index": pa.array(np.arange(len(x), dtype=np.int64))})
     return _finish(project, table, rows, classes=names, root=out,
                    message=message or f"import idx {Path(images).name}", split=split,
-                   append=False, skipped=[])
+                   append=False, skipped=[], before_commit=write_all)
 
 
 def export_csv(table: Table, path: str | os.PathLike) -> int:
@@ -267,11 +295,14 @@ def export_csv(table: Table, path: str | os.PathLike) -> int:
     order = ["id", "path", "label", "weight", "split"]
     t = t.select(order + [c for c in t.column_names if c not in order])
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(t.column_names)
-        for batch in t.to_batches(65536):
-            cols = [c.to_pylist() for c in batch.columns]
-            w.writerows(["" if v is None else v for v in row] for row in zip(*cols))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(t.column_names)
+            for batch in t.to_batches(65536):
+                cols = [c.to_pylist() for c in batch.columns]
+                w.writerows(["" if v is None else v for v in row] for row in zip(*cols))
+    except OSError as e:
+        raise DataloupeError(f"cannot write {path}: {e.strerror or e}") from None
     return t.num_rows

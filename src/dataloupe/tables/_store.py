@@ -34,10 +34,10 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from dataloupe._fileio import write_json_atomic
+from dataloupe._fileio import write_failure, write_json_atomic
 from dataloupe.project import DataloupeError, Project
+from dataloupe.project import check_name as _check_name
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 LOCK_TIMEOUT_S = 60.0
 CORE_COLUMNS = ("id", "path", "label", "weight", "split")
 
@@ -46,12 +46,12 @@ class TableConflictError(DataloupeError):
     """Another process holds the table's write lock; retry later."""
 
 
+class StaleRevisionError(DataloupeError):
+    """The edit was made against a revision that is no longer the latest (checked under the lock)."""
+
+
 def check_name(name: str) -> str:
-    if not NAME_RE.match(name or ""):
-        raise DataloupeError(
-            f"invalid table name {name!r}: use letters, digits, '_', '-', '.' (not first)"
-        )
-    return name
+    return _check_name(name, "table")
 
 
 def table_dir(project: Project, name: str) -> Path:
@@ -133,8 +133,12 @@ def commit(
     mode = "overwrite" if uri.exists() else "create"
     import lance  # noqa: PLC0415
 
-    ds = lance.write_dataset(rows, uri, mode=mode, data_storage_version="stable")
     parent = log[-1]["revision"] if log else None
+    try:
+        ds = lance.write_dataset(rows, uri, mode=mode, data_storage_version="stable")
+    except OSError as e:  # e.g. a full disk: the log still names the previous revision, which stays intact
+        raise DataloupeError(f"could not write table {tdir.name!r} ({write_failure(uri, e)}); nothing was changed"
+                             f"{f', revision {parent} is still the latest' if parent else ''}") from None
     entry = {
         "revision": (parent or 0) + 1,
         "lance_version": ds.version,
@@ -146,7 +150,11 @@ def commit(
         "rows": rows.num_rows,
         **(extra or {}),
     }
-    write_json_atomic(tdir / "revisions.json", {"revisions": [*log, entry]})
+    try:
+        write_json_atomic(tdir / "revisions.json", {"revisions": [*log, entry]})
+    except OSError as e:
+        raise DataloupeError(f"could not write table {tdir.name!r} ({write_failure(tdir, e)}); nothing was changed"
+                             f"{f', revision {parent} is still the latest' if parent else ''}") from None
     return entry
 
 
@@ -155,13 +163,49 @@ def write_log(tdir: Path, log: list[dict]) -> None:
     write_json_atomic(tdir / "revisions.json", {"revisions": log})
 
 
+def whole_predicate(where: str) -> str:
+    """``where`` made safe to hand to Lance's filter: the whole text must be one expression.
+
+    Lance parses ``SELECT ... WHERE <where>`` and silently ignores what follows the first
+    complete expression (``1=1; DROP TABLE x`` selects every row; ``a = 1) OR (b = 2``
+    selects by ``a = 1`` only). So: parentheses must balance outside quoted text, and the
+    predicate is evaluated inside its own parentheses, where trailing text is a parse error.
+
+    Example:
+        >>> whole_predicate("label = 'a'")
+        "(label = 'a'\n)"
+    """
+    if not where or not where.strip():
+        raise DataloupeError("empty predicate (--where)")
+    depth, quote = 0, None
+    for ch in where:
+        if quote:
+            if ch == quote:
+                quote = None  # a doubled quote ('') closes and reopens: same result
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth < 0:
+                raise DataloupeError(f"invalid predicate {where!r}: ')' without a matching '('")
+        elif ch == ";":
+            raise DataloupeError(f"invalid predicate {where!r}: ';' is not allowed (one expression only)")
+    if quote:
+        raise DataloupeError(f"invalid predicate {where!r}: unterminated {quote}quoted{quote} text")
+    if depth:
+        raise DataloupeError(f"invalid predicate {where!r}: '(' without a matching ')'")
+    return f"({where}\n)"  # newline: a trailing -- comment cannot swallow the parenthesis
+
+
 def read_rows(tdir: Path, lance_version: int, columns: list[str] | None = None,
               where: str | None = None) -> pa.Table:
     import lance  # noqa: PLC0415
 
     ds = lance.dataset(tdir / "data.lance", version=lance_version)
     try:
-        t = ds.to_table(columns=columns, filter=where)
+        t = ds.to_table(columns=columns, filter=None if where is None else whole_predicate(where))
     except (ValueError, OSError) as e:
         raise DataloupeError(f"invalid predicate {where!r}: {_first_line(e)}") from None
     return t

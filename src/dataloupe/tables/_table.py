@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dataloupe._imagepath import image_file
 from dataloupe.project import DataloupeError, Project
 from dataloupe.tables import _store
 
@@ -97,7 +98,8 @@ class Table:
         return [n for n in self.schema().names if n not in _store.CORE_COLUMNS]
 
     def image_path(self, rel: str) -> Path:
-        return self.image_root / rel
+        """The file of stored path ``rel``; raises ``OutsideRootError`` if it leaves the image root."""
+        return image_file(self.image_root, rel)
 
     def content_key(self) -> str:
         """Hash of (id, path) pairs and the image root: equal keys mean equal pixels.

@@ -6,12 +6,12 @@ previous checkpoint untouched.
 
 from __future__ import annotations
 
-import errno
 import os
 from pathlib import Path
 
 import torch
 
+from dataloupe._fileio import write_failure
 from dataloupe.project import DataloupeError
 
 
@@ -30,10 +30,10 @@ def atomic_save(obj, path: Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:  # torch's zip writer raises RuntimeError on a full disk
         tmp.unlink(missing_ok=True)
-        why = "out of disk space" if e.errno == errno.ENOSPC else str(e)
-        raise DataloupeError(f"could not write checkpoint {path} ({why}); the previous one is intact") from e
+        raise DataloupeError(f"could not write checkpoint {path} ({write_failure(path, e)});"
+                             " the previous one is intact") from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

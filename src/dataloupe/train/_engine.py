@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -18,8 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from dataloupe.data import (AugmentConfig, ShardSampler, WeightedEpochSampler, fragment_blocks, make_loader,
-                            mix_transform, open_cache, open_store, plan_loader, sample_transform)
+from dataloupe.data import (AugmentConfig, ShardSampler, WeightedEpochSampler, check_readable, fragment_blocks,
+                            make_loader, missing_files, mix_transform, open_cache, open_store, plan_loader,
+                            sample_transform)
 from dataloupe.models import create_model
 from dataloupe.project import DataloupeError, Project
 from dataloupe.train import _runs
@@ -108,7 +110,7 @@ def build_setup(project: Project, data: TrainData, recipe: Recipe, ctx: DistCont
     plan = plan_loader(all_rows, recipe.image_size, loader=recipe.loader, cache_max_gb=recipe.cache_max_gb,
                        num_workers=recipe.num_workers, cuda=cuda, world_size=ctx.world_size, decode=recipe.decode,
                        per_image_transform=train_tf is not None, large="store")
-    caches = _open_pixels(project, data, recipe, plan, ctx)
+    caches = _open_pixels(project, data, recipe, plan, ctx, used=(train_set, val_set))
     blocks = fragment_blocks(caches[0], train_set) if plan.mode == "store" else None
     draw_weights = balanced_weights(train_set.labels, train_set.weights) if recipe.balance_classes else train_set.weights
     sampler = WeightedEpochSampler(draw_weights, num_replicas=ctx.world_size, rank=ctx.rank, seed=recipe.seed,
@@ -158,8 +160,12 @@ def build_setup(project: Project, data: TrainData, recipe: Recipe, ctx: DistCont
                  ema=WeightEMA(raw, recipe.ema_decay) if recipe.ema_decay > 0 else None)
 
 
-def _open_pixels(project: Project, data: TrainData, recipe: Recipe, plan, ctx: DistContext) -> list:
-    """The decoded caches or training stores of (train, val), built once by the primary process."""
+def _open_pixels(project: Project, data: TrainData, recipe: Recipe, plan, ctx: DistContext, *,
+                 used: tuple | None = None) -> list:
+    """The decoded caches or training stores of (train, val), built once by the primary process.
+
+    ``used``: the (train, val) rows the run reads; unreadable images among them are warned
+    about, and are an error beyond a small share (``check_readable``)."""
     if plan.mode == "stream":
         return [None, None]
     out = []
@@ -174,11 +180,11 @@ def _open_pixels(project: Project, data: TrainData, recipe: Recipe, plan, ctx: D
         if ctx.is_primary() and time.perf_counter() - t0 > 5:
             print(f"prepared {len(samples)} images ({plan.mode}) into {found.path}"
                   f" in {time.perf_counter() - t0:.0f}s", flush=True)
+        rows = used[len(out)] if used is not None else samples
+        warnings = check_readable(rows, found.failed, data.train_table if not out else data.val_table)
         if ctx.is_primary():
-            ids = set(samples.ids.tolist())
-            for rid, why in sorted(found.failed.items()):
-                if rid in ids:
-                    print(f"warning: id {rid} could not be decoded (trained as black): {why}")
+            for line in warnings:
+                print(line, flush=True)
         out.append(found)
     return out
 
@@ -231,7 +237,7 @@ def check_resumable(info: dict, data: TrainData, *, force: bool) -> list[str]:
 
 
 def _start_run(project, data, recipe, run, ctx, *, resume: bool, force: bool):
-    folder, resume, info = _runs.resume_target(project, run, resume, pretrain=False)
+    folder, resume, info = _runs.resume_target(project, run, resume, pretrain=False, force=force)
     if resume:
         changes = check_resumable(info, data, force=force)
         if changes and ctx.is_primary():  # forced: the run now continues on the new revisions; say so
@@ -264,6 +270,16 @@ def train_samples(project: Project, data: TrainData, recipe: Recipe, *, run: str
         raise DataloupeError(f"validation table {data.val_table}@{data.val_revision} has no labeled rows with"
                              " weight > 0")
     check_weight_sources(project, recipe)  # before the run folder exists: a typo leaves nothing behind
+    for used, ref in ((train_set, f"{data.train_table}@{data.train_revision}"),
+                      (val_set, f"{data.val_table}@{data.val_revision}")):
+        check_readable(used, missing_files(used), ref)  # a deleted image folder stops here, before the run
+    with _runs.run_claim(_runs.run_dir(project, run), ctx, run):  # one process per run, released when it ends
+        return _train_claimed(project, data, recipe, run=run, resume=resume, force=force, ctx=ctx, tty=tty,
+                              train_set=train_set, val_set=val_set)
+
+
+def _train_claimed(project: Project, data: TrainData, recipe: Recipe, *, run: str, resume: bool, force: bool,
+                   ctx: DistContext, tty, train_set, val_set) -> dict:
     folder, info = _start_run(project, data, recipe, run, ctx, resume=resume, force=force)
     primary = ctx.is_primary()
     try:
@@ -321,6 +337,7 @@ def _one_epoch(s: Setup, ctx: DistContext, recipe: Recipe, data: TrainData, fold
     msum = ctx.all_reduce_sum(torch.from_numpy(tr["margin_sum"])).numpy()
     mcnt = ctx.all_reduce_sum(torch.from_numpy(tr["margin_count"])).numpy()
     tl, tc, tn, vl, v1, v5, vn, secs = sums.tolist()
+    check_finite_losses(tl / tn, vl / vn if evaluated else 0.0, epoch=epoch, lr=recipe.effective_lr)
     record = {"epoch": epoch, "train_loss": tl / tn, "train_top1": tc / tn}
     if evaluated:
         s.schedule.epoch_end(vl / vn)
@@ -343,6 +360,14 @@ def _one_epoch(s: Setup, ctx: DistContext, recipe: Recipe, data: TrainData, fold
         _write_epoch(s, recipe, data, folder, epoch, record, best, improved, dyn, plot=evaluated)
     ctx.barrier()
     return best
+
+
+def check_finite_losses(train_loss: float, val_loss: float, *, epoch: int, lr: float) -> None:
+    """Stop a diverged run before anything of the epoch is written (no checkpoint of NaN weights)."""
+    if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+        raise DataloupeError(f"training diverged in epoch {epoch}: train loss {train_loss:g}, val loss {val_loss:g};"
+                             f" nothing of this epoch was saved. Lower lr (now {lr:g}) and start again, or"
+                             " --resume from the last good epoch with a lower lr=...")
 
 
 def _write_epoch(s, recipe, data, folder, epoch, record, best, improved, dyn, *, plot: bool = True) -> None:
@@ -382,6 +407,8 @@ def train(project: Project, train_table: str, val_table: str, recipe: Recipe | d
         resume: continue run ``run`` from its last checkpoint.
         force: resume even when the tables changed underneath.
     """
+    if run is not None:
+        _runs.check_run_name(run)  # before anything is read or written
     if isinstance(recipe, str):
         recipe = load_recipe(recipe)
     elif isinstance(recipe, dict):

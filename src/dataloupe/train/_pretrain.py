@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dataloupe.data import SampleSet, ShardSampler, WeightedEpochSampler, make_loader, open_cache, plan_loader
+from dataloupe.data import (SampleSet, ShardSampler, WeightedEpochSampler, check_readable, make_loader, missing_files,
+                            open_cache, plan_loader)
 from dataloupe.models import create_model
 from dataloupe.project import DataloupeError, Project
 from dataloupe.train import _runs
@@ -287,6 +288,14 @@ def pretrain_samples(project: Project, data: PretrainData, config: PretrainConfi
     if n < 2:
         raise DataloupeError(f"tables {', '.join(t['table'] for t in data.tables)} have {n} row(s) with weight > 0;"
                              " pretraining needs at least 2")
+    for used, t in zip(learn, data.tables):  # a deleted image folder stops here, before the run
+        check_readable(used, missing_files(used), f"{t['table']}@{t['revision']}")
+    with _runs.run_claim(_runs.run_dir(project, run), ctx, run):  # one process per run
+        return _pretrain_claimed(project, data, config, run=run, resume=resume, ctx=ctx, tty=tty, learn=learn)
+
+
+def _pretrain_claimed(project: Project, data: PretrainData, config: PretrainConfig, *, run: str, resume: bool,
+                      ctx: DistContext, tty, learn) -> dict:
     folder, resume = _start_run(project, data, config, run, ctx, resume=resume, learn=learn)
     s = build_pretrain_setup(project, data, config, ctx, learn)
     primary = ctx.is_primary()
@@ -355,6 +364,8 @@ def pretrain(project: Project, tables: list[str] | None, config: PretrainConfig 
         resume: continue run ``run`` from ``checkpoints/last.pt``.
         tty: progress bar (True) or plain lines (False); default: whether stderr is a terminal.
     """
+    if run is not None:
+        _runs.check_run_name(run)  # before anything is read or written
     cfg, info = _config_for(project, config, overrides, run, resume)
     refs = list(tables) if tables else [f"{t['table']}@{t['revision']}" for t in info.get("tables", [])]
     ctx = init_distributed(cfg.device)

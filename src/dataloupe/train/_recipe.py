@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -181,6 +182,49 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
     return value
 
 
+MIN_IMAGE_SIZE = 8  # px; below it the networks' downsampling leaves nothing to learn from
+
+
+def _bad(key: str, rule: str, value) -> DataloupeError:
+    return DataloupeError(f"recipe key {key!r}: must be {rule}, got {value}")
+
+
+def _check_numbers(r: Recipe) -> None:
+    """Every number finite, and each within the range where training means something."""
+    for f in dataclasses.fields(r):
+        v = getattr(r, f.name)
+        values = v if isinstance(v, list) else [v]
+        if any(isinstance(x, float) and not math.isfinite(x) for x in values):
+            raise _bad(f.name, "finite", v)
+    if r.image_size < MIN_IMAGE_SIZE:
+        raise _bad("image_size", f">= {MIN_IMAGE_SIZE} (pixels)", r.image_size)
+    if r.min_lr < 0 or (r.scheduler == "cosine" and r.min_lr >= r.effective_lr):
+        raise _bad("min_lr", f">= 0 (and below lr, {r.effective_lr:g}, for cosine)", r.min_lr)
+    for key in ("weight_decay", "rotation", "mixup_alpha", "cutmix_alpha"):
+        if getattr(r, key) < 0:
+            raise _bad(key, ">= 0", getattr(r, key))
+    if not 0.0 <= r.momentum < 1.0:
+        raise _bad("momentum", "in [0, 1)", r.momentum)
+    if not 0.0 < r.plateau_factor < 1.0 or r.plateau_patience < 0:
+        raise DataloupeError(f"recipe keys plateau_factor in (0, 1) and plateau_patience >= 0 are needed; got"
+                             f" {r.plateau_factor}, {r.plateau_patience}")
+    for key in ("grad_clip", "val_batch_size", "lr_reference_batch"):
+        v = getattr(r, key)
+        if v is not None and v <= 0:
+            raise _bad(key, "> 0 (or null)", v)
+    if r.cache_max_gb < 0 or r.log_every <= 0:
+        raise DataloupeError(f"recipe keys cache_max_gb >= 0 and log_every > 0 are needed; got {r.cache_max_gb},"
+                             f" {r.log_every}")
+    if min(r.std) <= 0:
+        raise _bad("std", "3 numbers > 0 (pixels are divided by them)", r.std)
+    if r.rrc_scale is not None and not 0.0 < r.rrc_scale[0] <= r.rrc_scale[1] <= 1.0:
+        raise _bad("rrc_scale", "[min, max] with 0 < min <= max <= 1 (share of the image's area)", r.rrc_scale)
+    if not 0.0 < r.rrc_ratio[0] <= r.rrc_ratio[1]:
+        raise _bad("rrc_ratio", "[min, max] with 0 < min <= max", r.rrc_ratio)
+    if r.color_jitter is not None and min(r.color_jitter) < 0:
+        raise _bad("color_jitter", "4 numbers >= 0", r.color_jitter)
+
+
 def _check(r: Recipe) -> None:
     for key, choices in _CHOICES.items():
         if getattr(r, key) not in choices:
@@ -217,6 +261,7 @@ def _check(r: Recipe) -> None:
                              f" {r.unlabeled_threshold}")
     if r.num_workers is not None and r.num_workers < 0:
         raise DataloupeError(f"recipe key 'num_workers': must be >= 0, got {r.num_workers}")
+    _check_numbers(r)
 
 
 def list_recipes() -> list[str]:

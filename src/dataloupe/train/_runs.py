@@ -9,23 +9,19 @@ import contextlib
 import json
 import os
 import platform
-import re
+import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 import dataloupe
+from dataloupe import _runstate
 from dataloupe._fileio import write_json_atomic
-from dataloupe.project import DataloupeError, Project
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
+from dataloupe.project import DataloupeError, Project, check_name
 
 def check_run_name(name: str) -> str:
-    if not _NAME.match(name):
-        raise DataloupeError(f"bad run name {name!r}: use letters, digits, '.', '_' or '-'")
-    return name
+    return check_name(name, "run")
 
 
 def run_dir(project: Project, name: str) -> Path:
@@ -49,12 +45,15 @@ def hardware() -> dict:
     return info
 
 
-def resume_target(project: Project, run: str, resume: bool, *, pretrain: bool) -> tuple[Path, bool, dict | None]:
+def resume_target(project: Project, run: str, resume: bool, *, pretrain: bool,
+                  force: bool = False) -> tuple[Path, bool, dict | None]:
     """Where run ``run`` lives and whether it really resumes: ``(folder, resume, saved run.json or None)``.
 
-    A run killed before its first write resumes as a fresh start; resuming a missing run, a
-    run of the other kind (training vs ``pretrain``), or starting over an existing one is
-    refused with the command to use.
+    A run killed before its first write resumes as a fresh start. A run that failed (or
+    died) before finishing an epoch holds nothing to keep: starting it again replaces it.
+    Resuming a missing run, a run of the other kind (training vs ``pretrain``), or starting
+    over a run with finished epochs (unless ``force`` and it is not completed) is refused
+    with the command to use. The caller holds the run's claim (:func:`run_claim`).
     """
     folder = run_dir(project, run)
     exists = (folder / "run.json").is_file()
@@ -62,7 +61,18 @@ def resume_target(project: Project, run: str, resume: bool, *, pretrain: bool) -
         resume = False  # killed before its first write: start it afresh
     if not resume:
         if exists:
-            raise DataloupeError(f"run {run!r} already exists (use --resume to continue it, or another --run name)")
+            info = read_run_at(folder)
+            status, done = info.get("status"), int(info.get("epochs_done") or 0)
+            if status == "running":  # we hold the run's claim: whoever wrote "running" is gone
+                status = "failed"
+            if status == "completed":
+                raise DataloupeError(f"run {run!r} already exists (completed): --resume with more epochs to extend"
+                                     " it, or use another --run name")
+            if done and not force:
+                over = "" if pretrain else ", --force to start it over (its folder is replaced)"
+                raise DataloupeError(f"run {run!r} already exists ({status} after {done} of {info.get('epochs')}"
+                                     f" epochs): --resume to continue it{over}, or use another --run name")
+            clear_run_folder(folder)  # failed before any epoch, or --force: a fresh start
         return folder, False, None
     if not exists:
         raise DataloupeError(f"cannot resume: run {run!r} does not exist")
@@ -73,6 +83,38 @@ def resume_target(project: Project, run: str, resume: bool, *, pretrain: bool) -
                              f"run {run!r} is a pretrain run: resume it with"
                              f" `dataloupe pretrain --run {run} --resume`")
     return folder, True, info
+
+
+def clear_run_folder(folder: Path) -> None:
+    """Remove everything a previous attempt left in ``folder``."""
+    for p in folder.iterdir():
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
+@contextlib.contextmanager
+def run_claim(folder: Path, ctx, run: str | None = None):
+    """Hold run ``folder`` for this job (the primary takes the lock; every process learns the outcome).
+
+    Raises:
+        RunBusyError: another live process works on this run; nothing was touched.
+    """
+    held, err = None, None
+    if ctx.is_primary():
+        try:
+            held = _runstate.claim(folder, run)
+        except DataloupeError as e:
+            err = str(e)
+    err = ctx.broadcast_object(err)
+    if err:
+        raise _runstate.RunBusyError(err)
+    try:
+        yield
+    finally:
+        if held is not None:
+            held.release()
 
 
 @contextlib.contextmanager
@@ -103,7 +145,7 @@ def read_run(project: Project, name: str) -> dict:
     if not path.is_file():
         known = ", ".join(list_run_names(project)) or "none"
         raise DataloupeError(f"unknown run {name!r}; known runs: {known}")
-    return json.loads(path.read_text())
+    return _runstate.effective_status(path.parent, json.loads(path.read_text()))
 
 
 def update_run(folder: Path, **fields) -> dict:
@@ -168,5 +210,6 @@ def show_run(project: Project, name: str) -> dict:
 
 
 def read_run_at(folder: Path) -> dict:
+    """``run.json`` of the run in ``folder`` ({} when absent); a dead "running" run reads as failed."""
     path = folder / "run.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return _runstate.effective_status(folder, json.loads(path.read_text())) if path.is_file() else {}

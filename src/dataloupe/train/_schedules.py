@@ -41,9 +41,12 @@ class Schedule:
         total = max(1, epochs * steps_per_epoch)
         self.total = total
         if name == "onecycle":
+            # OneCycleLR divides by each phase's length in steps: each needs more than one step
+            # (a tiny run, e.g. 3 steps, would otherwise die of ZeroDivisionError).
+            pct = min(max(warmup_fraction, 1.5 / (total + 1)), (total - 0.5) / (total + 1))
             self.sched = torch.optim.lr_scheduler.OneCycleLR(
                 # total + 1: OneCycleLR's schedule ends at step total_steps - 1, and we step `total` times
-                optimizer, max_lr=lr, total_steps=total + 1, pct_start=warmup_fraction,
+                optimizer, max_lr=lr, total_steps=total + 1, pct_start=pct,
                 anneal_strategy="cos", div_factor=25.0, final_div_factor=1e4, cycle_momentum=False,
             )
         elif name == "cosine":

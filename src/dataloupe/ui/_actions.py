@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from dataloupe.project import DataloupeError, Project
-from dataloupe.tables import edit_table, open_table
+from dataloupe.tables import StaleRevisionError, edit_table, open_table
 from dataloupe.ui import _runs
 
 # Dashboard action name → (table edit action, needs a label, suggestion kind or None).
@@ -28,7 +28,7 @@ UI_ACTIONS = {
 MAX_IDS = 5_000_000
 
 
-class ConflictError(DataloupeError):
+class ConflictError(StaleRevisionError):
     """The table has a newer revision than the one the request was made against."""
 
 
@@ -61,7 +61,7 @@ def apply_action(project: Project, table: str, req: ActionRequest) -> dict:
     edit_action, needs_label, kind = UI_ACTIONS[req.action]
     t = open_table(project, table)
     if req.expected_revision is not None and req.expected_revision != t.latest_revision:
-        raise ConflictError(
+        raise ConflictError(  # early answer; the edit checks again under the table's lock
             f"table {table!r} is at revision {t.latest_revision}, not {req.expected_revision}; "
             "reload to see the newer revision first")
     ids = _check_ids(t, req.ids)
@@ -93,7 +93,8 @@ def apply_action(project: Project, table: str, req: ActionRequest) -> dict:
     message = (req.message or "").strip() or _default_message(req, len(ids))
     res = edit_table(project, table, action=edit_action, message=message, ids=ids,
                      label=req.label if needs_label else None, extra=extra,
-                     set_label_from="new_label" if extra is not None else None)
+                     set_label_from="new_label" if extra is not None else None,
+                     expected_revision=req.expected_revision)
     return {
         "committed": res.committed,
         "revision": res.table.revision,

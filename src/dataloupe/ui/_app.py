@@ -14,18 +14,21 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Annotated
 
 from fastapi import FastAPI, Query, Request
+from fastapi import Path as FPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
 from dataloupe import __version__
-from dataloupe._netsafety import host_of, is_loopback, token_matches
+from dataloupe._netsafety import BodyLimit, host_of, host_refusal, is_loopback, token_matches
 from dataloupe.loop import apply_answers, review_queue
-from dataloupe.project import DataloupeError, Project
-from dataloupe.tables import annotate, diff_revisions, list_tables, notes_of, open_table, revert_table, tag_counts
+from dataloupe.project import NAME_PATTERN, DataloupeError, Project
+from dataloupe.tables import (StaleRevisionError, annotate, diff_revisions, list_tables, notes_of, open_table,
+                              revert_table, tag_counts)
 from dataloupe.ui import _actions, _images, _loops, _runs, _samples
 from dataloupe.ui._cache import LRU
 from dataloupe.ui._points import build_points
@@ -35,14 +38,22 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")  # Host header names, see host_o
 MUTATION_HEADER = "x-dataloupe"  # custom header: cross-site forms cannot send it
 
 
+MAX_ID = 2**63 - 1  # ids are int64
+MAX_BODY_BYTES = 64 * 1024 * 1024  # request bodies (an action on 5,000,000 ids is ~40 MB of JSON)
+SampleId = Annotated[int, FPath(ge=0, le=MAX_ID)]
+Revision = Annotated[int, Field(strict=True, ge=1, le=MAX_ID)]
+# strict: JSON true or "1" is not the id 1
+StrictId = Annotated[int, Field(strict=True, ge=0, le=MAX_ID)]
+
+
 class ActionBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     action: str
-    ids: list[int] = Field(max_length=_actions.MAX_IDS)
+    ids: list[StrictId] = Field(max_length=_actions.MAX_IDS)
     label: str | None = None
     run: str | None = None
     message: str | None = Field(default=None, max_length=1000)
-    expected_revision: int | None = None
+    expected_revision: Revision | None = None
 
 
 class ReviewAnswer(BaseModel):
@@ -73,7 +84,7 @@ class NotesBody(BaseModel):
 
 class RevertBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    revision: int
+    revision: Revision
     message: str | None = Field(default=None, max_length=1000)
 
 
@@ -82,7 +93,7 @@ class NotFound(DataloupeError):
 
 
 def create_app(project: Project, *, token: str | None = None,
-               allowed_hosts: tuple[str, ...] | None = None) -> FastAPI:
+               allowed_hosts: tuple[str, ...] | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     """Build the dashboard app for ``project``.
 
     Args:
@@ -91,6 +102,7 @@ def create_app(project: Project, *, token: str | None = None,
             ``X-Dataloupe-Token`` header, or ``?token=`` for image URLs).
         allowed_hosts: when set, requests whose ``Host`` header names another host are
             refused (defends a token-less local server against DNS rebinding).
+        max_body_bytes: larger request bodies get 413 before they are read into memory.
 
     ``app.state.prewarm()`` packs the newest run's columns (``dataloupe ui`` runs it in a
     background thread at start-up so the first page load finds them ready).
@@ -108,7 +120,8 @@ def create_app(project: Project, *, token: str | None = None,
         if allowed_hosts is not None:
             host = host_of(request.headers.get("host"))
             if host not in allowed_hosts and not (loopback_only and is_loopback(host)):
-                return _error(400, f"host {host!r} not allowed")
+                status, body = host_refusal(host)
+                return JSONResponse(body, status_code=status)
         if request.url.path.startswith("/api/"):
             if token is not None:
                 given = request.headers.get("x-dataloupe-token") or request.query_params.get("token")
@@ -128,8 +141,10 @@ def create_app(project: Project, *, token: str | None = None,
             status = 404
         elif isinstance(e, _images.ForbiddenPath):
             status = 403
-        elif isinstance(e, _actions.ConflictError):
+        elif isinstance(e, (_actions.ConflictError, StaleRevisionError)):
             status = 409
+        elif isinstance(e, _images.UnreadableImage):
+            status = 422
         return _error(status, str(e))
 
     @app.exception_handler(RequestValidationError)
@@ -139,7 +154,7 @@ def create_app(project: Project, *, token: str | None = None,
         return _error(422, f"invalid request: {where}: {first.get('msg', 'bad value')}")
 
     def table_or_404(name: str):
-        if not _runs.RUN_NAME_RE.match(name) or not (project.tables_dir / name / "revisions.json").is_file():
+        if not NAME_PATTERN.fullmatch(name) or not (project.tables_dir / name / "revisions.json").is_file():
             known = ", ".join(t["name"] for t in list_tables(project)) or "none"
             raise NotFound(f"unknown table {name!r} (known tables: {known})")
         return open_table(project, name)
@@ -165,7 +180,7 @@ def create_app(project: Project, *, token: str | None = None,
         return [t | {"latest_revision": t["revision"]} for t in list_tables(project)]
 
     @app.get("/api/tables/{name}")
-    def table(name: str, revision: int | None = None) -> dict:
+    def table(name: str, revision: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None) -> dict:
         t = table_or_404(name)
         if revision is not None:
             t = t.at(revision)
@@ -176,7 +191,8 @@ def create_app(project: Project, *, token: str | None = None,
         return table_or_404(name).log()
 
     @app.get("/api/tables/{name}/diff")
-    def table_diff(name: str, a: int, b: int | None = None, limit: int = Query(200, ge=0, le=100_000)) -> dict:
+    def table_diff(name: str, a: Annotated[int, Query(ge=1, le=MAX_ID)],
+                   b: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None, limit: int = Query(200, ge=0, le=100_000)) -> dict:
         t = table_or_404(name)
         return diff_revisions(project, name, a, b if b is not None else t.latest_revision).to_dict(limit=limit)
 
@@ -228,7 +244,7 @@ def create_app(project: Project, *, token: str | None = None,
         return notes_of(table_or_404(name), sample_id)
 
     @app.get("/api/tables/{name}/samples/{sample_id}/image")
-    def sample_image(name: str, sample_id: int):
+    def sample_image(name: str, sample_id: SampleId):
         table_or_404(name)
         root, rel = paths.lookup(name, sample_id)
         full = _images.safe_image_path(root, rel)
@@ -236,14 +252,14 @@ def create_app(project: Project, *, token: str | None = None,
                             headers={"Cache-Control": "private, max-age=3600"})
 
     @app.get("/api/tables/{name}/samples/{sample_id}/thumb")
-    def sample_thumb(name: str, sample_id: int, size: int = 96):
+    def sample_thumb(name: str, sample_id: SampleId, size: int = 96):
         table_or_404(name)
         root, rel = paths.lookup(name, sample_id)
         out = _images.thumbnail(project, name, root, rel, sample_id, size)
         return FileResponse(out, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
 
     @app.get("/api/tables/{name}/samples/{sample_id}/history")
-    def sample_history(name: str, sample_id: int) -> dict:
+    def sample_history(name: str, sample_id: SampleId) -> dict:
         t = table_or_404(name)
         return {"id": sample_id, "table": name, "revisions": samples.label_history(t, sample_id)}
 
@@ -263,7 +279,7 @@ def create_app(project: Project, *, token: str | None = None,
                        "trust": _runs.run_trust(project, info)}
 
     @app.get("/api/runs/{run}/points")
-    def run_points(run: str, table: str, revision: int | None = None) -> Response:
+    def run_points(run: str, table: str, revision: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None) -> Response:
         run_or_404(run)
         t = table_or_404(table)
         rev = t.at(revision).revision if revision is not None else t.latest_revision
@@ -303,7 +319,7 @@ def create_app(project: Project, *, token: str | None = None,
         return res | {"message": message}
 
     @app.get("/api/runs/{run}/samples/{sample_id}")
-    def run_sample(run: str, sample_id: int, table: str, k: int = Query(12, ge=0, le=100)) -> dict:
+    def run_sample(run: str, sample_id: SampleId, table: str, k: int = Query(12, ge=0, le=100)) -> dict:
         info = run_or_404(run)
         table_or_404(table)
         return samples.detail(info, table, sample_id, k)
@@ -340,6 +356,7 @@ def create_app(project: Project, *, token: str | None = None,
             pass
 
     app.state.prewarm = prewarm_points
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes, error=lambda msg: _error(413, msg))
     return app
 
 

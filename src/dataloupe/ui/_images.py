@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dataloupe._imagepath import OutsideRootError, image_file
 from dataloupe.project import DataloupeError, Project
-from dataloupe.tables import open_table
+from dataloupe.tables import MAX_PIXELS, open_table
 
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
                ".webp": "image/webp", ".gif": "image/gif", ".bmp": "image/bmp"}
@@ -31,6 +32,10 @@ class ForbiddenPath(DataloupeError):
 
 class SampleNotFound(DataloupeError):
     """No row with this id in the table's latest revision."""
+
+
+class UnreadableImage(DataloupeError):
+    """The file exists but is not a decodable image (corrupt, truncated, or too many pixels)."""
 
 
 class PathIndex:
@@ -66,10 +71,10 @@ class PathIndex:
 
 def safe_image_path(root: Path, rel: str) -> Path:
     """``root / rel`` resolved; raises :class:`ForbiddenPath` if it leaves ``root``."""
-    base = Path(root).resolve()
-    full = (base / rel).resolve()
-    if not full.is_relative_to(base) or full == base:
-        raise ForbiddenPath("image path is outside the table's image root")
+    try:
+        full = image_file(root, rel)
+    except OutsideRootError:
+        raise ForbiddenPath("image path is outside the table's image root") from None
     if full.suffix.lower() not in IMAGE_TYPES:
         raise ForbiddenPath(f"not an image file type: {full.suffix or '(none)'}")
     if not full.is_file():
@@ -91,12 +96,18 @@ def thumbnail(project: Project, table: str, root: Path, rel: str, sample_id: int
     out = project.cache_dir / "ui-thumbs" / table / str(size) / f"{sample_id // 1000}" / f"{sample_id}-{key}.jpg"
     if out.is_file():
         return out
-    with Image.open(src) as im:
-        im.draft("RGB", (size, size))  # JPEG: decode at reduced scale, much faster
-        im = im.convert("RGB")
-        im.thumbnail((size, size), Image.Resampling.BILINEAR)
-        buf = io.BytesIO()
-        im.save(buf, "JPEG", quality=85)
+    try:
+        with Image.open(src) as im:
+            w, h = im.size
+            if w * h > MAX_PIXELS:
+                raise UnreadableImage(f"image too large to show: {w}x{h} pixels (limit {MAX_PIXELS})")
+            im.draft("RGB", (size, size))  # JPEG: decode at reduced scale, much faster
+            im = im.convert("RGB")
+            im.thumbnail((size, size), Image.Resampling.BILINEAR)
+            buf = io.BytesIO()
+            im.save(buf, "JPEG", quality=85)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise UnreadableImage(f"sample {sample_id}: not a readable image ({type(e).__name__})") from None
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_bytes(buf.getvalue())

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import json
 
-from dataloupe.project import DataloupeError, Project
-from dataloupe.ui._runs import RUN_NAME_RE
+from dataloupe.project import NAME_PATTERN, DataloupeError, Project
 
 
 def list_loops(project: Project) -> list[dict]:
@@ -31,7 +30,7 @@ def list_loops(project: Project) -> list[dict]:
 def read_loop(project: Project, name: str) -> dict:
     """``state.json`` of loop ``name`` plus ``review``: ``{iteration: flagged ids}``."""
     folder = project.root / "loops" / name
-    if not RUN_NAME_RE.match(name or "") or not (folder / "state.json").is_file():
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or not (folder / "state.json").is_file():
         known = ", ".join(x["loop"] for x in list_loops(project)) or "none"
         raise DataloupeError(f"unknown loop {name!r} (known loops: {known})")
     try:

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from dataloupe.project import DataloupeError, Project
+from dataloupe._runstate import effective_status
+from dataloupe.project import DataloupeError, Project, check_name
 
-RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,199}$")
 # Finding types shown in the dashboard, in bit order of the ``findings`` column.
 FINDING_TYPES = ("label_issues", "outliers", "near_duplicates", "leakage", "pseudo_labels")
 # Record keys that name a sample of the run's table inside an analysis.json record.
@@ -30,8 +29,7 @@ _DEFAULT_ROLE = {"pseudo_labels": "train"}
 
 def run_dir(project: Project, run: str) -> Path:
     """The folder of ``run``; unknown or malformed names raise :class:`DataloupeError`."""
-    if not RUN_NAME_RE.match(run or ""):
-        raise DataloupeError(f"invalid run name {run!r}")
+    check_name(run, "run")
     d = project.runs_dir / run
     if not (d / "run.json").is_file():
         known = ", ".join(list_run_names(project)) or "none"
@@ -48,7 +46,7 @@ def list_run_names(project: Project) -> list[str]:
 def read_run(project: Project, run: str) -> dict:
     """``run.json`` plus the metrics tables present and whether analysis exists."""
     d = run_dir(project, run)
-    info = _read_json(d / "run.json")
+    info = dict(effective_status(d, _read_json(d / "run.json")))  # a dead "running" run is failed
     info["run"] = info.get("run") or run
     info["metrics_tables"] = metrics_tables(project, run)
     info["has_analysis"] = (d / "analysis.json").is_file()

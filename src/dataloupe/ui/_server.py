@@ -7,7 +7,7 @@ import threading
 import webbrowser
 from dataclasses import dataclass
 
-from dataloupe._netsafety import is_loopback, resolve_token
+from dataloupe._netsafety import check_port_free, is_loopback, resolve_token
 from dataloupe.project import DataloupeError, Project
 from dataloupe.ui._app import LOCAL_HOSTS, create_app
 
@@ -41,6 +41,7 @@ def serve(project: Project, cfg: ServeConfig, echo=print) -> None:
     import uvicorn
 
     token, hosts, generated = resolve_security(cfg)
+    check_port_free(cfg.host, cfg.port)  # before printing an address that another program answers
     app = create_app(project, token=token, allowed_hosts=hosts)
     shown = "localhost" if cfg.host in ("127.0.0.1", "::1") else cfg.host
     url = f"http://{shown}:{cfg.port}/" + (f"?token={token}" if token else "")
