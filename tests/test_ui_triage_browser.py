@@ -12,7 +12,7 @@ import time
 
 import lance
 import pytest
-from test_ui_browser import ARGS, CHROMIUM, Server, _shot
+from test_ui_browser import CHROMIUM, Server, _shot, browser, page  # noqa: F401 (shared fixtures)
 from ui_synth import FASHION, UNDEFINED, make_digits_table, write_digits_run
 
 from dataloupe.project import Project
@@ -40,27 +40,6 @@ def site(tmp_path_factory):
     srv = Server(p)
     yield p, srv, info
     srv.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
-        yield b
-        b.close()
-
-
-@pytest.fixture()
-def page(browser):
-    ctx = browser.new_context(viewport={"width": 1400, "height": 850})
-    pg = ctx.new_page()
-    errors = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    yield pg
-    ctx.close()
-    assert not errors, errors
 
 
 def _open(pg, site, run="run-2", table=None):
