@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import socket
+import struct
 import sys
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -137,3 +139,11 @@ def single_thread():
     """Serve tests run torch on one thread (see :func:`one_thread`); import this into each module."""
     with one_thread():
         yield
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width x height`` pixels (1-bit grey): a decompression bomb."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")

@@ -8,15 +8,14 @@ import asyncio
 import io
 import shutil
 import socket
-import struct
 import subprocess
 import sys
-import zlib
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from _serve_fixtures import png_header_only
 from ui_synth import make_digits_table, write_digits_run
 
 from dataloupe.project import DataloupeError, Project
@@ -27,14 +26,6 @@ from dataloupe.tables import open_table
 from dataloupe.ui import create_app
 
 MUT = {"x-dataloupe": "1"}
-
-
-def _png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose header claims ``width x height`` pixels: a decompression bomb."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +47,7 @@ def test_item13_thumbnails_of_corrupt_and_bomb_images_are_4xx(proj):
     t = open_table(proj, "digits")
     paths = t.to_arrow(columns=["id", "path"]).to_pylist()
     (t.image_root / paths[0]["path"]).write_bytes(b"\x89PNG\r\n\x1a\n garbage")  # corrupt
-    (t.image_root / paths[1]["path"]).write_bytes(_png_header_only(9000, 9000))  # 81 Mpx bomb
+    (t.image_root / paths[1]["path"]).write_bytes(png_header_only(9000, 9000))  # 81 Mpx bomb
     c = TestClient(create_app(proj), raise_server_exceptions=False)
     for row in paths[:2]:
         r = c.get(f"/api/tables/digits/samples/{row['id']}/thumb")

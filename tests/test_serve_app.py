@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import struct
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from _serve_fixtures import DIGIT_CLASSES, digits_run, single_thread  # noqa: F401
+from _serve_fixtures import DIGIT_CLASSES, digits_run, png_header_only, single_thread  # noqa: F401
 from dataloupe.project import DataloupeError, Project
 from dataloupe.serve import MicroBatcher, ServeConfig, create_app, load_bundle, resolve_token, run_server
 from dataloupe._netsafety import host_header_is_loopback, is_loopback
-
-
-def _png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose header claims ``width x height`` pixels (1-bit grey): a decompression bomb."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +58,8 @@ def test_bad_inputs_get_4xx_json_and_server_keeps_serving(bundle, good, tmp_path
         "not an image": ({"file": ("a.png", b"hello, I am text", "image/png")}, 400, "not a readable image"),
         "truncated": ({"file": ("a.png", good[: len(good) // 2], "image/png")}, 400, "not a readable image"),
         "zero bytes": ({"file": ("a.png", b"", "image/png")}, 400, "empty file (0 bytes)"),
-        "bomb (PIL limit)": ({"file": ("b.png", _png_header_only(30_000, 30_000), "image/png")}, 400, "image too large"),
-        "bomb (our limit)": ({"file": ("b.png", _png_header_only(9_000, 9_000), "image/png")}, 400, "image too large"),
+        "bomb (PIL limit)": ({"file": ("b.png", png_header_only(30_000, 30_000), "image/png")}, 400, "image too large"),
+        "bomb (our limit)": ({"file": ("b.png", png_header_only(9_000, 9_000), "image/png")}, 400, "image too large"),
         "over size limit": ({"file": ("big.png", good + b"\0" * (limit + 1), "image/png")}, 413, "file too large"),
         "wrong field": ({"image": ("a.png", good, "image/png")}, 422, "missing multipart field 'file' (got: image)"),
     }
