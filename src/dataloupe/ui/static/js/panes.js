@@ -367,7 +367,8 @@ function perClass(counts, cls) {
     h("tr", {}, ["class", "precision %", "recall %", "F1 %", "support"].map((x) => h("th", {}, x))), rows);
 }
 
-function indexOfId(ids, id) {
+/** Position of `id` in the sorted id column `ids` (binary search), -1 when absent. */
+export function indexOfId(ids, id) {
   let lo = 0, hi = ids.length - 1;
   while (lo <= hi) {
     const mid = (lo + hi) >> 1;

@@ -8,7 +8,7 @@ import { cat, css, fillColors, range, RAMP_LUT, NONE } from "./colors.js";
 import { ImageGrid } from "./grid.js";
 import { Scatter } from "./scatter.js";
 import { h, status, toast } from "./ui.js";
-import { Panes } from "./panes.js";
+import { Panes, indexOfId } from "./panes.js";
 
 const METRICS = ["confidence", "loss", "aum"];
 const COLOR_BY = ["label", "predicted", "correct", "confidence", "loss", "aum", "finding", "cluster", "excluded", "changed"];
@@ -216,14 +216,7 @@ export class RunView {
   }
 
   indexOf(id) {
-    const ids = this.C.id;
-    let lo = 0, hi = ids.length - 1;
-    while (lo <= hi) {
-      const mid = (lo + hi) >> 1;
-      if (ids[mid] === id) return mid;
-      if (ids[mid] < id) lo = mid + 1; else hi = mid - 1;
-    }
-    return -1;
+    return indexOfId(this.C.id, id);
   }
 
   restoreSelection(place) {
