@@ -257,6 +257,13 @@ def test_balanced_weights_give_every_class_the_same_draw_share():
     assert balanced_weights(np.array([0, 1]), np.array([0.0, 1.0])).tolist() == [0.0, 1.0]
 
 
+def test_alignment_prior_follows_the_labels_or_is_uniform():
+    from dataloupe.train._engine import alignment_prior
+    labels, weights = np.array([0, 0, 0, 1]), np.array([1.0, 1.0, 2.0, 4.0])
+    assert alignment_prior(labels, weights, 3).tolist() == pytest.approx([0.5, 0.5, 0.0])
+    assert alignment_prior(labels, weights, 3, "uniform").tolist() == pytest.approx([1 / 3] * 3)
+
+
 def test_strong_view_crop_comes_from_its_own_key():
     from dataloupe.data import AugmentConfig
     from dataloupe.train._epoch import consistency_configs

@@ -82,6 +82,16 @@ def balanced_weights(labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return np.where(present > 0, weights / np.where(present > 0, present, 1.0), 0.0)
 
 
+def alignment_prior(labels: np.ndarray, weights: np.ndarray, k: int, mode: str = "labeled") -> torch.Tensor:
+    """``(k,)`` class prior that distribution alignment pulls the guesses to: the labeled rows'
+    weighted class shares, or uniform (``mode="uniform"``, for a labeled set known to be skewed)."""
+    if mode == "uniform":
+        return torch.full((k,), 1.0 / k)
+    prior = torch.bincount(torch.as_tensor(labels), weights=torch.as_tensor(weights, dtype=torch.float64),
+                           minlength=k).float()
+    return prior / prior.sum()
+
+
 def build_setup(project: Project, data: TrainData, recipe: Recipe, ctx: DistContext, train_set, val_set) -> Setup:
     """Model, optimizer, schedule and loaders for ``recipe`` on this process."""
     if recipe.batch_size % ctx.world_size:
@@ -134,14 +144,11 @@ def build_setup(project: Project, data: TrainData, recipe: Recipe, ctx: DistCont
                                    drop_last=len(pool) >= per_rank * recipe.unlabeled_ratio, pin_memory=cuda)
             weak, strong = consistency_configs(aug, recipe.unlabeled_strong_scale)
             k = len(data.classes)
-            prior = torch.bincount(torch.as_tensor(train_set.labels), weights=torch.as_tensor(train_set.weights),
-                                   minlength=k).float()
-            if recipe.unlabeled_da_prior == "uniform":
-                prior = torch.ones(k)
+            prior = alignment_prior(train_set.labels, train_set.weights, k, recipe.unlabeled_da_prior)
             consistency = Consistency(u_loader, weak, strong, recipe.unlabeled_weight, recipe.unlabeled_threshold,
                                       num_rows=len(pool), num_classes=k, adaptive=recipe.unlabeled_adaptive,
                                       align=recipe.unlabeled_da, temperature=recipe.unlabeled_temperature,
-                                      prior=prior / prior.sum())
+                                      prior=prior)
         elif ctx.is_primary():
             print("note: unlabeled_weight > 0 but the training table has no undefined rows with weight > 0;"
                   " training on labeled rows only", flush=True)
