@@ -246,6 +246,29 @@ def test_consistency_targets_align_adapt_and_soften():
     assert da._guess_mean[0] == pytest.approx(0.9)  # the running mean the next batches are divided by
 
 
+def test_consistency_weight_ramps_up_then_holds():
+    import math
+
+    import torch as T
+
+    from dataloupe.train._epoch import Consistency
+    from dataloupe.train._schedules import Schedule
+
+    c = Consistency(None, None, None, 2.0, 0.0, rampup=0.5)
+    assert c.weight_at(0.0) == pytest.approx(2.0 * math.exp(-5.0))  # near zero at the start
+    assert c.weight_at(0.25) == pytest.approx(2.0 * math.exp(-1.25))
+    assert c.weight_at(0.5) == c.weight_at(0.9) == 2.0  # full weight after the ramp
+    assert Consistency(None, None, None, 2.0, 0.0).weight_at(0.0) == 2.0  # no ramp: full from the start
+    # the schedule's progress counts optimizer steps, for every scheduler kind
+    for name in ("onecycle", "cosine", "none"):
+        opt = T.optim.SGD([T.nn.Parameter(T.zeros(1))], lr=0.1)
+        s = Schedule(name, opt, lr=0.1, epochs=2, steps_per_epoch=5)
+        for _ in range(5):
+            opt.step()
+            s.step()
+        assert s.progress() == pytest.approx(0.5), name
+
+
 def test_balanced_weights_give_every_class_the_same_draw_share():
     from dataloupe.train._engine import balanced_weights
     labels = np.array([0] * 90 + [1] * 10)

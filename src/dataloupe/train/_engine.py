@@ -148,7 +148,8 @@ def build_setup(project: Project, data: TrainData, recipe: Recipe, ctx: DistCont
             consistency = Consistency(u_loader, weak, strong, recipe.unlabeled_weight, recipe.unlabeled_threshold,
                                       num_rows=len(pool), num_classes=k, adaptive=recipe.unlabeled_adaptive,
                                       align=recipe.unlabeled_da, temperature=recipe.unlabeled_temperature,
-                                      prior=prior)
+                                      prior=prior, views=recipe.unlabeled_guess_views,
+                                      rampup=recipe.unlabeled_rampup)
         elif ctx.is_primary():
             print("note: unlabeled_weight > 0 but the training table has no undefined rows with weight > 0;"
                   " training on labeled rows only", flush=True)

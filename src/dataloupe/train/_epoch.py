@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import time
 from dataclasses import dataclass
 
@@ -144,6 +145,8 @@ class Consistency:
     adaptive: str = "none"
     align: bool = False
     temperature: float = 0.0
+    views: int = 1  # weak views averaged into the teacher's guess (MixMatch's K)
+    rampup: float = 0.0  # share of training over which the weight rises to ``weight`` (0: from the start)
     prior: torch.Tensor | None = None  # (K,) class prior for alignment (labeled rows); None: uniform
     _guess_mean: torch.Tensor | None = None
     _decided: torch.Tensor | None = None  # (num_rows,) class each pool row was last confidently given, -1: none
@@ -151,6 +154,14 @@ class Consistency:
     def batches(self):
         while True:
             yield from self.loader
+
+    def weight_at(self, progress: float) -> float:
+        """The loss weight after ``progress`` (0..1) of training: Laine & Aila's sigmoid-shaped
+        ramp-up ``exp(-5 (1 - t)^2)``, so the early, near-random guesses teach little."""
+        if self.rampup <= 0:
+            return self.weight
+        t = min(1.0, progress / self.rampup)
+        return self.weight * math.exp(-5.0 * (1.0 - t) ** 2)
 
     @torch.no_grad()
     def targets(self, guess: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -243,7 +254,9 @@ def train_one_epoch(model: nn.Module, loader, *, optimizer, schedule, opts: Step
             u = opts.pixels(u_images)
             teacher = ema.module if ema is not None else model
             with torch.no_grad(), opts.autocast():
-                guess = torch.softmax(teacher(batch_augment(u, consistency.weak)).float(), 1)
+                # MixMatch's guess: the mean over ``views`` weak draws (a flip and a crop apart).
+                guess = sum(torch.softmax(teacher(batch_augment(u, consistency.weak)).float(), 1)
+                            for _ in range(consistency.views)) / consistency.views
             pseudo, mask = consistency.targets(guess, u_pos)
             strong = batch_augment(u, consistency.strong)
             if opts.channels_last:
@@ -253,7 +266,7 @@ def train_one_epoch(model: nn.Module, loader, *, optimizer, schedule, opts: Step
                 logits, u_logits = both[: len(x)], both[len(x):]
                 sup = F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
                 u_loss = (F.cross_entropy(u_logits.float(), pseudo, reduction="none") * mask).mean()  # soft or hard
-                loss = sup + consistency.weight * u_loss
+                loss = sup + consistency.weight_at(schedule.progress()) * u_loss
             u_used += mask.sum().long()
             u_seen += len(u)
         optimizer.zero_grad(set_to_none=True)

@@ -98,6 +98,8 @@ class Recipe:
     unlabeled_da: bool = False  # distribution alignment: the guesses' running class mean is pulled to the labeled prior
     unlabeled_da_prior: str = "labeled"  # labeled: the labeled rows' class shares | uniform (labels known to be skewed)
     unlabeled_temperature: float = 0.0  # > 0: soft targets (guesses sharpened with this temperature); 0: hard
+    unlabeled_rampup: float = 0.0  # share of training over which the consistency weight ramps up from 0
+    unlabeled_guess_views: int = 1  # weak views whose teacher guesses are averaged (MixMatch's K = 2)
     unlabeled_strong_scale: Optional[list] = None  # crop area of the strong view; None: the recipe's rrc_scale (or [0.35, 1])
     # --- weight averaging
     ema_decay: float = 0.0  # EMA of the weights (e.g. 0.999); evaluation, checkpoints and the consistency teacher use it; 0: off
@@ -255,6 +257,10 @@ def _check(r: Recipe) -> None:
     if not 0.0 <= r.ema_decay < 1.0 or r.unlabeled_temperature < 0:
         raise DataloupeError(f"ema_decay must be in [0, 1) and unlabeled_temperature >= 0; got {r.ema_decay},"
                              f" {r.unlabeled_temperature}")
+    if not 0.0 <= r.unlabeled_rampup <= 1.0:
+        raise DataloupeError(f"recipe key 'unlabeled_rampup' must be in [0, 1], got {r.unlabeled_rampup}")
+    if r.unlabeled_guess_views < 1:
+        raise DataloupeError(f"recipe key 'unlabeled_guess_views' must be >= 1, got {r.unlabeled_guess_views}")
     if r.unlabeled_weight < 0 or r.unlabeled_ratio < 1 or not 0.0 <= r.unlabeled_threshold <= 1.0:
         raise DataloupeError("recipe keys unlabeled_weight >= 0, unlabeled_ratio >= 1 and unlabeled_threshold"
                              f" in [0, 1] are needed; got {r.unlabeled_weight}, {r.unlabeled_ratio},"

@@ -40,6 +40,7 @@ class Schedule:
         self.name = name
         total = max(1, epochs * steps_per_epoch)
         self.total = total
+        self._steps = 0
         if name == "onecycle":
             # OneCycleLR divides by each phase's length in steps: each needs more than one step
             # (a tiny run, e.g. 3 steps, would otherwise die of ZeroDivisionError).
@@ -63,8 +64,14 @@ class Schedule:
         else:
             raise DataloupeError(f"unknown scheduler {name!r}; known: none, onecycle, cosine, plateau")
 
+    def progress(self) -> float:
+        """Share of the planned optimizer steps taken so far (0..1; resumes with the schedule)."""
+        done = getattr(self.sched, "last_epoch", 0) if self.name in ("onecycle", "cosine") else self._steps
+        return min(1.0, max(0, done) / self.total)
+
     def step(self) -> None:
         """After each optimizer step."""
+        self._steps += 1
         if self.name in ("onecycle", "cosine"):
             self.sched.step()
 
