@@ -12,5 +12,5 @@ from dataloupe.models._factory import (
 from dataloupe.models._infer import infer
 from dataloupe.models._weights import HUB_SOURCES, WeightsReport, load_pretrained
 
-__all__ = ["HUB_SOURCES", "BackboneEntry", "Classifier", "backbone_entry", "register_backbone", "WeightsReport", "available_models", "create_model", "infer", "load_pretrained",
-           "supports_small_input"]
+__all__ = ["HUB_SOURCES", "BackboneEntry", "Classifier", "WeightsReport", "available_models", "backbone_entry",
+           "create_model", "infer", "load_pretrained", "register_backbone", "supports_small_input"]

@@ -151,13 +151,14 @@ def _timm_entry(name: str) -> BackboneEntry | None:
     if not _is_timm_name(name):
         return None
     cfg = {}
-    if not name.startswith("hf-hub:"):
+    if not name.startswith("hf-hub:"):  # a hub model's config is online only
         import timm
 
         try:
-            cfg = timm.models.get_pretrained_cfg(name).to_dict() if timm.models.get_pretrained_cfg(name) else {}
-        except (RuntimeError, KeyError, AttributeError):
-            cfg = {}
+            found = timm.models.get_pretrained_cfg(name)
+        except (RuntimeError, KeyError):
+            found = None
+        cfg = found.to_dict() if found is not None else {}
     head = cfg.get("classifier") or ()
     return BackboneEntry(name, functools.partial(_timm_backbone, name), None,
                          (head,) if isinstance(head, str) else tuple(head), str(cfg.get("first_conv") or ""),
