@@ -54,7 +54,7 @@ class StepOptions:
         return next(infer(self._forward(model, return_embedding), [self.inputs(images)], tta=self.tta_hflip,
                           embedding=return_embedding))
 
-    def infer(self, model: nn.Module, loader, *, embedding: bool = False):
+    def infer_loader(self, model: nn.Module, loader, *, embedding: bool = False):
         """:func:`dataloupe.models.infer` over a loader's ``(images, labels, positions)`` batches:
         yields ``(logits, labels, positions)`` or ``(logits, embeddings, labels, positions)``."""
         return infer(self._forward(model, embedding),
@@ -294,7 +294,7 @@ def evaluate(model: nn.Module, loader, *, opts: StepOptions, num_classes: int) -
     model.eval()
     sums = torch.zeros(3, device=opts.device, dtype=torch.float64)  # loss, top-1, top-5 (no per-batch sync)
     count = 0
-    for logits, labels, _ in opts.infer(model, loader):
+    for logits, labels, _ in opts.infer_loader(model, loader):
         y = labels.to(opts.device)
         logits = logits.float()
         sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
@@ -313,7 +313,7 @@ def predict_batches(model: nn.Module, loader, *, opts: StepOptions):
     The streaming form of :func:`predict`: memory holds one batch, whatever the number of rows.
     """
     model.eval()
-    for logits, emb, _, positions in opts.infer(model, loader, embedding=True):
+    for logits, emb, _, positions in opts.infer_loader(model, loader, embedding=True):
         yield positions.numpy(), torch.softmax(logits.float(), 1).cpu().numpy(), emb.float().cpu().numpy()
 
 
