@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from dataloupe.analysis import AnalysisInputs, SampleSet, analyze, knn, reduce
+from dataloupe.analysis import AnalysisInputs, SampleArrays, analyze, knn, reduce
 
 
 def synthetic(n: int, dim: int, *, k: int = 10, seed: int = 0, undefined: float = 0.05, noise: float = 0.1):
@@ -35,7 +35,7 @@ def synthetic(n: int, dim: int, *, k: int = 10, seed: int = 0, undefined: float 
     aum = logits[np.arange(n), labels] - np.where(np.eye(k, dtype=bool)[labels], -np.inf, logits).max(1)
     aum += rng.standard_normal(n).astype(np.float32)
     labels[rng.random(n) < undefined] = -1
-    return SampleSet(ids=np.arange(n), labels=labels, probs=probs.astype(np.float32), embeddings=emb, aum=aum)
+    return SampleArrays(ids=np.arange(n), labels=labels, probs=probs.astype(np.float32), embeddings=emb, aum=aum)
 
 
 def peak_rss_gib() -> float:

@@ -178,7 +178,7 @@ def analyze_worker(a) -> None:
 
 
 def run_analyze(a, project: Project) -> dict:
-    from dataloupe.train import _runs
+    from dataloupe._fileio import write_json_atomic
 
     img = a.work / "img"
     files = tiny_images(img)
@@ -192,7 +192,7 @@ def run_analyze(a, project: Project) -> dict:
         _synthetic_metrics(folder / "metrics" / "big.lance", a.rows, a.dim, 2, centres, True)
         _synthetic_metrics(folder / "metrics" / "bigval.lance", 50_000, a.dim, 3, centres, False)
     gen_s = time.perf_counter() - t0
-    _runs.write_json_atomic(folder / "run.json", {
+    write_json_atomic(folder / "run.json", {
         "run": "synthetic-2048", "status": "completed", "recipe": "synthetic", "train_table": "big",
         "train_revision": 1, "val_table": "bigval", "val_revision": 1, "classes": CLASSES, "seed": 0})
     r = subprocess.run([sys.executable, __file__, "--analyze-worker", "--work", str(a.work)],

@@ -11,7 +11,7 @@ from sklearn.decomposition import PCA
 
 from dataloupe.analysis import (
     AnalysisInputs,
-    SampleSet,
+    SampleArrays,
     analyze,
     cluster_embeddings,
     cluster_stats,
@@ -147,7 +147,7 @@ def test_analyze_cross_fits_memorised_probabilities_for_label_issues(digits):
     classes = [str(c) for c in range(10)]
 
     def issues(source):
-        s = SampleSet(ids=np.arange(len(y)), labels=y, probs=memorised, embeddings=digits["emb"], probs_source=source)
+        s = SampleArrays(ids=np.arange(len(y)), labels=y, probs=memorised, embeddings=digits["emb"], probs_source=source)
         findings, _ = analyze(AnalysisInputs(classes, s), detectors=["label_issues"])
         flagged = np.isin(np.arange(len(y)), [r["id"] for r in findings["label_issues"]])
         return flagged, findings["label_issue_probabilities"]["train"]
@@ -235,8 +235,8 @@ def test_analyze_end_to_end_is_json(digits):
     clf = LogisticRegression(max_iter=500).fit(digits["emb"][tr & (y >= 0)], y[tr & (y >= 0)])
     probs = clf.predict_proba(digits["emb"]).astype(np.float32)
     classes = [str(c) for c in range(10)]
-    train = SampleSet(ids=np.flatnonzero(tr) + 100, labels=y[tr], probs=probs[tr], embeddings=digits["emb"][tr])
-    val = SampleSet(ids=np.flatnonzero(va) + 100, labels=digits["clean"][va], probs=probs[va], embeddings=digits["emb"][va])
+    train = SampleArrays(ids=np.flatnonzero(tr) + 100, labels=y[tr], probs=probs[tr], embeddings=digits["emb"][tr])
+    val = SampleArrays(ids=np.flatnonzero(va) + 100, labels=digits["clean"][va], probs=probs[va], embeddings=digits["emb"][va])
     findings, columns = analyze(AnalysisInputs(classes, train, val), folds=3)
     json.dumps(findings, allow_nan=False)
     issue_ids = {r["id"] for r in findings["label_issues"] if r["table"] == "train"}

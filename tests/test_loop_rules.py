@@ -283,3 +283,34 @@ def test_auto_label_from_label_propagation_agrees_ranks_and_caps_over_the_pool()
     from dataclasses import replace
 
     assert get_rule("auto_label")(replace(ctx, rows=no_b), threshold=0.0, agreement_from="propagation").ops == []
+
+
+def test_undefine_outliers_touches_training_outliers_only():
+    findings = {"outliers": [dict(id=1, table="train", score=3.0), dict(id=5, table="train", score=2.5),
+                             dict(id=2, table="val", score=9.0), dict(id=99, table="train", score=4.0)]}
+    ops = get_rule("undefine_outliers")(_ctx(findings)).ops
+    # id 1 is labeled: undefined; 5 is already undefined; 2 is a validation row; 99 is not in the table
+    assert [(op.action, op.ids.tolist()) for op in ops] == [("undefine", [1])]
+    ops = get_rule("undefine_outliers")(_ctx(findings), labeled_only=False).ops
+    assert [(op.action, sorted(op.ids.tolist())) for op in ops] == [("undefine", [1, 5])]
+    assert get_rule("undefine_outliers")(_ctx({"outliers": [dict(id=2, table="val", score=1.0)]})).ops == []
+
+
+def test_policy_parameters_are_read_from_the_rule_signature(tmp_path):
+    from dataloupe.loop import RuleOutput, rule
+    from dataloupe.loop._policy import rule_parameters
+    from dataloupe.loop._rules import _RULES
+
+    @rule("test_signature_rule")
+    def _r(ctx, min_score: float = 0.0, *, limit: int = 1, **extra) -> RuleOutput:
+        local_variable = limit  # a local name is no parameter
+        return RuleOutput(flagged=[local_variable])
+
+    try:
+        assert rule_parameters(_r) == {"min_score", "limit"}
+        f = tmp_path / "p.yaml"
+        f.write_text("recipe: fashion-mnist\nrules:\n  - rule: test_signature_rule\n    local_variable: 3\n")
+        with pytest.raises(DataloupeError, match="no parameter.*local_variable; valid: limit, min_score"):
+            load_policy(str(f))
+    finally:
+        _RULES.pop("test_signature_rule")

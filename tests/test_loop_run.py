@@ -78,12 +78,14 @@ def test_loop_cli_json_is_the_only_thing_on_stdout(cli, tmp_path):
     from dataloupe.project import Project
 
     make_digit_tables(Project.open(tmp_path / "cliproj"), tmp_path, n_train=100, n_val=50, undefined=20)
-    pol = _policy(tmp_path)
+    _policy(tmp_path)
     r = cli("loop", "--train", "dig-train", "--val", "dig-val", "--policy", str(tmp_path / "tiny.yaml"),
             "--iterations", "1", "--json")
     out = json.loads(r.stdout)  # epoch lines went to stderr
-    assert [row["iteration"] for row in out["iterations"]] == [1] and pol.name == "tiny"
+    assert out["loop"] == "dig-train-tiny"  # the loop is named after the table and the policy file
+    assert [row["iteration"] for row in out["iterations"]] == [1]
     row = out["iterations"][0]
+    assert row["run"] == "dig-train-tiny-it1"
     assert 0 <= row["val_top1"] <= 1 and row["cpu_minutes"] > 0 and row["undefined"] == 20
     assert "epoch=" in r.stderr
     log = cli("table", "log", "dig-train").stdout

@@ -17,7 +17,7 @@ from _train_helpers import FAST, cli, cli_env, make_digit_tables
 from dataloupe import _runstate
 from dataloupe.project import DataloupeError
 from dataloupe.train import load_recipe, train
-from dataloupe.train._runs import read_run, run_dir
+from dataloupe.runs import read_run, run_dir
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from ui_synth import make_digits_table, write_digits_run
 
 from dataloupe.project import DataloupeError, Project
 from dataloupe.tables import add_rows, open_table
-from dataloupe.ui import ServeConfig, create_app, decode, resolve_security
+from dataloupe.ui import DashboardConfig, create_app, decode, resolve_security
 from dataloupe.ui._app import LOCAL_HOSTS
 
 MUT = {"x-dataloupe": "1"}
@@ -89,14 +89,22 @@ def test_set_label_makes_exactly_one_revision_with_its_diff(client, proj):
     assert all(x["label_b"] == "7" for x in d["changed"])
 
 
-@pytest.mark.parametrize("action", ["mark_undefined", "exclude", "include"])
-def test_other_actions_one_revision_each(client, action):
+# action -> the field it changes, and to what (``mark_undefined`` is the older name of ``undefine``)
+@pytest.mark.parametrize("action, field, value", [("undefine", "label", None), ("mark_undefined", "label", None),
+                                                   ("exclude", "weight", 0.0), ("include", "weight", 1.0)])
+def test_other_actions_one_revision_each(client, action, field, value):
     ids = [20, 21]
     if action == "include":
         client.post("/api/tables/digits/actions", json={"action": "exclude", "ids": ids}, headers=MUT)
     before = client.get("/api/tables").json()[0]["revision"]
     r = client.post("/api/tables/digits/actions", json={"action": action, "ids": ids}, headers=MUT).json()
     assert r["committed"] and r["revision"] == before + 1 and r["changed"] == 2
+    d = client.get("/api/tables/digits/diff", params={"a": before, "b": r["revision"]}).json()
+    assert sorted(x["id"] for x in d["changed"]) == ids
+    other = "weight" if field == "label" else "label"
+    for x in d["changed"]:
+        assert x[f"{field}_b"] == value and x[f"{field}_a"] != value  # the named field changed, to the value
+        assert x[f"{other}_b"] == x[f"{other}_a"]  # and nothing else did
 
 
 def test_accept_suggested_labels_uses_the_runs_analysis(client, proj):
@@ -260,13 +268,13 @@ def test_local_server_refuses_foreign_host_headers(proj):
 
 
 def test_security_rules_for_hosts():
-    assert resolve_security(ServeConfig()) == (None, LOCAL_HOSTS, False)
-    assert resolve_security(ServeConfig(host="127.0.0.2")) == (None, LOCAL_HOSTS, False)  # loopback too
-    token, hosts, generated = resolve_security(ServeConfig(host="0.0.0.0"))
+    assert resolve_security(DashboardConfig()) == (None, LOCAL_HOSTS, False)
+    assert resolve_security(DashboardConfig(host="127.0.0.2")) == (None, LOCAL_HOSTS, False)  # loopback too
+    token, hosts, generated = resolve_security(DashboardConfig(host="0.0.0.0"))
     assert generated and len(token) >= 24 and hosts is None
-    assert resolve_security(ServeConfig(host="0.0.0.0", token="given-token")) == ("given-token", None, False)
+    assert resolve_security(DashboardConfig(host="0.0.0.0", token="given-token")) == ("given-token", None, False)
     with pytest.raises(DataloupeError, match="at least 8"):
-        resolve_security(ServeConfig(host="0.0.0.0", token="short"))
+        resolve_security(DashboardConfig(host="0.0.0.0", token="short"))
 
 
 def _free_port() -> int:
@@ -325,7 +333,8 @@ def test_cli_rejects_a_short_token(proj):
 
 
 def test_analysis_records_are_matched_to_the_table_by_run_role():
-    from dataloupe.ui._runs import finding_ids, suggestions, table_roles
+    from dataloupe.runs import table_roles
+    from dataloupe.ui._runs import finding_ids, suggestions
 
     analysis = {
         "label_issues": [{"id": 1, "table": "train", "suggested_label": "a"},
@@ -341,9 +350,9 @@ def test_analysis_records_are_matched_to_the_table_by_run_role():
     assert f == {"label_issues": [1], "outliers": [], "near_duplicates": [4, 5], "leakage": [7], "pseudo_labels": [8]}
     f = {k: v.tolist() for k, v in finding_ids(analysis, val).items()}
     assert f == {"label_issues": [2], "outliers": [3], "near_duplicates": [], "leakage": [6], "pseudo_labels": []}
-    assert suggestions(analysis, "suggested", train) == {1: "a"}
-    assert suggestions(analysis, "suggested", val) == {2: "b"}
-    assert suggestions(analysis, "pseudo", train) == {8: "a"} and suggestions(analysis, "pseudo", val) == {}
+    assert suggestions(analysis, "label_issues", train) == {1: "a"}
+    assert suggestions(analysis, "label_issues", val) == {2: "b"}
+    assert suggestions(analysis, "pseudo_labels", train) == {8: "a"} and suggestions(analysis, "pseudo_labels", val) == {}
 
 
 def test_points_without_map_or_analysis_fall_back_to_pca_of_embeddings(client, proj):

@@ -122,7 +122,7 @@ def test_action_without_selection_asks_with_the_count(page, site):
     n = page.evaluate("__dl.run.visible")
     assert 0 < n <= UNDEFINED
     before = open_table(p, "digits").latest_revision
-    page.click("#act-mark_undefined")
+    page.click("#act-undefine")
     page.wait_for_selector("#confirm-ok")
     assert f"all {n} samples" in page.inner_text("#confirm-text")
     page.click("#confirm-cancel")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import secrets
+from dataclasses import dataclass
 
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
 MIN_TOKEN_CHARS = 8  # same rule as the dashboard
@@ -42,6 +43,50 @@ def resolve_token(host: str, token: str | None) -> tuple[str | None, bool]:
     if is_loopback(host):
         return None, False
     return secrets.token_urlsafe(24), True
+
+
+@dataclass(frozen=True)
+class Access:
+    """How a server started on a host is reached (:func:`access_rule`).
+
+    Attributes:
+        token: what every API call must carry, or None (loopback, no token given).
+        generated: the token was generated here (the server prints it).
+        loopback_only: no token, so only requests addressed to a loopback ``Host`` are
+            answered (the DNS-rebinding guard).
+    """
+
+    token: str | None
+    generated: bool
+    loopback_only: bool
+
+
+def access_rule(host: str, token: str | None, *, generate: bool = True) -> Access:
+    """The host/token rule, applied in this one place for both servers and their CLIs.
+
+    Args:
+        host: the interface the server binds.
+        token: the ``--token`` given, or None.
+        generate: make up a token for a non-loopback host without one (the CLIs); False
+            refuses instead (a library caller must choose its token).
+
+    Raises:
+        DataloupeError: a token shorter than :data:`MIN_TOKEN_CHARS`, or (``generate=False``)
+            a non-loopback host without a token.
+
+    Example:
+        >>> access_rule("127.0.0.1", None)
+        Access(token=None, generated=False, loopback_only=True)
+    """
+    from dataloupe.project import DataloupeError  # noqa: PLC0415
+
+    if not generate and not token and not is_loopback(host):
+        raise DataloupeError(f"refusing to serve on {host} without a token (see resolve_token)")
+    try:
+        token, generated = resolve_token(host, token or None)
+    except ValueError as e:
+        raise DataloupeError(str(e)) from None
+    return Access(token, generated, loopback_only=token is None)
 
 
 def host_of(host_header: str | None) -> str:

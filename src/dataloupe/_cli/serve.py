@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from dataloupe._cli.common import JsonOpt, ProjectOpt, print_json
-from dataloupe.project import DataloupeError, Project
+from dataloupe.project import Project
 
 ModelArg = Annotated[
     str, typer.Argument(help="A run id (uses runs/<run>/checkpoints/best.pt) or an exported model file.")
@@ -87,13 +87,11 @@ def serve(
     project: ProjectOpt = None,
 ) -> None:
     """Serve a demo page and a JSON API (GET /health, POST /predict with field 'file')."""
-    from dataloupe.serve import ServeConfig, resolve_token, run_server
+    from dataloupe._netsafety import access_rule, check_port_free
+    from dataloupe.serve import ServeConfig, run_server
 
-    try:
-        token, generated = resolve_token(host, token)
-    except ValueError as e:
-        raise DataloupeError(str(e)) from None
-    from dataloupe._netsafety import check_port_free
+    access = access_rule(host, token)
+    token, generated = access.token, access.generated
 
     check_port_free(host, port)  # before loading the model and printing an address
     bundle = _bundle(model, project)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -187,9 +186,10 @@ def run_metrics(project: Project, run: str, table: str):
     """The per-sample metrics a run collected on ``table`` (Arrow, without vector columns)."""
     import lance
 
-    path = project.runs_dir / run / "metrics" / f"{table}.lance"
-    if not (project.runs_dir / run).is_dir():
-        raise DataloupeError(f"unknown run {run!r}")
+    from dataloupe import runs
+
+    runs.existing_run_dir(project, run)
+    path = runs.metrics_path(project, run, table)
     if not path.exists():
         raise DataloupeError(f"run {run!r} has no metrics for table {table!r}: "
                              f"run `dataloupe collect {run} --table {table}`")
@@ -199,25 +199,24 @@ def run_metrics(project: Project, run: str, table: str):
 
 
 def analysis_ids(project: Project, spec: str, table: str | None = None) -> np.ndarray:
-    """``RUN:KIND`` -> the sample ids a finding of ``dataloupe analyze`` lists about ``table``
-    (records carry the run role, train/val, or a table name; ids are unique per table)."""
+    """``RUN:KIND`` -> the sample ids a finding of ``dataloupe analyze`` names about ``table``
+    (rows carry the run role, train/val, or a table name; ids are unique per table)."""
+    from dataloupe import runs
+    from dataloupe.analysis import finding_rows, list_detectors
+
     run, sep, kind = spec.partition(":")
     if not sep:
         raise DataloupeError(f"--ids-from-analysis wants RUN:KIND (e.g. a:label_issues), got {spec!r}")
-    path = project.runs_dir / run / "analysis.json"
-    if not path.is_file():
+    folder = runs.existing_run_dir(project, run)
+    found = runs.read_analysis_at(folder)
+    if not found:
         raise DataloupeError(f"run {run!r} has no analysis: run `dataloupe analyze {run}`")
-    found = json.loads(path.read_text())
-    if kind not in found:
-        raise DataloupeError(f"analysis of {run!r} has no {kind!r} (has: {', '.join(found)})")
-    items = found[kind]
-    if isinstance(items, dict):
-        items = items.get("items") or items.get("samples") or []
-    info_path = project.runs_dir / run / "run.json"
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    names = {table} | {role for role in ("train", "val") if info.get(f"{role}_table") == table}
-    return np.array([int(r["id"]) for r in items if isinstance(r, dict) and "id" in r
-                     and r.get("table", table) in names], np.int64)
+    kinds = list_detectors(per_sample=True)
+    if kind not in found or kind not in kinds:
+        raise DataloupeError(f"analysis of {run!r} has no per-sample finding {kind!r}"
+                             f" (has: {', '.join(k for k in kinds if k in found)})")
+    roles = None if table is None else runs.table_roles(runs.read_run_at(folder), table)
+    return np.array([r.id for r in finding_rows(found, kind, roles)], np.int64)
 
 
 @table_app.command("edit")

@@ -38,7 +38,8 @@ def train_cmd(
     project: ProjectOpt = None,
 ) -> None:
     """Train a classifier on table revisions with a recipe (works under torchrun)."""
-    from dataloupe.train import _runs, load_recipe, train as train_fn
+    from dataloupe import runs as _runs
+    from dataloupe.train import load_recipe, train as train_fn
 
     p = project_from(project)
     if resume:
@@ -103,7 +104,7 @@ def collect_cmd(
 @runs_app.command("ls")
 def runs_ls(project: ProjectOpt = None, as_json: JsonOpt = False) -> None:
     """List runs."""
-    from dataloupe.train import list_runs
+    from dataloupe.runs import list_runs
 
     rows = list_runs(project_from(project))
     if as_json:
@@ -125,7 +126,7 @@ def runs_ls(project: ProjectOpt = None, as_json: JsonOpt = False) -> None:
 @runs_app.command("show")
 def runs_show(run: str, project: ProjectOpt = None, as_json: JsonOpt = False) -> None:
     """Show one run: provenance, status, history, plots."""
-    from dataloupe.train import show_run
+    from dataloupe.runs import show_run
 
     info = show_run(project_from(project), run)
     if as_json:

@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
         project: ProjectOpt = None,
     ) -> None:
         """Serve the dashboard: embedding map, filters, image grid, edits as revisions."""
-        from dataloupe.ui import ServeConfig, serve
+        from dataloupe.ui import DashboardConfig, serve
 
-        serve(project_from(project), ServeConfig(host=host, port=port, token=token, open_browser=open_browser),
+        serve(project_from(project), DashboardConfig(host=host, port=port, token=token, open_browser=open_browser),
               echo=typer.echo)

@@ -9,15 +9,16 @@ from dataloupe.analysis._base import (
     UNDEFINED,
     AnalysisInputs,
     Detector,
-    SampleSet,
+    FindingRow,
+    SampleArrays,
     get_detector,
     list_detectors,
     register_detector,
 )
 from dataloupe.analysis._clusters import cluster_embeddings, cluster_stats
 from dataloupe.analysis._crossfit import crossfit_probs
-from dataloupe.analysis._detectors import DetectorResult, analyze, with_crossfit
-from dataloupe.analysis._knn import knn, l2_normalize
+from dataloupe.analysis._detectors import DetectorResult, analyze, finding_rows, with_crossfit
+from dataloupe.analysis._knn import knn, l2_normalize, neighbour_votes
 from dataloupe.analysis._maps import METHODS, reduce
 from dataloupe.analysis._label_issues import (
     LabelIssues,
@@ -41,10 +42,10 @@ from dataloupe.analysis._taxonomy import error_taxonomy, load_real_labels, real_
 
 __all__ = [
     "model_trust",
-    "METHODS", "reduce", "analyze_run", "export_run_csv", "reduce_run", "UNDEFINED", "AnalysisInputs", "Detector", "DetectorResult", "analyze", "with_crossfit",
-    "error_taxonomy", "load_real_labels", "real_accuracy", "topk_accuracy", "LabelIssues", "SampleSet",
+    "METHODS", "reduce", "analyze_run", "export_run_csv", "reduce_run", "UNDEFINED", "AnalysisInputs", "Detector", "DetectorResult", "FindingRow", "analyze", "finding_rows", "with_crossfit",
+    "error_taxonomy", "load_real_labels", "real_accuracy", "topk_accuracy", "LabelIssues", "SampleArrays",
     "cluster_embeddings", "duplicate_threshold", "cluster_stats", "content_hashes", "crossfit_probs",
-    "estimate_num_label_errors", "find_label_issues", "get_detector", "knn", "knn_label_probs", "l2_normalize",
+    "estimate_num_label_errors", "find_label_issues", "get_detector", "knn", "knn_label_probs", "l2_normalize", "neighbour_votes",
     "label_issue_scores", "leakage_pairs", "list_detectors", "near_duplicate_pairs",
     "outlier_mask", "outlier_scores", "precision_threshold", "pseudo_label", "register_detector",
 ]

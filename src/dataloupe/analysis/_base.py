@@ -23,7 +23,7 @@ UNDEFINED = -1  # label index of an undefined (unlabeled) row
 
 
 @dataclass
-class SampleSet:
+class SampleArrays:
     """Per-sample arrays of one table as the run saw it (row i of every array = one sample).
 
     Attributes:
@@ -47,7 +47,10 @@ class SampleSet:
     weights: np.ndarray | None = None
     hashes: np.ndarray | None = None
     probs_source: str = "out-of-sample"
-    _knn: dict = field(default_factory=dict, repr=False)
+    # Caches, one kind each: kNN graphs by k (valid while the embeddings are), and label
+    # issues by k (valid while the probabilities are too).
+    _knn_graphs: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
+    _label_issues: dict[int, tuple] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.ids = np.asarray(self.ids, dtype=np.int64)
@@ -74,11 +77,11 @@ class SampleSet:
         """Cached cosine kNN of the set with itself: `(sims (N, k), idx (N, k))`."""
         if self.embeddings is None:
             raise DataloupeError("this finding needs embeddings; the metrics have none")
-        best = max((kk for kk in self._knn if isinstance(kk, int) and kk >= k), default=None)
+        best = max((kk for kk in self._knn_graphs if kk >= k), default=None)
         if best is None:
-            self._knn[k] = knn(self.embeddings, k=k)
+            self._knn_graphs[k] = knn(self.embeddings, k=k)
             best = k
-        sims, idx = self._knn[best]
+        sims, idx = self._knn_graphs[best]
         return sims[:, :k], idx[:, :k]
 
 
@@ -96,20 +99,53 @@ class AnalysisInputs:
     """
 
     classes: list[str]
-    train: SampleSet
-    val: SampleSet | None = None
+    train: SampleArrays
+    val: SampleArrays | None = None
     real_labels: list[list[int]] | None = None
     k: int = 10
     seed: int = 0
 
 
+@dataclass(frozen=True)
+class FindingRow:
+    """One sample a finding names, in the shape every finding type shares (cleanlab Datalab's
+    ``is_<name>_issue`` / ``<name>_score`` columns), so the dashboard, the report, the loop
+    rules and the CLI read findings without guessing keys.
+
+    Attributes:
+        id: the sample's table row id (ids are unique within one table only).
+        table: the run role (``"train"`` / ``"val"``) or table name the id belongs to.
+        score: how strongly the sample is flagged (label-issue score, outlier score, pair
+            similarity, pseudo-label confidence), or None when the finding has none.
+        flagged: whether the finding flags the sample (every row ``analyze`` stores is).
+        suggested_label: the class the finding proposes (label issues, pseudo-labels), or None.
+    """
+
+    id: int
+    table: str
+    score: float | None = None
+    flagged: bool = True
+    suggested_label: str | None = None
+
+
 class Detector:
-    """Base class: one named finding computed from ``AnalysisInputs``."""
+    """Base class: one named finding computed from ``AnalysisInputs``.
+
+    ``find`` computes the finding's JSON-ready records (the ``analysis.json`` section);
+    ``rows`` reads such records back as :class:`FindingRow` s. ``per_sample`` detectors
+    name samples (their rows are shown per sample); the others (clusters, taxonomy)
+    summarise and yield no rows.
+    """
 
     name: ClassVar[str] = ""
+    per_sample: ClassVar[bool] = True
 
     def find(self, inputs: AnalysisInputs) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def rows(self, records: Any) -> list[FindingRow]:
+        """The samples ``records`` (this finding's ``analysis.json`` section) name."""
+        return []
 
 
 _REGISTRY: dict[str, type[Detector]] = {}
@@ -123,9 +159,11 @@ def register_detector(cls: type[Detector]) -> type[Detector]:
     return cls
 
 
-def list_detectors() -> list[str]:
-    """Names of the registered detectors, in the order ``analyze`` runs them."""
-    return list(_REGISTRY)
+def list_detectors(*, per_sample: bool | None = None) -> list[str]:
+    """Names of the registered detectors, in the order ``analyze`` runs them; ``per_sample``
+    True keeps those whose findings name samples (in a fixed order: the dashboard's
+    ``findings`` bits), False those that summarise."""
+    return [n for n, cls in _REGISTRY.items() if per_sample is None or cls.per_sample == per_sample]
 
 
 def get_detector(name: str) -> Detector:

@@ -11,7 +11,15 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from dataloupe.analysis._base import AnalysisInputs, Detector, SampleSet, get_detector, list_detectors, register_detector
+from dataloupe.analysis._base import (
+    AnalysisInputs,
+    Detector,
+    FindingRow,
+    SampleArrays,
+    get_detector,
+    list_detectors,
+    register_detector,
+)
 from dataloupe.analysis._clusters import cluster_embeddings, cluster_stats
 from dataloupe.analysis._crossfit import crossfit_probs
 from dataloupe.analysis._label_issues import find_label_issues
@@ -33,7 +41,7 @@ class DetectorResult:
     notes: dict = field(default_factory=dict)
 
 
-def _sets(inputs: AnalysisInputs) -> list[tuple[str, SampleSet]]:
+def _sets(inputs: AnalysisInputs) -> list[tuple[str, SampleArrays]]:
     return [(role, s) for role, s in (("train", inputs.train), ("val", inputs.val)) if s is not None and len(s)]
 
 
@@ -41,16 +49,15 @@ LABEL_ISSUE_FOLDS = 5  # cross-fitting folds for label issues when a set's proba
 LABEL_ISSUE_FIT_ROWS = 20_000  # rows each fold's linear head is fitted on, at most (bounds the cost)
 
 
-def _issues(inputs: AnalysisInputs, s: SampleSet):
+def _issues(inputs: AnalysisInputs, s: SampleArrays):
     """Label issues of the labeled rows of ``s`` (computed once per set, cached on it):
     `(labeled mask, LabelIssues, probabilities used)`."""
-    key = ("label_issues", inputs.k)
-    if key not in s._knn:
-        s._knn[key] = _compute_issues(inputs, s)
-    return s._knn[key]
+    if inputs.k not in s._label_issues:
+        s._label_issues[inputs.k] = _compute_issues(inputs, s)
+    return s._label_issues[inputs.k]
 
 
-def _issue_probs(inputs: AnalysisInputs, s: SampleSet, lab: np.ndarray) -> tuple[np.ndarray, str]:
+def _issue_probs(inputs: AnalysisInputs, s: SampleArrays, lab: np.ndarray) -> tuple[np.ndarray, str]:
     """Probabilities of the labeled rows for label issues, and where they come from.
 
     A model's probabilities on the rows it trained on have partly fitted their labels,
@@ -70,7 +77,7 @@ def _issue_probs(inputs: AnalysisInputs, s: SampleSet, lab: np.ndarray) -> tuple
     return probs, f"crossfit-{folds}"
 
 
-def _compute_issues(inputs: AnalysisInputs, s: SampleSet):
+def _compute_issues(inputs: AnalysisInputs, s: SampleArrays):
     lab = s.labeled
     nbrs = None
     if s.embeddings is not None:
@@ -98,6 +105,10 @@ class LabelIssuesDetector(Detector):
         records.sort(key=lambda x: -x["score"])
         return DetectorResult(records, notes={"label_issue_probabilities": sources})
 
+    def rows(self, records) -> list[FindingRow]:
+        return [FindingRow(int(r["id"]), r.get("table", "train"), r.get("score"), True, r.get("suggested_label"))
+                for r in _listed(records)]
+
 
 @register_detector
 class OutliersDetector(Detector):
@@ -113,6 +124,9 @@ class OutliersDetector(Detector):
                 records.append(dict(id=int(s.ids[i]), table=role, score=float(scores[i])))
         records.sort(key=lambda x: -x["score"])
         return DetectorResult(records)
+
+    def rows(self, records) -> list[FindingRow]:
+        return [FindingRow(int(r["id"]), r.get("table", "train"), r.get("score")) for r in _listed(records)]
 
 
 @register_detector
@@ -130,6 +144,10 @@ class NearDuplicatesDetector(Detector):
                 records.append(dict(ids=[int(s.ids[a]), int(s.ids[b])], table=role, similarity=float(v), exact=bool(e)))
         return DetectorResult(records)
 
+    def rows(self, records) -> list[FindingRow]:  # both samples of each pair
+        return [FindingRow(int(i), r.get("table", "train"), r.get("similarity"))
+                for r in _listed(records) for i in r.get("ids") or []]
+
 
 @register_detector
 class LeakageDetector(Detector):
@@ -145,10 +163,15 @@ class LeakageDetector(Detector):
         return DetectorResult([dict(val_id=int(va.ids[q]), train_id=int(tr.ids[b]), similarity=float(v), exact=bool(e))
                                for (q, b), v, e in zip(pairs, sim, exact)])
 
+    def rows(self, records) -> list[FindingRow]:  # the validation sample and its training twin
+        return [FindingRow(int(r[f"{role}_id"]), role, r.get("similarity"))
+                for r in _listed(records) for role in ("val", "train") if f"{role}_id" in r]
+
 
 @register_detector
 class ClustersDetector(Detector):
     name = "clusters"
+    per_sample = False
 
     def find(self, inputs: AnalysisInputs) -> DetectorResult:
         sets = [(role, s) for role, s in _sets(inputs) if s.embeddings is not None]
@@ -195,10 +218,37 @@ class PseudoLabelsDetector(Detector):
             class_thresholds={c: float(t) for c, t in zip(inputs.classes, r["class_thresholds"])},
             calibrated_on=int(lab.sum()), undefined=int((s.labels == -1).sum()), items=items))
 
+    def rows(self, records) -> list[FindingRow]:  # made for the training table
+        items = records.get("items", []) if isinstance(records, dict) else []
+        return [FindingRow(int(r["id"]), r.get("table", "train"), r.get("confidence"), True, r.get("predicted"))
+                for r in _listed(items)]
+
+
+def _listed(records) -> list[dict]:
+    return [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []
+
+
+def finding_rows(findings: dict, kind: str, tables: set[str] | None = None) -> list[FindingRow]:
+    """The samples finding ``kind`` of an ``analysis.json`` object names, as :class:`FindingRow` s.
+
+    Args:
+        findings: the parsed ``analysis.json`` (``analyze``'s findings).
+        kind: a detector name (``list_detectors()``); unknown names raise with the known ones.
+        tables: keep rows whose ``table`` is one of these names (a table's name and its run
+            roles, :func:`dataloupe.runs.table_roles`); None keeps every row.
+
+    Example:
+        >>> finding_rows({"outliers": [{"id": 3, "table": "val", "score": 2.5}]}, "outliers")
+        [FindingRow(id=3, table='val', score=2.5, flagged=True, suggested_label=None)]
+    """
+    rows = get_detector(kind).rows(findings.get(kind))
+    return rows if tables is None else [r for r in rows if r.table in tables]
+
 
 @register_detector
 class TaxonomyDetector(Detector):
     name = "taxonomy"
+    per_sample = False
 
     def find(self, inputs: AnalysisInputs) -> DetectorResult:
         s = inputs.val
@@ -231,8 +281,9 @@ def with_crossfit(inputs: AnalysisInputs, *, folds: int) -> AnalysisInputs:
     probs = s.probs.copy()
     probs[lab] = crossfit_probs(s.embeddings[lab], s.labels[lab], num_classes=len(inputs.classes),
                                 folds=folds, seed=inputs.seed)
-    graphs = {k: v for k, v in s._knn.items() if isinstance(k, int)}  # kNN graphs stay valid
-    return replace(inputs, train=replace(s, probs=probs, probs_source=f"crossfit-{folds}", _knn=graphs))
+    # kNN graphs stay valid (same embeddings); label issues do not (new probabilities)
+    return replace(inputs, train=replace(s, probs=probs, probs_source=f"crossfit-{folds}",
+                                         _knn_graphs=dict(s._knn_graphs), _label_issues={}))
 
 
 def _clean(obj):
@@ -265,9 +316,9 @@ def analyze(inputs: AnalysisInputs, *, detectors: list[str] | None = None,
 
     Example:
         >>> from sklearn.datasets import load_digits
-        >>> from dataloupe.analysis import AnalysisInputs, SampleSet, crossfit_probs
+        >>> from dataloupe.analysis import AnalysisInputs, SampleArrays, crossfit_probs
         >>> d = load_digits(); p = crossfit_probs(d.data, d.target, num_classes=10, folds=3)
-        >>> s = SampleSet(ids=range(len(p)), labels=d.target, probs=p, embeddings=d.data)
+        >>> s = SampleArrays(ids=range(len(p)), labels=d.target, probs=p, embeddings=d.data)
         >>> findings, _ = analyze(AnalysisInputs([str(c) for c in range(10)], s, val=s))
         >>> sorted(findings)[:4]
         ['clusters', 'label_issue_probabilities', 'label_issues', 'leakage']

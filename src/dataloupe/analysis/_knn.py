@@ -115,3 +115,31 @@ def _drop_self(sims: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarra
     keep = ~is_self
     m = idx.shape[1] - 1
     return sims[keep].reshape(-1, m), idx[keep].reshape(-1, m)
+
+
+def neighbour_votes(nbr_idx: np.ndarray, nbr_sims: np.ndarray, vote_labels: np.ndarray, *,
+                    num_classes: int) -> np.ndarray:
+    """The weighted neighbour vote every finding shares: `(M, K)` summed similarity per class.
+
+    Each neighbour votes for its label with its cosine similarity clipped at 0; missing
+    neighbours (index -1) and unlabeled voters (label -1) do not vote.
+
+    Args:
+        nbr_idx: `(M, k)` neighbour indices into the voters (-1 = none).
+        nbr_sims: `(M, k)` cosine similarities.
+        vote_labels: `(N,)` int class indices of the voters, -1 = no vote.
+        num_classes: K.
+
+    Example:
+        >>> neighbour_votes(np.array([[0, 1, -1]]), np.array([[0.5, 0.25, 1.0]]), np.array([1, -1]),
+        ...                 num_classes=2).tolist()
+        [[0.0, 0.5]]
+    """
+    nbr_idx = np.asarray(nbr_idx)
+    lab = np.where(nbr_idx >= 0, np.asarray(vote_labels)[np.clip(nbr_idx, 0, None)], -1)
+    w = np.where(lab >= 0, np.clip(nbr_sims, 0.0, None), 0.0)
+    votes = np.zeros((len(nbr_idx), num_classes))
+    rows = np.repeat(np.arange(len(nbr_idx)), nbr_idx.shape[1] if nbr_idx.ndim == 2 else 0)
+    ok = lab.ravel() >= 0
+    np.add.at(votes, (rows[ok], lab.ravel()[ok]), w.ravel()[ok])
+    return votes

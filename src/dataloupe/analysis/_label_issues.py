@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dataloupe.analysis._knn import knn
+from dataloupe.analysis._knn import knn, neighbour_votes
 
 
 @dataclass
@@ -92,12 +92,7 @@ def knn_label_probs(
     known = vote_labels[vote_labels >= 0]
     prior = np.bincount(known, minlength=num_classes).astype(np.float64)
     prior = prior / max(prior.sum(), 1.0)
-    lab = np.where(nbr_idx >= 0, vote_labels[np.clip(nbr_idx, 0, None)], -1)
-    w = np.where(lab >= 0, np.clip(nbr_sims, 0.0, None), 0.0)
-    votes = np.zeros((len(nbr_idx), num_classes))
-    rows = np.repeat(np.arange(len(nbr_idx)), nbr_idx.shape[1])
-    ok = lab.ravel() >= 0
-    np.add.at(votes, (rows[ok], lab.ravel()[ok]), w.ravel()[ok])
+    votes = neighbour_votes(nbr_idx, nbr_sims, vote_labels, num_classes=num_classes)
     # normalise to a distribution, then one pseudo-vote of the prior (Laplace-style smoothing)
     total = votes.sum(1, keepdims=True)
     votes = np.divide(votes, total, out=np.zeros_like(votes), where=total > 0)

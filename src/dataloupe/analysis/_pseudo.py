@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from dataloupe.analysis._knn import neighbour_votes
+
 
 
 def precision_threshold(confidence: np.ndarray, correct: np.ndarray, *, target_precision: float) -> float:
@@ -87,11 +89,9 @@ def pseudo_label(
     if neighbours is not None and len(accept):
         sims, idx = neighbours
         voters = labels if vote_labels is None else vote_labels
-        nb = idx[accept]
-        lab_nb = np.where(nb >= 0, voters[np.clip(nb, 0, None)], -1)
-        w = np.where(lab_nb >= 0, np.clip(sims[accept], 0.0, None), 0.0)
-        total = w.sum(1)
-        agree = (w * (lab_nb == pred[accept][:, None])).sum(1)
+        votes = neighbour_votes(idx[accept], sims[accept], voters, num_classes=k)
+        total = votes.sum(1)
+        agree = votes[np.arange(len(accept)), pred[accept]]
         with np.errstate(invalid="ignore", divide="ignore"):  # NaN: no labeled neighbour voted
             agreement = np.where(total > 0, agree / total, np.nan).astype(np.float32)
     return dict(rows=accept, predicted=pred[accept], confidence=conf[accept], agreement=agreement,

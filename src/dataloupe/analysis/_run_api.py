@@ -12,18 +12,18 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from dataloupe._fileio import atomic_path
 from dataloupe.analysis._detectors import analyze
 from dataloupe.analysis._maps import reduce
 from dataloupe.analysis._runio import (
     check_revision,
     load_inputs,
     load_metrics,
-    read_run,
     require_classifier,
-    run_tables,
     write_columns,
     write_json,
 )
+from dataloupe.runs import read_run, run_tables
 from dataloupe.analysis._taxonomy import load_real_labels
 from dataloupe.project import DataloupeError, Project
 
@@ -121,9 +121,8 @@ def export_run_csv(project: Project, run: str, path: str | Path, *, table: str |
             check_revision(m, run, ref.name, open_table(project, ref.name, ref.revision).revision)
         parts.append(m)
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
     n = 0
-    with tmp.open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["id", "split", "label", "predicted", "confidence", "loss"] + [f"prob_{c}" for c in classes])
         for m in parts:
@@ -134,5 +133,4 @@ def export_run_csv(project: Project, run: str, path: str | Path, *, table: str |
                 w.writerow(["" if v is None else (f"{v:.6g}" if isinstance(v, float) else v) for v in row]
                            + [f"{p:.6g}" for p in probs[i]])
                 n += 1
-    tmp.replace(path)
     return n

@@ -7,7 +7,6 @@ been read and checked, so a bad input leaves nothing behind.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -15,29 +14,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from dataloupe.analysis._base import UNDEFINED, AnalysisInputs, SampleSet
+from dataloupe._fileio import publish_dir, write_json_atomic
+from dataloupe.analysis._base import UNDEFINED, AnalysisInputs, SampleArrays
 from dataloupe.analysis._knn import KNN_DIM, REDUCE_ABOVE, pca_basis
 from dataloupe.analysis._neighbours import content_hashes
 from dataloupe.project import DataloupeError, Project
-
-
-def read_run(project: Project, run: str) -> dict:
-    """``runs/<run>/run.json`` as a dict (error when the run does not exist)."""
-    path = project.runs_dir / run / "run.json"
-    if not path.is_file():
-        known = sorted(p.name for p in project.runs_dir.iterdir() if (p / "run.json").is_file())
-        raise DataloupeError(f"unknown run {run!r}; known runs: {', '.join(known) or 'none'}")
-    return json.loads(path.read_text())
-
-
-def run_tables(info: dict) -> dict[str, str]:
-    """Role -> table name for the run's train and val tables.
-
-    A pretrain run has no roles: each of its tables maps to itself, in the order given.
-    """
-    if info.get("kind") == "pretrain":
-        return {t["table"]: t["table"] for t in info.get("tables", [])}
-    return {role: info[f"{role}_table"] for role in ("train", "val") if info.get(f"{role}_table")}
+from dataloupe.runs import metrics_path, read_run, run_tables
 
 
 def require_classifier(info: dict, run: str, what: str) -> None:
@@ -47,10 +29,6 @@ def require_classifier(info: dict, run: str, what: str) -> None:
                              f" (no class probabilities), and {what} needs a classifier run; train one from its"
                              f" backbone with `dataloupe train ... pretrained=<project>/runs/{run}/checkpoints/best.pt`"
                              f" (a map works: `dataloupe reduce {run}`)")
-
-
-def metrics_path(project: Project, run: str, table: str) -> Path:
-    return project.runs_dir / run / "metrics" / f"{table}.lance"
 
 
 def load_metrics(project: Project, run: str, table: str, *, columns: list[str] | None = None) -> pa.Table:
@@ -119,8 +97,8 @@ def read_embeddings(path: Path, *, dim: int = KNN_DIM, reduce_above: int = REDUC
 
 
 def sample_set(project: Project, run: str, table: str, classes: list[str], *, hashes: bool = True,
-               trained_on: bool = False) -> SampleSet:
-    """A ``SampleSet`` from the run's metrics for ``table``, joined with the table's
+               trained_on: bool = False) -> SampleArrays:
+    """A ``SampleArrays`` from the run's metrics for ``table``, joined with the table's
     weights (and content hashes of its image files) at the collected revision;
     ``trained_on``: the run trained on ``table`` (its probabilities are in-sample)."""
     from dataloupe.tables import open_table
@@ -155,7 +133,7 @@ def sample_set(project: Project, run: str, table: str, classes: list[str], *, ha
     weights = rows.column("weight").to_numpy()[pos].astype(np.float32)
     paths = np.array(rows.column("path").to_pylist(), dtype=object)[pos]
     h = content_hashes([_file_or_none(t, p) for p in paths]) if hashes else None
-    return SampleSet(ids=ids, labels=labels, probs=probs, embeddings=emb, aum=aum, weights=weights, hashes=h,
+    return SampleArrays(ids=ids, labels=labels, probs=probs, embeddings=emb, aum=aum, weights=weights, hashes=h,
                      probs_source="in-sample" if trained_on else "out-of-sample")
 
 
@@ -182,10 +160,8 @@ def load_inputs(project: Project, run: str, *, hashes: bool = True, k: int = 10)
 
 
 def write_json(path: Path, obj) -> None:
-    """Atomic JSON write."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, allow_nan=False))
-    os.replace(tmp, path)
+    """Atomic JSON write (NaN/inf refused: findings are cleaned before)."""
+    write_json_atomic(path, obj, allow_nan=False)
 
 
 def write_columns(project: Project, run: str, table: str, ids: np.ndarray, columns: dict[str, np.ndarray],
@@ -205,7 +181,4 @@ def write_columns(project: Project, run: str, table: str, ids: np.ndarray, colum
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     lance.write_dataset(m, str(tmp))
-    old = path.with_name(f".{path.name}.old{os.getpid()}")
-    os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
+    publish_dir(tmp, path)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from dataloupe._imagepath import OutsideRootError
-from dataloupe._fileio import write_failure
+from dataloupe._fileio import replace_file, write_failure
 from dataloupe.project import DataloupeError
 from dataloupe.data._decode import ImageDecodeError, decode_image
 from dataloupe.data._samples import SampleSet
@@ -166,8 +166,8 @@ def build_cache(
             meta_tmp.unlink(missing_ok=True)
             raise DataloupeError(f"could not write the decoded cache {path.with_suffix('.json')}"
                                  f" ({write_failure(path, e)})") from None
-        os.replace(tmp, path)
-        os.replace(meta_tmp, path.with_suffix(".json"))
+        replace_file(tmp, path)
+        replace_file(meta_tmp, path.with_suffix(".json"))
     finally:
         tmp.unlink(missing_ok=True)
     result = _open(path, size)

@@ -32,6 +32,7 @@ import pyarrow as pa
 import torch
 from PIL import Image
 
+from dataloupe._fileio import atomic_path, publish_dir, write_bytes_atomic
 from dataloupe.data._decode import ImageDecodeError, _open
 from dataloupe.data._samples import SampleSet
 
@@ -157,12 +158,12 @@ def build_store(samples: SampleSet, cache_dir: Path, *, short_side: int = 224, q
         with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 2) as pool:
             reader = pa.RecordBatchReader.from_batches(schema, batches(pool))
             lance.write_dataset(reader, str(tmp), schema=schema, max_rows_per_file=rows_per_fragment)
-        np.save(path.with_suffix(".ids.npy"), ids)
+        with atomic_path(path.with_suffix(".ids.npy")) as ids_tmp, open(ids_tmp, "wb") as f:
+            np.save(f, ids)
         meta = {"short_side": short_side, "quality": quality, "rows_per_fragment": rows_per_fragment,
                 "content_key": samples.content_key, "rows": int(len(ids)), "failed": failed}
-        shutil.rmtree(path, ignore_errors=True)
-        os.replace(tmp, path)
-        path.with_suffix(".json").write_text(json.dumps(meta))
+        publish_dir(tmp, path)
+        write_bytes_atomic(path.with_suffix(".json"), json.dumps(meta).encode())
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     result = _open_store(path)

@@ -123,7 +123,7 @@ def _measure(project: Project, run: str, train: str, val: str, policy: Policy, o
              log: Callable[[str], None]) -> float:
     """Train ``run`` (or reuse it when finished) and return its best val top-1."""
     from dataloupe.train import train as train_fn  # noqa: PLC0415 (loop sits above train)
-    from dataloupe.train._runs import read_run_at  # noqa: PLC0415
+    from dataloupe.runs import read_run_at  # noqa: PLC0415
 
     folder = project.runs_dir / run
     if (folder / "run.json").is_file():

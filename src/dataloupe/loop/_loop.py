@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import resource
 import time
 from dataclasses import dataclass, field
@@ -21,10 +20,11 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from dataloupe._fileio import write_json_atomic
+from dataloupe._fileio import atomic_path, write_bytes_atomic, write_json_atomic
 from dataloupe.loop._policy import Policy, load_policy
 from dataloupe.loop._rules import RuleContext, get_rule
 from dataloupe.project import DataloupeError, Project
+from dataloupe.runs import read_history, read_run_at, run_dir
 from dataloupe.tables import TableRef, apply_edits, open_table, rows_after_ops
 
 SUMMARY_KEYS = ("iteration", "revision", "labeled", "undefined", "excluded", "val_top1",
@@ -258,7 +258,7 @@ def run_loop(
             else:
                 res_rev, changes = latest.revision, {}
         s = table.summary()
-        history = _history(project, run)
+        history = read_history(run_dir(project, run))
         row = {"iteration": k, "revision": table.revision, "labeled": s["labeled"],
                "undefined": s["undefined"], "excluded": s["excluded"],
                "val_top1": info.get("best_val_top1") if isinstance(info, dict) else None,
@@ -308,7 +308,6 @@ def _pretrain_backbone(project: Project, pol: Policy, train: str, name: str, sta
     """Learn the loop's backbone once, before iteration 1, from every row of the training table at
     the loop's start (labels ignored; the validation table is never read); resumable."""
     from dataloupe.train import pretrain  # noqa: PLC0415 (loop sits above train)
-    from dataloupe.train._runs import read_run_at  # noqa: PLC0415
 
     run = f"{name}-ssl"
     folder = project.runs_dir / run
@@ -333,7 +332,8 @@ def cpu_seconds() -> float:
 
 
 def _val_metrics(project: Project, run: str) -> pa.Table | None:
-    from dataloupe.analysis._runio import load_metrics, read_run  # noqa: PLC0415
+    from dataloupe.analysis._runio import load_metrics  # noqa: PLC0415
+    from dataloupe.runs import read_run  # noqa: PLC0415
 
     info = read_run(project, run)
     try:
@@ -341,13 +341,6 @@ def _val_metrics(project: Project, run: str) -> pa.Table | None:
                             columns=["id", "label", "predicted", "confidence", "embedding"])
     except DataloupeError:
         return None
-
-
-def _history(project: Project, run: str) -> list[dict]:
-    path = project.runs_dir / run / "history.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def format_row(r: dict) -> str:
@@ -373,17 +366,15 @@ def summary_table(result: LoopResult) -> str:
 def write_outputs(result: LoopResult) -> None:
     """Save the summary table (text + JSON) and a PNG of val top-1 per revision."""
     folder = result.folder
-    (folder / "summary.txt").write_text(summary_table(result) + "\n")
-    (folder / "summary.json").write_text(json.dumps(result.to_dict(), indent=1))
+    write_bytes_atomic(folder / "summary.txt", (summary_table(result) + "\n").encode())
+    write_bytes_atomic(folder / "summary.json", json.dumps(result.to_dict(), indent=1).encode())
     rows = [r for r in result.iterations if r["val_top1"] is not None]
     if not rows:
         return
-    import matplotlib
+    from matplotlib.figure import Figure  # its own Agg canvas: no pyplot, no global backend
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     xs = [f"r{r['revision']}" for r in rows]
     ax.plot(xs, [100 * r["val_top1"] for r in rows], "o-", label="best epoch")
     if all(r["val_top1_last"] is not None for r in rows):
@@ -397,7 +388,5 @@ def write_outputs(result: LoopResult) -> None:
     ax.grid(alpha=.3)
     ax.legend()
     fig.tight_layout()
-    tmp = folder / ".accuracy.png"
-    fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    os.replace(tmp, folder / "accuracy.png")
+    with atomic_path(folder / "accuracy.png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")

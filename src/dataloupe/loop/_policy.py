@@ -4,6 +4,8 @@ ordered edit rules. Shipped policies live in ``loop/policies/``; a path works to
 
 from __future__ import annotations
 
+import inspect
+
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -100,7 +102,7 @@ def load_policy(name_or_path: str) -> Policy:
         if not isinstance(start, int) or start < 1:
             raise DataloupeError(f"policy {name}: rule {i + 1}: from_iteration must be a number >= 1")
         fn = get_rule(r["rule"])  # unknown rule names fail here, listing the known ones
-        allowed = set(fn.__code__.co_varnames[1:fn.__code__.co_argcount + fn.__code__.co_kwonlyargcount])
+        allowed = rule_parameters(fn)
         bad = sorted(set(params) - allowed)
         if bad:
             raise DataloupeError(f"policy {name}: rule {r['rule']!r} has no parameter(s) "
@@ -139,3 +141,10 @@ def _pretrain_keys(name: str, value) -> dict | None:
 
     load_pretrain_config(None, dict(value))
     return dict(value)
+
+
+def rule_parameters(fn) -> set[str]:
+    """The parameters a policy may set for rule ``fn``: every named parameter after the context
+    (a decorated rule is read through ``functools.wraps``; ``*args``/``**kwargs`` name none)."""
+    params = list(inspect.signature(fn).parameters.values())[1:]
+    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}

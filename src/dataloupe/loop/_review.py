@@ -116,13 +116,11 @@ def _loop_flagged(project: Project, table: str) -> set[int]:
 
 
 def _label_issues(project: Project, run: str, table: str, info: dict) -> dict[int, str | None]:
-    path = project.runs_dir / run / "analysis.json"
-    if not path.is_file():
-        return {}
-    found = json.loads(path.read_text())
-    roles = {r for r in ("train", "val") if info.get(f"{r}_table") == table} | {table}
-    return {int(r["id"]): r.get("suggested_label") for r in found.get("label_issues", [])
-            if r.get("table", "train") in roles}
+    from dataloupe.analysis import finding_rows  # noqa: PLC0415 (loop sits above analysis)
+    from dataloupe.runs import read_analysis_at, run_dir, table_roles  # noqa: PLC0415
+
+    found = read_analysis_at(run_dir(project, run))
+    return {r.id: r.suggested_label for r in finding_rows(found, "label_issues", table_roles(info, table))}
 
 
 def review_queue(project: Project, table: str, run: str, *, strategy: str = "margin",
@@ -138,7 +136,8 @@ def review_queue(project: Project, table: str, run: str, *, strategy: str = "mar
         "classes", "items": [{"id", "path", "label", "predicted", "confidence", "margin",
         "entropy", "score", "reasons", "suggested"}]}`` (``items`` cut to ``limit``).
     """
-    from dataloupe.analysis._runio import load_metrics, read_run  # noqa: PLC0415
+    from dataloupe.analysis._runio import load_metrics  # noqa: PLC0415
+    from dataloupe.runs import read_run  # noqa: PLC0415
 
     score_fn = get_strategy(strategy)
     bad = set(reasons) - set(REASONS)

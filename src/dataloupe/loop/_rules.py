@@ -75,12 +75,11 @@ class RuleContext:
     def weights(self) -> np.ndarray:
         return self.rows["weight"].to_numpy()
 
-    def train_records(self, kind: str) -> list[dict]:
-        """Records of a finding that concern the training table."""
-        recs = self.findings.get(kind, [])
-        if isinstance(recs, dict):
-            recs = recs.get("items", [])
-        return [r for r in recs if r.get("table", "train") == "train"]
+    def train_rows(self, kind: str) -> list:
+        """The training-table rows finding ``kind`` names (:class:`dataloupe.analysis.FindingRow`)."""
+        from dataloupe.analysis import finding_rows  # noqa: PLC0415 (loop sits above analysis)
+
+        return finding_rows(self.findings, kind, {"train"})
 
 
 @dataclass
@@ -96,6 +95,20 @@ _RULES: dict[str, RuleFn] = {}
 
 
 def rule(name: str) -> Callable[[RuleFn], RuleFn]:
+    """Register ``fn(ctx, **params) -> RuleOutput`` as policy rule ``name``.
+
+    A policy may set exactly the rule's named parameters (checked with
+    ``inspect.signature`` when the policy loads).
+
+    Example (a plug-in rule; a policy then lists ``- rule: flag_nothing`` with ``limit: 3``)::
+
+        from dataloupe.loop import RuleOutput, rule
+
+        @rule("flag_nothing")
+        def flag_nothing(ctx, *, limit: int = 0):
+            return RuleOutput()
+    """
+
     def deco(fn: RuleFn) -> RuleFn:
         _RULES[name] = fn
         return fn
@@ -129,7 +142,7 @@ def neighbour_agreement(ctx: RuleContext, query: np.ndarray, predicted: np.ndarr
 
     Voters are the training rows that are labeled with weight > 0 (never validation rows).
     """
-    from dataloupe.analysis import knn  # noqa: PLC0415 (loop sits above analysis)
+    from dataloupe.analysis import knn, neighbour_votes  # noqa: PLC0415 (loop sits above analysis)
 
     emb = ctx.embeddings()
     labels, w = ctx.labels(), ctx.weights()
@@ -138,10 +151,14 @@ def neighbour_agreement(ctx: RuleContext, query: np.ndarray, predicted: np.ndarr
     if not len(voters) or not len(query):
         return out
     sims, idx = knn(emb[voters], k=min(k, len(voters)), queries=emb[query])
-    vote = np.where(idx >= 0, labels[voters][np.clip(idx, 0, None)], None)
-    wts = np.where(idx >= 0, np.clip(sims, 0.0, None), 0.0)
-    total = wts.sum(1)
-    agree = (wts * (vote == predicted[:, None])).sum(1)
+    # class indices; a label outside the run's classes still votes, for an extra class no prediction names
+    index = {c: i for i, c in enumerate(ctx.classes)}
+    other = len(index)
+    votes = neighbour_votes(idx, sims, np.array([index.get(v, other) for v in labels[voters]], np.int64),
+                            num_classes=other + 1)
+    total = votes.sum(1)
+    pred = np.array([index.get(p, other) for p in predicted], np.int64)
+    agree = np.where(pred < other, votes[np.arange(len(query)), pred], 0.0)
     np.divide(agree, total, out=out, where=total > 0)
     return out
 
@@ -270,7 +287,7 @@ def undefine_disputed(ctx: RuleContext, *, min_confidence: float = 0.9, label_is
     auto = np.array([ctx.origin_labels.get(int(i)) is None for i in ids]) & (labels != None)  # noqa: E711
     bad = auto & (pred != None) & (pred != labels) & (np.nan_to_num(conf) >= min_confidence)  # noqa: E711
     if label_issues:
-        flagged = {int(r["id"]) for r in ctx.train_records("label_issues")}
+        flagged = {r.id for r in ctx.train_rows("label_issues")}
         bad |= auto & np.isin(ids, np.fromiter(flagged, np.int64, len(flagged)))
     return RuleOutput([EditOp("undefine", ids=ids[bad], name="undefine disputed auto-labels")] if bad.any() else [])
 
@@ -283,11 +300,11 @@ def exclude_label_issues(ctx: RuleContext, *, min_score: float = 0.0, weight: fl
     ``max_fraction`` caps the rows set aside per iteration at that share of the labeled,
     trainable rows (highest scores first), so a weak early model cannot empty the set.
     """
-    recs = sorted((r for r in ctx.train_records("label_issues")
-                   if float(r.get("score", 0)) >= min_score), key=lambda r: -float(r.get("score", 0)))
+    recs = sorted((r for r in ctx.train_rows("label_issues") if float(r.score or 0) >= min_score),
+                  key=lambda r: -float(r.score or 0))
     active = int(np.sum((ctx.labels() != None) & (ctx.weights() > 0)))  # noqa: E711
     cap = int(np.floor(max_fraction * active)) if max_fraction < 1 else len(recs)
-    ids = np.array([r["id"] for r in recs[:cap]], np.int64)
+    ids = np.array([r.id for r in recs[:cap]], np.int64)
     if not len(ids):
         return RuleOutput()
     if weight == 0:
@@ -300,11 +317,12 @@ def relabel_label_issues(ctx: RuleContext, *, min_score: float = 0.0,
                          min_confidence: float = 0.9) -> RuleOutput:
     """Relabel flagged rows to the suggested class when the model is confident of it."""
     conf = dict(zip(ctx.metrics["id"].to_pylist(), ctx.metrics["confidence"].to_pylist()))
-    recs = [r for r in ctx.train_records("label_issues")
-            if float(r.get("score", 0)) >= min_score and (conf.get(r["id"]) or 0) >= min_confidence
-            and r.get("suggested_label") not in (None, r.get("label"))]
-    ids = np.array([r["id"] for r in recs], np.int64)
-    labels = np.array([r["suggested_label"] for r in recs], dtype=object)
+    given = dict(zip(ctx.rows["id"].to_pylist(), ctx.rows["label"].to_pylist()))
+    recs = [r for r in ctx.train_rows("label_issues")
+            if float(r.score or 0) >= min_score and (conf.get(r.id) or 0) >= min_confidence
+            and r.suggested_label not in (None, given.get(r.id))]
+    ids = np.array([r.id for r in recs], np.int64)
+    labels = np.array([r.suggested_label for r in recs], dtype=object)
     return RuleOutput(_by_class(ids, labels, "relabel label issues"))
 
 
@@ -362,8 +380,8 @@ def exclude_high_loss(ctx: RuleContext, *, quantile: float = 0.99, weight: float
 def undefine_outliers(ctx: RuleContext, *, labeled_only: bool = True) -> RuleOutput:
     """Mark embedding-space outliers undefined (they stop being trained on)."""
     labels = dict(zip(ctx.rows["id"].to_pylist(), ctx.rows["label"].to_pylist()))
-    ids = np.array([r["id"] for r in ctx.train_records("outliers")
-                    if r["id"] in labels and (labels[r["id"]] is not None or not labeled_only)], np.int64)
+    ids = np.array([r.id for r in ctx.train_rows("outliers")
+                    if r.id in labels and (labels[r.id] is not None or not labeled_only)], np.int64)
     return RuleOutput([EditOp("undefine", ids=ids, name="undefine outliers")] if len(ids) else [])
 
 

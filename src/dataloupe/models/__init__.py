@@ -1,7 +1,16 @@
 """Model factory by name (torchvision / timm) with an embedding hook and loud weight loading."""
 
-from dataloupe.models._factory import Classifier, available_models, create_model, supports_small_input
+from dataloupe.models._factory import (
+    BackboneEntry,
+    Classifier,
+    available_models,
+    backbone_entry,
+    create_model,
+    register_backbone,
+    supports_small_input,
+)
+from dataloupe.models._infer import infer
 from dataloupe.models._weights import HUB_SOURCES, WeightsReport, load_pretrained
 
-__all__ = ["HUB_SOURCES", "Classifier", "WeightsReport", "available_models", "create_model", "load_pretrained",
-           "supports_small_input"]
+__all__ = ["HUB_SOURCES", "BackboneEntry", "Classifier", "WeightsReport", "available_models", "backbone_entry",
+           "create_model", "infer", "load_pretrained", "register_backbone", "supports_small_input"]

@@ -8,6 +8,8 @@ download of a timm model's published weights.
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -19,12 +21,81 @@ from dataloupe.models._convnet import CONVNETS, ConvNet
 from dataloupe.models._weights import load_pretrained
 from dataloupe.project import DataloupeError
 
-_TORCHVISION: dict[str, Callable[..., nn.Module]] = {
-    "resnet18": tvm.resnet18,
-    "resnet34": tvm.resnet34,
-    "resnet50": tvm.resnet50,
-    "resnet101": tvm.resnet101,
-}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class BackboneEntry:
+    """One architecture :func:`create_model` can build (timm's ``pretrained_cfg``, reduced).
+
+    Attributes:
+        name: the model name.
+        build: ``small_input -> backbone`` whose forward gives the embedding ``(N, D)``.
+        num_features: ``D``; None when only the built backbone knows (its ``num_features``).
+        classifier: the classifier layer names in the architecture's own state dict (a
+            weights file's ``fc.weight``...), which :func:`load_pretrained` drops.
+        first_conv: the stem convolution that ``small_input`` replaces ("" when none is).
+        mean, std: the normalisation (RGB, 0..1) of the architecture's published weights.
+        small_input: whether ``small_input=True`` is supported (convnets: small already).
+        timm: built by timm (its weights then load through timm's own loader).
+    """
+
+    name: str
+    build: Callable[[bool], nn.Module]
+    num_features: int | None
+    classifier: tuple[str, ...] = ()
+    first_conv: str = ""
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    small_input: bool = True
+    timm: bool = False
+
+
+_BACKBONES: dict[str, BackboneEntry] = {}
+
+
+def register_backbone(name: str, *, num_features: int | None, classifier: tuple[str, ...] = (),
+                      first_conv: str = "", mean=IMAGENET_MEAN, std=IMAGENET_STD, small_input: bool = True):
+    """Decorator adding ``build(small_input) -> backbone`` to the registry under ``name``.
+
+    Example:
+        >>> @register_backbone("tiny-linear", num_features=3, small_input=False)
+        ... def _tiny(small_input):
+        ...     return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        >>> create_model("tiny-linear", 2)(torch.zeros(1, 3, 8, 8)).shape
+        torch.Size([1, 2])
+        >>> del _BACKBONES["tiny-linear"]
+    """
+    if name in _BACKBONES:
+        raise ValueError(f"backbone {name!r} is already registered")
+
+    def deco(build: Callable[[bool], nn.Module]) -> Callable[[bool], nn.Module]:
+        _BACKBONES[name] = BackboneEntry(name, build, num_features, tuple(classifier), first_conv,
+                                         tuple(mean), tuple(std), small_input)
+        return build
+
+    return deco
+
+
+def _torchvision_resnet(name: str, small_input: bool) -> nn.Module:
+    net = getattr(tvm, name)(weights=None)
+    if small_input:
+        # CIFAR-style stem for images <= 64 px: 3x3 stride-1 conv and no max-pool, so a
+        # 32 px image is not reduced to 1x1 before the last stage.
+        net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+    net.fc = nn.Identity()
+    return net
+
+
+for _name, _nf in (("resnet18", 512), ("resnet34", 512), ("resnet50", 2048), ("resnet101", 2048)):
+    register_backbone(_name, num_features=_nf, classifier=("fc",), first_conv="conv1")(
+        functools.partial(_torchvision_resnet, _name))
+for _name, _widths in CONVNETS.items():
+    # small already (a 3x3 stem): small_input changes nothing, and is accepted
+    register_backbone(_name, num_features=_widths[-1], first_conv="net.0.0")(
+        lambda small_input, w=_widths: ConvNet(w))
 
 
 class Classifier(nn.Module):
@@ -58,18 +129,6 @@ class Classifier(nn.Module):
         return self.backbone(x)
 
 
-def _torchvision_backbone(name: str, small_input: bool) -> tuple[nn.Module, int]:
-    net = _TORCHVISION[name](weights=None)
-    if small_input:
-        # CIFAR-style stem for images <= 64 px: 3x3 stride-1 conv and no max-pool, so a
-        # 32 px image is not reduced to 1x1 before the last stage.
-        net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-        net.maxpool = nn.Identity()
-    num_features = net.fc.in_features
-    net.fc = nn.Identity()
-    return net, num_features
-
-
 def _is_timm_name(name: str) -> bool:
     try:
         import timm
@@ -87,9 +146,28 @@ def _timm_small_stem(name: str) -> bool:
     return timm.models.model_entrypoint(timm.models.get_arch_name(name)).__module__ == "timm.models.resnet"
 
 
-def _timm_backbone(name: str, small_input: bool) -> tuple[nn.Module, int] | None:
+def _timm_entry(name: str) -> BackboneEntry | None:
+    """The registry entry of timm model ``name`` (from its ``pretrained_cfg``), or None when timm lacks it."""
     if not _is_timm_name(name):
         return None
+    cfg = {}
+    if not name.startswith("hf-hub:"):  # a hub model's config is online only
+        import timm
+
+        try:
+            found = timm.models.get_pretrained_cfg(name)
+        except (RuntimeError, KeyError):
+            found = None
+        cfg = found.to_dict() if found is not None else {}
+    head = cfg.get("classifier") or ()
+    return BackboneEntry(name, functools.partial(_timm_backbone, name), None,
+                         (head,) if isinstance(head, str) else tuple(head), str(cfg.get("first_conv") or ""),
+                         tuple(cfg.get("mean") or IMAGENET_MEAN), tuple(cfg.get("std") or IMAGENET_STD),
+                         _timm_small_stem(name), timm=True)
+
+
+def _timm_backbone(name: str, small_input: bool) -> nn.Module:
+    """A timm backbone (``num_classes=0``); ``small_input`` gives a timm ResNet the small stem."""
     import timm
 
     if small_input and not _timm_small_stem(name):
@@ -104,24 +182,33 @@ def _timm_backbone(name: str, small_input: bool) -> tuple[nn.Module, int] | None
         else:
             net.conv1[0].stride = (1, 1)
         net.maxpool = nn.Identity()
-    return net, int(net.num_features)
+    return net
+
+
+def backbone_entry(name: str) -> BackboneEntry:
+    """The registry entry of model ``name`` (registered, else timm's); unknown names raise
+    with the list of known ones."""
+    entry = _BACKBONES.get(name) or _timm_entry(name)
+    if entry is None:
+        raise DataloupeError(f"unknown model {name!r}; known: {', '.join(available_models())}"
+                             " (or any timm model name when timm is installed)")
+    return entry
 
 
 def supports_small_input(name: str) -> bool:
-    """Whether ``small_input=True`` changes model ``name`` (torchvision/timm ResNets; convnets are small already).
+    """Whether ``small_input=True`` is accepted for model ``name`` (torchvision/timm ResNets; convnets are small already).
 
     Example:
         >>> supports_small_input("resnet18"), supports_small_input("convnext_atto")
         (True, False)
     """
-    if name in _TORCHVISION or name in CONVNETS:
-        return True
-    return _is_timm_name(name) and _timm_small_stem(name)
+    entry = _BACKBONES.get(name) or _timm_entry(name)
+    return entry is not None and entry.small_input
 
 
 def available_models() -> list[str]:
     """Names accepted by :func:`create_model` (timm adds its own when installed)."""
-    return sorted(_TORCHVISION) + sorted(CONVNETS)
+    return sorted(_BACKBONES)
 
 
 def create_model(
@@ -131,7 +218,7 @@ def create_model(
     small_input: bool = False,
     pretrained: str | Path | None = None,
 ) -> Classifier:
-    """Build a classifier.
+    """Build a classifier from the backbone registry (:func:`register_backbone`; timm's models too).
 
     Args:
         name: ``resnet18``/``resnet34``/``resnet50``/``resnet101``, ``convnet-s``/``-xs``/``-xxs``
@@ -149,25 +236,14 @@ def create_model(
     """
     if num_classes < 1:
         raise DataloupeError(f"num_classes must be >= 1, got {num_classes}")
-    source_head: tuple[str, ...] = ()
-    if name in _TORCHVISION:
-        backbone, nf = _torchvision_backbone(name, small_input)
-        source_head = ("fc",)
-    elif name in CONVNETS:
-        backbone = ConvNet(CONVNETS[name])
-        nf = backbone.num_features
-    else:
-        found = _timm_backbone(name, small_input)
-        if found is None:
-            raise DataloupeError(
-                f"unknown model {name!r}; known: {', '.join(available_models())}"
-                " (or any timm model name when timm is installed)"
-            )
-        backbone, nf = found
+    entry = backbone_entry(name)
+    backbone = entry.build(small_input)
+    nf = entry.num_features if entry.num_features is not None else int(backbone.num_features)
     model = Classifier(backbone, nf, num_classes)
     model.model_name, model.small_input = name, bool(small_input)
-    model.is_timm = name not in _TORCHVISION and name not in CONVNETS
-    model.source_head = source_head
+    model.is_timm = entry.timm
+    # timm files load through timm's own loader, which knows their classifier
+    model.source_head = () if entry.timm else entry.classifier
     if pretrained is not None:
         model.weights_report = load_pretrained(model, pretrained)
     return model

@@ -10,12 +10,14 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from pathlib import Path
 
 import numpy as np
 
-from dataloupe.analysis._runio import load_metrics, read_run, run_tables
+from dataloupe._fileio import write_bytes_atomic
+from dataloupe.analysis import finding_rows
+from dataloupe.analysis._runio import load_metrics
+from dataloupe.runs import read_analysis_at, read_history, read_run, run_dir, run_tables
 from dataloupe.analysis._trust import model_trust
 from dataloupe.project import DataloupeError, Project
 from dataloupe.report._plots import confusion_png, curves_png, map_png
@@ -126,16 +128,13 @@ def write_report(project: Project, run: str, *, out: str | Path | None = None) -
         PosixPath('.../runs/a/report.html')
     """
     info = read_run(project, run)
-    folder = project.runs_dir / run
-    apath = folder / "analysis.json"
-    if not apath.is_file():
+    folder = run_dir(project, run)
+    found = read_analysis_at(folder)
+    if not found:
         raise DataloupeError(f"run {run!r} has no analysis yet: run `dataloupe analyze {run}` first")
-    found = json.loads(apath.read_text())
     classes = list(info.get("classes") or found.get("classes") or [])
     tables = run_tables(info)
-    history = []
-    if (folder / "history.jsonl").is_file():
-        history = [json.loads(x) for x in (folder / "history.jsonl").read_text().splitlines() if x.strip()]
+    history = read_history(folder)
     thumbs = _Thumbs(project, run, tables)
     e = html.escape
     parts = [f"<h1>dataloupe report: run {e(run)}</h1><p class='sub'>recipe {e(str(info.get('recipe')))}, "
@@ -171,7 +170,7 @@ def write_report(project: Project, run: str, *, out: str | Path | None = None) -
                              f"<img class='plot' src='{_data_uri(confusion_png(lab, pred, classes))}'>")
         except DataloupeError:
             pass
-    issue_keys = {(tables.get(r["table"], r["table"]), r["id"]) for r in found.get("label_issues", [])}
+    issue_keys = {(tables.get(r.table, r.table), r.id) for r in finding_rows(found, "label_issues")}
     png = _map_figure(project, run, tables, classes, issue_keys)
     if png:
         parts.append(f"<h2>Embedding map</h2><img class='plot' src='{_data_uri(png)}'>")
@@ -179,9 +178,7 @@ def write_report(project: Project, run: str, *, out: str | Path | None = None) -
     doc = (f"<!doctype html><html><head><meta charset='utf-8'><title>dataloupe {e(run)}</title>"
            f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>")
     path = Path(out) if out else folder / "report.html"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(doc)
-    tmp.replace(path)
+    write_bytes_atomic(path, doc.encode())
     return path
 
 
@@ -194,7 +191,7 @@ def _trust(project: Project, run: str, info: dict, found: dict, tables: dict[str
                           .column("label").to_pylist())
         except DataloupeError:
             pass
-    issues = sum(1 for r in found.get("label_issues", []) if r.get("table", "train") in ("train", tables.get("train")))
+    issues = len(finding_rows(found, "label_issues", {"train", tables.get("train")}))
     val = info.get("best_val_top1")
     return model_trust(val if isinstance(val, (int, float)) else None, len(classes) or 2,
                        labeled=labeled, label_issues=issues)
@@ -221,10 +218,10 @@ def _galleries(found: dict, tables: dict[str, str], thumbs: _Thumbs, trust: dict
                                f"model suggests <span class='suggest'>{e(str(r['suggested_label']))}</span><br>"
                                f"score {r['score']:.2f}")
                          for r in items[:GALLERY]], len(items)))
-    items = found.get("outliers", [])
+    rows = finding_rows(found, "outliers")
     out.append(_section("Outliers", "farthest from their nearest neighbours in embedding space",
-                        [_card(thumbs.img(r["table"], r["id"]), f"{where(r['table'], r['id'])}<br>{r['score']:.3f}")
-                         for r in items[:GALLERY]], len(items)))
+                        [_card(thumbs.img(r.table, r.id), f"{where(r.table, r.id)}<br>{r.score:.3f}")
+                         for r in rows[:GALLERY]], len(rows)))
     items = found.get("near_duplicates", [])
     out.append(_section("Near-duplicates", "pairs within a table (cosine similarity; exact = same file bytes)",
                         [_card(f"<div class='pair'>{thumbs.img(r['table'], r['ids'][0])}{thumbs.img(r['table'], r['ids'][1])}</div>",

@@ -1,4 +1,5 @@
-"""Report figures as PNG bytes (matplotlib, Agg backend): curves, confusion matrix, map."""
+"""Report figures as PNG bytes (matplotlib ``Figure`` objects drawn by their own Agg canvas,
+no pyplot, so no global backend is set): curves, confusion matrix, map."""
 
 from __future__ import annotations
 
@@ -8,21 +9,16 @@ import numpy as np
 
 
 def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
     return buf.getvalue()
 
 
 def _figure(w: float, h: float, ncols: int = 1):
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(1, ncols, figsize=(w, h))
+    fig = Figure(figsize=(w, h))
+    return fig, fig.subplots(1, ncols)
 
 
 def curves_png(history: list[dict]) -> bytes | None:
@@ -68,13 +64,13 @@ def map_png(coords: np.ndarray, labels: np.ndarray, classes: list[str], *, issue
     """2-D scatter coloured by label (undefined grey), label issues ringed in red."""
     if len(coords) == 0:
         return None
-    import matplotlib.pyplot as plt
+    import matplotlib
 
     fig, ax = _figure(7, 6)
     s = max(1.0, min(12.0, 20000 / len(coords)))
     undef = labels < 0
     ax.scatter(coords[undef, 0], coords[undef, 1], s=s, c="#bbbbbb", label="undefined", linewidths=0)
-    cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    cmap = matplotlib.colormaps["tab10" if len(classes) <= 10 else "tab20"]
     for c, name in enumerate(classes):
         m = labels == c
         if m.any():

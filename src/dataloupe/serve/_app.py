@@ -194,13 +194,10 @@ def run_server(bundle: ModelBundle, *, host: str = "127.0.0.1", port: int = 8000
     """Serve ``bundle`` with uvicorn until interrupted; refuses a non-loopback host without a token."""
     import uvicorn
 
-    from dataloupe.project import DataloupeError
-    from dataloupe._netsafety import check_port_free, is_loopback
+    from dataloupe._netsafety import access_rule, check_port_free
 
     config = config or ServeConfig()
-    if not is_loopback(host) and not config.token:
-        raise DataloupeError(f"refusing to serve on {host} without a token (see resolve_token)")
-    if not config.token:
+    if access_rule(host, config.token, generate=False).loopback_only:
         config = replace(config, loopback_hosts_only=True)
     check_port_free(host, port)
     uvicorn.run(create_app(bundle, config), host=host, port=port, log_level=log_level)

@@ -17,10 +17,10 @@ import torch
 
 from dataloupe.data import decode_image
 from dataloupe.project import DataloupeError, Project
+from dataloupe.train._checkpoint import missing_keys
 
 METADATA_KEY = "dataloupe"  # ONNX metadata_props key / TorchScript extra file stem
 FORMATS = ("state_dict", "torchscript", "onnx")
-_CHECKPOINT_KEYS = ("model", "model_name", "num_classes", "classes", "image_size", "small_input", "mean", "std")
 
 
 @dataclass
@@ -62,14 +62,14 @@ class ModelBundle:
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:
         """``(N, 3, S, S)`` inputs -> softmax probabilities ``(N, K)`` float32.
 
-        With ``tta_hflip`` the probabilities are the mean over the image and its horizontal
-        mirror, as the run's validation top-1 was measured (``StepOptions.eval_forward``).
+        The same forward pass as evaluation and ``collect`` (:func:`dataloupe.models.infer`):
+        with ``tta_hflip`` the probabilities are the mean over the image and its horizontal
+        mirror, as the run's validation top-1 was measured.
         """
+        from dataloupe.models import infer  # noqa: PLC0415
+
         x = np.ascontiguousarray(batch, dtype=np.float32)
-        probs = softmax(self.forward(x))
-        if self.tta_hflip:
-            probs = (probs + softmax(self.forward(np.ascontiguousarray(x[..., ::-1])))) / 2
-        return probs
+        return softmax(next(infer(self.forward, [x], tta=self.tta_hflip)))
 
 
 def preprocess(image: np.ndarray, mean: list[float], std: list[float]) -> np.ndarray:
@@ -116,7 +116,7 @@ def load_checkpoint(path: str | Path) -> dict:
         raise DataloupeError(f"{path} is not a dataloupe checkpoint: {e}") from e
     if not isinstance(ckpt, dict):
         raise DataloupeError(f"{path} is not a dataloupe checkpoint (holds {type(ckpt).__name__})")
-    missing = [k for k in _CHECKPOINT_KEYS if k not in ckpt]
+    missing = missing_keys(ckpt)
     if missing:
         raise DataloupeError(f"{path} is not a dataloupe checkpoint: missing keys {', '.join(missing)}")
     return ckpt

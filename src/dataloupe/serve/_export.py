@@ -9,12 +9,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import warnings
 from pathlib import Path
 
 import torch
 
+from dataloupe._fileio import write_bytes_atomic
+from dataloupe.train._checkpoint import SERVING_KEYS
 from dataloupe.project import DataloupeError, Project
 from dataloupe.serve._bundle import (
     FORMATS,
@@ -29,17 +30,9 @@ from dataloupe.serve._bundle import (
 ONNX_OPSET = 17
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _state_dict_bytes(ckpt: dict, meta: dict) -> bytes:
     # The contract's checkpoint keys minus training state: loadable with weights_only=True.
-    keep = ("model", "model_name", "num_classes", "classes", "image_size", "small_input", "mean", "std",
-            "epoch", "val_top1")
-    out = {k: ckpt[k] for k in keep if k in ckpt}
+    out = {k: ckpt[k] for k in SERVING_KEYS if k in ckpt}
     out["run"] = meta["run"]
     buf = io.BytesIO()
     torch.save(out, buf)
@@ -105,10 +98,10 @@ def export_model(project: Project, run: str, *, format: str, out: str | Path) ->
         model = model_from_checkpoint(ckpt)
         example = torch.zeros(2, 3, meta["image_size"], meta["image_size"])
         data = (_torchscript_bytes if format == "torchscript" else _onnx_bytes)(model, example, meta)
-    _atomic_write(out, data)
+    write_bytes_atomic(out, data)
     side = sidecar_path(out)
     sha = hashlib.sha256(data).hexdigest()
-    _atomic_write(side, (json.dumps({**meta, "file": out.name, "sha256": sha}, indent=2) + "\n").encode())
+    write_bytes_atomic(side, (json.dumps({**meta, "file": out.name, "sha256": sha}, indent=2) + "\n").encode())
     return {
         "run": run, "format": format, "path": str(out), "metadata_path": str(side),
         "bytes": len(data), "sha256": sha, "classes": meta["classes"], "image_size": meta["image_size"],

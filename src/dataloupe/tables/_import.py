@@ -21,7 +21,8 @@ import pyarrow.csv as pacsv
 from PIL import Image
 
 from dataloupe._imagepath import OutsideRootError, image_file
-from dataloupe.project import DataloupeError, Project, check_name
+from dataloupe.project import DataloupeError, Project
+from dataloupe.tables._store import check_table_name
 from dataloupe.tables._edit import add_rows, create_table
 from dataloupe.tables._table import Table, open_table
 
@@ -251,7 +252,7 @@ def import_idx(
     decoded cache, thumbnails, the dashboard and the inference server treat IDX data like
     any photo folder. 28x28 PNGs cost ~0.4 KB each and are written once.
     """
-    check_name(table)  # before anything is written: the name becomes a folder
+    check_table_name(table)  # before anything is written: the name becomes a folder
     x, y = read_idx(images), read_idx(labels)
     if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
         raise DataloupeError(f"IDX shapes do not match: images {x.shape}, labels {y.shape}")

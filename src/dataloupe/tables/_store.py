@@ -50,12 +50,13 @@ class StaleRevisionError(DataloupeError):
     """The edit was made against a revision that is no longer the latest (checked under the lock)."""
 
 
-def check_name(name: str) -> str:
+def check_table_name(name: str) -> str:
+    """``name`` if it is a valid table name (the project's name rule), else :class:`DataloupeError`."""
     return _check_name(name, "table")
 
 
 def table_dir(project: Project, name: str) -> Path:
-    return project.tables_dir / check_name(name)
+    return project.tables_dir / check_table_name(name)
 
 
 def require_table(project: Project, name: str) -> Path:

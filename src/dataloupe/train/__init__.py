@@ -8,7 +8,7 @@ from dataloupe.train._inputs import TrainData, load_train_data
 from dataloupe.train._pretrain import pretrain
 from dataloupe.train._pretrain_config import PretrainConfig, load_pretrain_config
 from dataloupe.train._recipe import Recipe, build_recipe, list_recipes, load_recipe, parse_overrides, valid_keys
-from dataloupe.train._runs import list_runs, read_run, run_dir, show_run
+from dataloupe.runs import list_runs, read_run, run_dir, show_run
 
 __all__ = [
     "DistContext",

@@ -1,17 +1,19 @@
-"""Checkpoints written atomically: a temp file in the same folder, fsync, then rename.
+"""The checkpoint schema (its one home) and checkpoints written atomically.
 
-A failure while writing (e.g. out of disk space) removes the temp file and leaves the
-previous checkpoint untouched.
+A model checkpoint is the dict of :func:`model_checkpoint` (docs/architecture.md, "Runs");
+serving and export read it by :data:`REQUIRED_KEYS` and keep :data:`SERVING_KEYS`.
+Writes go through a temp file in the same folder, fsync, then rename: a failure while
+writing (e.g. out of disk space) removes the temp file and leaves the previous checkpoint
+untouched.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
-from dataloupe._fileio import write_failure
+from dataloupe._fileio import atomic_path, write_failure
 from dataloupe.project import DataloupeError
 
 
@@ -23,20 +25,23 @@ def atomic_save(obj, path: Path) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save(obj, tmp)
     except (OSError, RuntimeError) as e:  # torch's zip writer raises RuntimeError on a full disk
-        tmp.unlink(missing_ok=True)
         raise DataloupeError(f"could not write checkpoint {path} ({write_failure(path, e)});"
                              " the previous one is intact") from e
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+
+# Keys every model checkpoint holds (a file without one of them is not a dataloupe checkpoint).
+REQUIRED_KEYS = ("model", "model_name", "num_classes", "classes", "image_size", "small_input", "mean", "std")
+# What an exported state dict keeps: the required keys plus what serving reads (no training state).
+SERVING_KEYS = REQUIRED_KEYS + ("epoch", "val_top1", "tta_hflip")
+
+
+def missing_keys(ckpt: dict) -> list[str]:
+    """The :data:`REQUIRED_KEYS` that ``ckpt`` lacks."""
+    return [k for k in REQUIRED_KEYS if k not in ckpt]
 
 
 def model_checkpoint(model, *, model_name: str, classes: list[str], image_size: int, small_input: bool,

@@ -27,11 +27,12 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from dataloupe._fileio import publish_dir
 from dataloupe.data import ShardSampler, make_loader, open_cache, plan_loader, sample_set_from_table
 from dataloupe.models import create_model
 from dataloupe.project import DataloupeError, Project
 from dataloupe.tables import open_ref
-from dataloupe.train import _runs
+from dataloupe import runs
 from dataloupe.train._checkpoint import load_checkpoint
 from dataloupe.train._distributed import DistContext, init_distributed, shutdown_distributed
 from dataloupe.train._dynamics import aum, forgetting_events
@@ -126,11 +127,11 @@ def collect(project: Project, run: str, table: str | None = None, *, batch_size:
     own = ctx is None
     ctx = ctx or init_distributed("auto")
     try:
-        info = _runs.read_run(project, run)
+        info = runs.read_run(project, run)
         if info.get("kind") == "pretrain":
             return collect_embeddings(project, run, table, batch_size=batch_size, ctx=ctx, chunk_rows=chunk_rows,
                                       embedding_dtype=embedding_dtype)
-        folder = _runs.run_dir(project, run)
+        folder = runs.run_dir(project, run)
         refs = [table] if table else [f"{info['train_table']}@{info['train_revision']}",
                                       f"{info['val_table']}@{info['val_revision']}"]
         _, ckpt = _load_model(folder, run)
@@ -250,8 +251,8 @@ def collect_embeddings(project: Project, run: str, table: str | None = None, *, 
     own = ctx is None
     ctx = ctx or init_distributed("auto")
     try:
-        info = _runs.read_run(project, run)
-        folder = _runs.run_dir(project, run)
+        info = runs.read_run(project, run)
+        folder = runs.run_dir(project, run)
         refs = [table] if table else [f"{t['table']}@{t['revision']}" for t in info["tables"]]
         ckpt_path, ckpt = _load_model(folder, run)
         model = create_model(ckpt["model_name"], 1, small_input=ckpt["small_input"])
@@ -321,7 +322,6 @@ def _write_parts(folder: Path, name: str, batches: Iterator[pa.RecordBatch], ctx
     if ctx.is_primary():
         fragments = [f for fs in gathered for f in fs]
         lance.LanceDataset.commit(str(tmp), lance.LanceOperation.Overwrite(schema, fragments))
-        shutil.rmtree(path, ignore_errors=True)
-        tmp.rename(path)
+        publish_dir(tmp, path)
     ctx.barrier()
     return path

@@ -20,7 +20,7 @@ import torch
 from dataloupe.data import ShardSampler, make_loader, open_cache, plan_loader
 from dataloupe.models import create_model
 from dataloupe.project import DataloupeError, Project
-from dataloupe.train import _runs
+from dataloupe import runs
 from dataloupe.train._checkpoint import load_checkpoint
 from dataloupe.train._engine import train_samples
 from dataloupe.train._epoch import StepOptions, predict
@@ -68,8 +68,8 @@ def crossfit_labeled(project: Project, train_ref: str, val_ref: str, recipe: Rec
         weights[held] = 0.0  # out of this model's training set (and of its consistency pool: weight 0)
         fold_data = dataclasses.replace(data, train=dataclasses.replace(data.train, weights=weights))
         run = f"{run_prefix}-cf{k + 1}"
-        folder = _runs.run_dir(project, run)
-        info = _runs.read_run_at(folder) if (folder / "run.json").is_file() else {}
+        folder = runs.run_dir(project, run)
+        info = runs.read_run_at(folder) if (folder / "run.json").is_file() else {}
         if info.get("status") != "completed":
             log(f"cross-fitting fold {k + 1}/{folds}: {run} trains without {len(held)} labeled rows")
             train_samples(project, fold_data, recipe, run=run, resume=(folder / "run.json").is_file(), force=True)

@@ -37,6 +37,12 @@ class DistContext:
     def is_primary(self) -> bool:
         return self.rank == 0
 
+    def print(self, *lines: str) -> None:
+        """Log lines from the primary process only (the others say the same)."""
+        if self.is_primary():
+            for line in lines:
+                print(line, flush=True)
+
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()

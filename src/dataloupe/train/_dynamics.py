@@ -8,10 +8,11 @@ epoch; the mean when it was drawn several times).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
+
+from dataloupe._fileio import atomic_path
 
 
 def aum(margins: np.ndarray) -> np.ndarray:
@@ -48,9 +49,8 @@ class Dynamics:
         self.done = max(self.done, epoch)
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npz")
-        np.savez(tmp, ids=self.ids, epochs=np.arange(1, self.done + 1), margins=self.margins[: self.done])
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            np.savez(tmp, ids=self.ids, epochs=np.arange(1, self.done + 1), margins=self.margins[: self.done])
 
     @classmethod
     def load(cls, path: Path, ids: np.ndarray, epochs: int, *, upto: int) -> "Dynamics":

@@ -24,6 +24,7 @@ from dataloupe.data import (AugmentConfig, ShardSampler, WeightedEpochSampler, c
                             sample_transform)
 from dataloupe.models import create_model
 from dataloupe.project import DataloupeError, Project
+from dataloupe import runs
 from dataloupe.train import _runs
 from dataloupe.train._checkpoint import atomic_save, load_checkpoint, model_checkpoint
 from dataloupe.train._distributed import DistContext, init_distributed, shutdown_distributed
@@ -34,8 +35,9 @@ from dataloupe.train._inputs import TrainData, load_train_data
 from dataloupe.train._model_init import check_weight_sources, choose_normalisation, init_weights, small_input_for
 from dataloupe.train._plots import plot_history
 from dataloupe.train._progress import Progress
-from dataloupe.train._recipe import Recipe, build_recipe, load_recipe, parse_overrides, save_recipe
+from dataloupe.train._recipe import Recipe, build_recipe, load_recipe, parse_overrides
 from dataloupe.train._schedules import Schedule, build_optimizer, current_lr
+from dataloupe.train._stats import EpochStats
 
 
 @dataclass
@@ -150,9 +152,9 @@ def build_setup(project: Project, data: TrainData, recipe: Recipe, ctx: DistCont
                                       align=recipe.unlabeled_da, temperature=recipe.unlabeled_temperature,
                                       prior=prior, views=recipe.unlabeled_guess_views,
                                       rampup=recipe.unlabeled_rampup)
-        elif ctx.is_primary():
-            print("note: unlabeled_weight > 0 but the training table has no undefined rows with weight > 0;"
-                  " training on labeled rows only", flush=True)
+        else:
+            ctx.print("note: unlabeled_weight > 0 but the training table has no undefined rows with weight > 0;"
+                      " training on labeled rows only")
     optimizer = build_optimizer(raw, recipe.optimizer, lr=recipe.effective_lr, momentum=recipe.momentum,
                                 nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
     schedule = Schedule(recipe.scheduler, optimizer, lr=recipe.effective_lr, epochs=recipe.epochs,
@@ -185,27 +187,23 @@ def _open_pixels(project: Project, data: TrainData, recipe: Recipe, plan, ctx: D
         else:
             found = open_store(samples, project.cache_dir, short_side=recipe.store_short_side or recipe.image_size,
                                quality=recipe.store_quality, primary=ctx.is_primary(), barrier=ctx.barrier)
-        if ctx.is_primary() and time.perf_counter() - t0 > 5:
-            print(f"prepared {len(samples)} images ({plan.mode}) into {found.path}"
-                  f" in {time.perf_counter() - t0:.0f}s", flush=True)
+        if time.perf_counter() - t0 > 5:
+            ctx.print(f"prepared {len(samples)} images ({plan.mode}) into {found.path}"
+                      f" in {time.perf_counter() - t0:.0f}s")
         rows = used[len(out)] if used is not None else samples
-        warnings = check_readable(rows, found.failed, data.train_table if not out else data.val_table)
-        if ctx.is_primary():
-            for line in warnings:
-                print(line, flush=True)
+        ctx.print(*check_readable(rows, found.failed, data.train_table if not out else data.val_table))
         out.append(found)
     return out
 
 
-def _report_weights(s: Setup, folder) -> None:
+def _report_weights(s: Setup, writer: _runs.RunWriter) -> None:
     """Print one line per weights load and record the reports and the normalisation in ``run.json``."""
-    for key, report in s.weights.items():
-        print(f"{key}: {report.summary()}", flush=True)
+    writer.print(*(f"{key}: {report.summary()}" for key, report in s.weights.items()))
     mean, std = list(s.opts.mean), list(s.opts.std)
     if s.normalisation != "recipe":
-        print(f"normalisation: mean {mean} std {std} from the {s.normalisation} weights", flush=True)
+        writer.print(f"normalisation: mean {mean} std {std} from the {s.normalisation} weights")
     fields = {key: report.to_dict() for key, report in s.weights.items()}
-    _runs.update_run(folder, **fields, normalisation={"mean": mean, "std": std, "source": s.normalisation})
+    writer.update(**fields, normalisation={"mean": mean, "std": std, "source": s.normalisation})
 
 
 def _provenance_tables(data: TrainData) -> dict:
@@ -219,9 +217,9 @@ def _provenance(data: TrainData, recipe: Recipe, run: str, ctx: DistContext) -> 
         "run": run, "status": "running", "recipe": recipe.name, "train_table": data.train_table,
         "train_revision": data.train_revision, "val_table": data.val_table, "val_revision": data.val_revision,
         "train_content_key": data.train.content_key, "val_content_key": data.val.content_key,
-        "classes": data.classes, "seed": recipe.seed, "version": _runs.package_version(),
+        "classes": data.classes, "seed": recipe.seed, "version": runs.package_version(),
         "hardware": dict(_runs.hardware(), world_size=ctx.world_size, device=str(ctx.device)),
-        "created": _runs.now(), "epochs": recipe.epochs, "epochs_done": 0, "best_val_top1": None,
+        "created": runs.now(), "epochs": recipe.epochs, "epochs_done": 0, "best_val_top1": None,
         "best_epoch": None, "model": recipe.model, "image_size": recipe.image_size,
         "num_train": int(data.train.trainable.sum()), "num_val": int(data.val.trainable.sum()),
     }
@@ -245,20 +243,18 @@ def check_resumable(info: dict, data: TrainData, *, force: bool) -> list[str]:
 
 
 def _start_run(project, data, recipe, run, ctx, *, resume: bool, force: bool):
+    """The run folder's primary-only writer, after the run's start is written (or checked, on resume)."""
     folder, resume, info = _runs.resume_target(project, run, resume, pretrain=False, force=force)
+    writer = _runs.RunWriter(folder, ctx.is_primary())
     if resume:
         changes = check_resumable(info, data, force=force)
-        if changes and ctx.is_primary():  # forced: the run now continues on the new revisions; say so
+        if changes:  # forced: the run now continues on the new revisions; say so
             forced = info.get("forced_resumes", []) + [{"after_epoch": info.get("epochs_done", 0), "changes": changes}]
-            info = _runs.update_run(folder, forced_resumes=forced, **_provenance_tables(data))
-    else:
-        info = _provenance(data, recipe, run, ctx)
+            writer.update(forced_resumes=forced, **_provenance_tables(data))
     ctx.barrier()
-    if ctx.is_primary() and not resume:
-        (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
-        save_recipe(recipe, folder / "recipe.yaml")
-        _runs.write_json_atomic(folder / "run.json", info)
-    return folder, info
+    if not resume:
+        writer.start(_provenance(data, recipe, run, ctx), recipe)
+    return writer
 
 
 def train_samples(project: Project, data: TrainData, recipe: Recipe, *, run: str, resume: bool = False,
@@ -281,23 +277,21 @@ def train_samples(project: Project, data: TrainData, recipe: Recipe, *, run: str
     for used, ref in ((train_set, f"{data.train_table}@{data.train_revision}"),
                       (val_set, f"{data.val_table}@{data.val_revision}")):
         check_readable(used, missing_files(used), ref)  # a deleted image folder stops here, before the run
-    with _runs.run_claim(_runs.run_dir(project, run), ctx, run):  # one process per run, released when it ends
+    with _runs.run_claim(runs.run_dir(project, run), ctx, run):  # one process per run, released when it ends
         return _train_claimed(project, data, recipe, run=run, resume=resume, force=force, ctx=ctx, tty=tty,
                               train_set=train_set, val_set=val_set)
 
 
 def _train_claimed(project: Project, data: TrainData, recipe: Recipe, *, run: str, resume: bool, force: bool,
                    ctx: DistContext, tty, train_set, val_set) -> dict:
-    folder, info = _start_run(project, data, recipe, run, ctx, resume=resume, force=force)
-    primary = ctx.is_primary()
+    writer = _start_run(project, data, recipe, run, ctx, resume=resume, force=force)
+    folder = writer.folder
     try:
         s = build_setup(project, data, recipe, ctx, train_set, val_set)
     except BaseException:
-        if primary:
-            _runs.update_run(folder, status="failed")
+        writer.update(status="failed")
         raise
-    if primary:
-        _report_weights(s, folder)
+    _report_weights(s, writer)
     start_epoch, best = 1, -1.0
     dyn = Dynamics(train_set.ids, recipe.epochs)
     if resume and (folder / "checkpoints" / "last.pt").is_file():
@@ -309,63 +303,49 @@ def _train_claimed(project: Project, data: TrainData, recipe: Recipe, *, run: st
         s.schedule.resume(last["scheduler"], int(last["epoch"]) * len(s.train_loader))
         start_epoch, best = int(last["epoch"]) + 1, float(last.get("best_val_top1", -1.0))
         dyn = Dynamics.load(folder / "dynamics.npz", train_set.ids, recipe.epochs, upto=int(last["epoch"]))
-        if primary:
-            _runs.truncate_history(folder, int(last["epoch"]))
-    elif resume and primary:
-        _runs.truncate_history(folder, 0)
-    if primary:
-        _runs.update_run(folder, status="running", epochs=recipe.epochs,
-                         resumed=_runs.now() if resume else None)
-        if resume:
-            save_recipe(recipe, folder / "recipe.yaml")
+        writer.truncate_history(int(last["epoch"]))
+    elif resume:
+        writer.truncate_history(0)
+    writer.update(status="running", epochs=recipe.epochs, resumed=runs.now() if resume else None)
+    if resume:
+        writer.save_recipe(recipe)
     k = len(data.classes)
-    with _runs.marking_status(folder, primary):
+    with writer.marking_status():
         for epoch in range(start_epoch, recipe.epochs + 1):
-            best = _one_epoch(s, ctx, recipe, data, folder, epoch, best, dyn, k, tty)
+            best = _one_epoch(s, ctx, recipe, data, writer, epoch, best, dyn, k, tty)
     ctx.barrier()
-    return _runs.read_run_at(folder)
+    return runs.read_run_at(folder)
 
 
-def _one_epoch(s: Setup, ctx: DistContext, recipe: Recipe, data: TrainData, folder, epoch: int, best: float,
-               dyn: Dynamics, k: int, tty) -> float:
-    primary = ctx.is_primary()
+def _one_epoch(s: Setup, ctx: DistContext, recipe: Recipe, data: TrainData, writer: _runs.RunWriter, epoch: int,
+               best: float, dyn: Dynamics, k: int, tty) -> float:
     torch.manual_seed(recipe.seed * 1_000_003 + epoch * 7919 + ctx.rank * 104_729)  # augmentation draws
     s.sampler.set_epoch(epoch)
-    bar = Progress(len(s.train_loader), f"epoch {epoch}/{recipe.epochs}", enabled=primary, every=recipe.log_every,
-                   tty=tty)
+    bar = Progress(len(s.train_loader), f"epoch {epoch}/{recipe.epochs}", enabled=writer.primary,
+                   every=recipe.log_every, tty=tty)
     tr = train_one_epoch(s.model, s.train_loader, optimizer=s.optimizer, schedule=s.schedule, opts=s.opts,
                          num_samples=s.num_train, label_smoothing=recipe.label_smoothing, mix=s.mix,
                          grad_clip=recipe.grad_clip, progress=bar, consistency=s.consistency,
                          unlabeled=s.unlabeled_batches, ema=s.ema)
     evaluated = epoch % recipe.eval_every == 0 or epoch == recipe.epochs
-    ev = (evaluate(s.eval_model, s.val_loader, opts=s.opts, num_classes=k) if evaluated
-          else {"loss_sum": 0.0, "top1": 0, "top5": 0, "count": 0})
-    sums = ctx.all_reduce_sum(torch.tensor([tr["loss_sum"], tr["correct"], tr["count"], ev["loss_sum"],
-                                            ev["top1"], ev["top5"], ev["count"], tr["seconds"]]))
-    msum = ctx.all_reduce_sum(torch.from_numpy(tr["margin_sum"])).numpy()
-    mcnt = ctx.all_reduce_sum(torch.from_numpy(tr["margin_count"])).numpy()
-    tl, tc, tn, vl, v1, v5, vn, secs = sums.tolist()
-    check_finite_losses(tl / tn, vl / vn if evaluated else 0.0, epoch=epoch, lr=recipe.effective_lr)
-    record = {"epoch": epoch, "train_loss": tl / tn, "train_top1": tc / tn}
+    ev = evaluate(s.eval_model, s.val_loader, opts=s.opts, num_classes=k) if evaluated else None
+    stats = EpochStats.reduce(ctx, tr, ev)
+    check_finite_losses(stats.train_loss, stats.val_loss, epoch=epoch, lr=recipe.effective_lr)
     if evaluated:
-        s.schedule.epoch_end(vl / vn)
-        record.update(val_loss=vl / vn, val_top1=v1 / vn)
-        if k >= 5:
-            record["val_top5"] = v5 / vn
+        s.schedule.epoch_end(stats.val_loss)
+    unlabeled_used = None
     if s.consistency is not None:
         used = ctx.all_reduce_sum(torch.tensor([tr["unlabeled_used"], tr["unlabeled_seen"]], dtype=torch.float64))
-        record["unlabeled_used"] = float(used[0] / max(1.0, float(used[1])))
-    record.update(lr=current_lr(s.optimizer), images_per_s=tn / (secs / ctx.world_size),
-                  seconds=secs / ctx.world_size)
-    dyn.record(epoch, msum, mcnt)
+        unlabeled_used = float(used[0] / max(1.0, float(used[1])))
+    record = stats.record(epoch, num_classes=k, lr=current_lr(s.optimizer), unlabeled_used=unlabeled_used)
+    dyn.record(epoch, stats.margin_sum, stats.margin_count)
     if recipe.checkpoint == "last":  # validation labels choose nothing: the last epoch is the model
         improved = epoch == recipe.epochs
         best = record["val_top1"] if improved else best
     else:
         improved = evaluated and record["val_top1"] > best
         best = max(best, record.get("val_top1", best))
-    if primary:
-        _write_epoch(s, recipe, data, folder, epoch, record, best, improved, dyn, plot=evaluated)
+    writer.call(_write_epoch, s, recipe, data, writer.folder, epoch, record, best, improved, dyn, plot=evaluated)
     ctx.barrier()
     return best
 
@@ -379,7 +359,7 @@ def check_finite_losses(train_loss: float, val_loss: float, *, epoch: int, lr: f
 
 
 def _write_epoch(s, recipe, data, folder, epoch, record, best, improved, dyn, *, plot: bool = True) -> None:
-    _runs.append_history(folder, record)
+    runs.append_history(folder, record)
     dyn.save(folder / "dynamics.npz")
     meta = dict(model_name=recipe.model, classes=data.classes, image_size=recipe.image_size,
                 small_input=s.small_input, mean=list(s.opts.mean), std=list(s.opts.std), epoch=epoch,
@@ -393,10 +373,10 @@ def _write_epoch(s, recipe, data, folder, epoch, record, best, improved, dyn, *,
     if s.ema is not None:  # "model" is the average (what collect and serve load); resume needs both
         last.update(trained_model=s.raw.state_dict(), ema=s.ema.state_dict())
     atomic_save(last, folder / "checkpoints" / "last.pt")
-    best_epoch = epoch if improved else _runs.read_run_at(folder).get("best_epoch")
-    _runs.update_run(folder, epochs_done=epoch, best_val_top1=best, best_epoch=best_epoch)
+    best_epoch = epoch if improved else runs.read_run_at(folder).get("best_epoch")
+    runs.update_run(folder, epochs_done=epoch, best_val_top1=best, best_epoch=best_epoch)
     if plot:  # with the validation pass (matplotlib costs more than a small epoch)
-        plot_history(_runs.read_history(folder), folder / "plots")
+        plot_history(runs.read_history(folder), folder / "plots")
     line = " ".join(f"{k_}={v:.4g}" if isinstance(v, float) else f"{k_}={v}" for k_, v in record.items())
     print(line, flush=True)
 
@@ -416,7 +396,7 @@ def train(project: Project, train_table: str, val_table: str, recipe: Recipe | d
         force: resume even when the tables changed underneath.
     """
     if run is not None:
-        _runs.check_run_name(run)  # before anything is read or written
+        runs.check_run_name(run)  # before anything is read or written
     if isinstance(recipe, str):
         recipe = load_recipe(recipe)
     elif isinstance(recipe, dict):
@@ -429,7 +409,7 @@ def train(project: Project, train_table: str, val_table: str, recipe: Recipe | d
         if run is None:
             if resume:
                 raise DataloupeError("--resume needs --run NAME")
-            run = ctx.broadcast_object(_runs.new_run_name(project, recipe.name) if ctx.is_primary() else None)
+            run = ctx.broadcast_object(runs.new_run_name(project, recipe.name) if ctx.is_primary() else None)
         info = train_samples(project, data, recipe, run=run, resume=resume, force=force, ctx=ctx, tty=tty)
         if recipe.collect:
             from dataloupe.train._collect import collect

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dataloupe.data import AugmentConfig, EncodedBatch, batch_augment, normalize_batch
+from dataloupe.models import infer
 from dataloupe.train._progress import Progress
 
 
@@ -49,24 +50,24 @@ class StepOptions:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def eval_forward(self, model: nn.Module, images: torch.Tensor, *, return_embedding: bool = False):
-        """Eval-mode forward pass: logits (and embeddings), averaged over the mirror when ``tta_hflip``.
+        """Eval-mode forward pass of one batch through :func:`dataloupe.models.infer`: logits (and
+        embeddings), averaged over the mirror when ``tta_hflip``."""
+        return next(infer(self._forward(model, return_embedding), [self.inputs(images)], tta=self.tta_hflip,
+                          embedding=return_embedding))
 
-        With the mirror, the logits are the log of the mean softmax (so softmax gives the mean
-        probability) and the embedding is the mean embedding.
-        """
-        x = self.inputs(images)
-        with self.autocast():
-            out = model(x, return_embedding=True) if return_embedding else model(x)
-            if not self.tta_hflip:
-                return out
-            out2 = model(x.flip(3), return_embedding=True) if return_embedding else model(x.flip(3))
-        if return_embedding:
-            (l1, e1), (l2, e2) = out, out2
-        else:
-            l1, l2 = out, out2
-        probs = (torch.softmax(l1.float(), 1) + torch.softmax(l2.float(), 1)) / 2
-        logits = probs.clamp_min(1e-12).log()
-        return (logits, (e1.float() + e2.float()) / 2) if return_embedding else logits
+    def infer_loader(self, model: nn.Module, loader, *, embedding: bool = False):
+        """:func:`dataloupe.models.infer` over a loader's ``(images, labels, positions)`` batches:
+        yields ``(logits, labels, positions)`` or ``(logits, embeddings, labels, positions)``."""
+        return infer(self._forward(model, embedding),
+                     ((self.inputs(images), labels, positions) for images, labels, positions in loader),
+                     tta=self.tta_hflip, embedding=embedding)
+
+    def _forward(self, model: nn.Module, embedding: bool):
+        def forward(x):
+            with self.autocast():
+                return model(x, return_embedding=True) if embedding else model(x)
+
+        return forward
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -306,9 +307,9 @@ def evaluate(model: nn.Module, loader, *, opts: StepOptions, num_classes: int) -
     model.eval()
     sums = torch.zeros(3, device=opts.device, dtype=torch.float64)  # loss, top-1, top-5 (no per-batch sync)
     count = 0
-    for images, labels, _ in loader:
+    for logits, labels, _ in opts.infer_loader(model, loader):
         y = labels.to(opts.device)
-        logits = opts.eval_forward(model, images).float()
+        logits = logits.float()
         sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
         sums[1] += (logits.argmax(1) == y).sum()
         if num_classes >= 5:
@@ -325,8 +326,7 @@ def predict_batches(model: nn.Module, loader, *, opts: StepOptions):
     The streaming form of :func:`predict`: memory holds one batch, whatever the number of rows.
     """
     model.eval()
-    for images, _, positions in loader:
-        logits, emb = opts.eval_forward(model, images, return_embedding=True)
+    for logits, emb, _, positions in opts.infer_loader(model, loader, embedding=True):
         yield positions.numpy(), torch.softmax(logits.float(), 1).cpu().numpy(), emb.float().cpu().numpy()
 
 

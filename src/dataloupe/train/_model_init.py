@@ -14,7 +14,7 @@ from torch import nn
 
 from dataloupe.models import HUB_SOURCES, WeightsReport, load_pretrained, supports_small_input
 from dataloupe.project import DataloupeError, Project
-from dataloupe.train import _runs
+from dataloupe import runs
 from dataloupe.train._recipe import Recipe
 
 
@@ -27,9 +27,9 @@ def small_input_for(recipe: Recipe) -> bool:
 
 def run_checkpoint(project: Project, name: str, label: str) -> str:
     """Run ``name``'s ``checkpoints/best.pt`` (``label`` names the recipe setting in errors)."""
-    folder = _runs.run_dir(project, name)
+    folder = runs.run_dir(project, name)
     if not folder.is_dir():
-        known = ", ".join(_runs.list_run_names(project)) or "none"
+        known = ", ".join(runs.list_run_names(project)) or "none"
         raise DataloupeError(f"{label}: unknown run {name!r}; known runs: {known}")
     ckpt = folder / "checkpoints" / "best.pt"
     if not ckpt.is_file():

@@ -31,6 +31,8 @@ from dataloupe.data import (SampleSet, ShardSampler, WeightedEpochSampler, check
                             open_cache, plan_loader)
 from dataloupe.models import create_model
 from dataloupe.project import DataloupeError, Project
+from dataloupe import runs
+from dataloupe._fileio import write_json_atomic
 from dataloupe.train import _runs
 from dataloupe.train._checkpoint import atomic_save, load_checkpoint
 from dataloupe.train._distributed import DistContext, init_distributed, shutdown_distributed
@@ -159,9 +161,9 @@ def _provenance(data: PretrainData, config: PretrainConfig, run: str, ctx: DistC
     return {
         "run": run, "kind": "pretrain", "status": "running", "method": config.method,
         "recipe": f"pretrain-{config.method}", "tables": data.tables, "classes": data.classes, "seed": config.seed,
-        "version": _runs.package_version(),
+        "version": runs.package_version(),
         "hardware": dict(_runs.hardware(), world_size=ctx.world_size, device=str(ctx.device)),
-        "created": _runs.now(), "epochs": config.epochs, "epochs_done": 0, "knn_top1": None,
+        "created": runs.now(), "epochs": config.epochs, "epochs_done": 0, "knn_top1": None,
         "model": config.model, "image_size": config.image_size, "num_rows": int(sum(len(s) for s in learn)),
     }
 
@@ -185,7 +187,7 @@ def _start_run(project, data, config, run, ctx, *, resume: bool, learn):
         (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
         save_pretrain_config(config, folder / "recipe.yaml")
         if not resume:
-            _runs.write_json_atomic(folder / "run.json", info)
+            write_json_atomic(folder / "run.json", info)
     return folder, resume
 
 
@@ -266,7 +268,7 @@ def _one_epoch(s: PretrainSetup, ctx: DistContext, config: PretrainConfig, folde
 
 def _write_epoch(s: PretrainSetup, config: PretrainConfig, folder: Path, record: dict) -> None:
     epoch = record["epoch"]
-    _runs.append_history(folder, record)  # before last.pt: a resume truncates history to last.pt's epoch
+    runs.append_history(folder, record)  # before last.pt: a resume truncates history to last.pt's epoch
     atomic_save(backbone_checkpoint(s.raw, config, s.small_input, epoch), folder / "checkpoints" / "best.pt")
     state = s.raw.state_dict()
     extra = {k: b.detach().cpu() for k, b in s.raw.named_buffers() if k not in state}  # e.g. MoCo's memory bank
@@ -274,8 +276,8 @@ def _write_epoch(s: PretrainSetup, config: PretrainConfig, folder: Path, record:
                  "method": config.method, "model_name": config.model, "epoch": epoch,
                  "optimizer": s.optimizer.state_dict(), "scheduler": s.schedule.state_dict()},
                 folder / "checkpoints" / "last.pt")
-    _runs.update_run(folder, epochs_done=epoch, knn_top1=record["knn_top1"])
-    plot_pretrain_history(_runs.read_history(folder), folder / "plots")
+    runs.update_run(folder, epochs_done=epoch, knn_top1=record["knn_top1"])
+    plot_pretrain_history(runs.read_history(folder), folder / "plots")
     print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()), flush=True)
 
 
@@ -290,7 +292,7 @@ def pretrain_samples(project: Project, data: PretrainData, config: PretrainConfi
                              " pretraining needs at least 2")
     for used, t in zip(learn, data.tables):  # a deleted image folder stops here, before the run
         check_readable(used, missing_files(used), f"{t['table']}@{t['revision']}")
-    with _runs.run_claim(_runs.run_dir(project, run), ctx, run):  # one process per run
+    with _runs.run_claim(runs.run_dir(project, run), ctx, run):  # one process per run
         return _pretrain_claimed(project, data, config, run=run, resume=resume, ctx=ctx, tty=tty, learn=learn)
 
 
@@ -312,15 +314,15 @@ def _pretrain_claimed(project: Project, data: PretrainData, config: PretrainConf
     start_knn = _knn_monitor(s, ctx, config) if start_epoch == 1 else None  # the baseline: random init
     if primary:
         if resume:
-            _runs.truncate_history(folder, start_epoch - 1)
+            runs.truncate_history(folder, start_epoch - 1)
         extra = {"knn_top1_start": start_knn} if start_epoch == 1 else {}
-        _runs.update_run(folder, status="running", epochs=config.epochs, resumed=_runs.now() if resume else None,
+        runs.update_run(folder, status="running", epochs=config.epochs, resumed=runs.now() if resume else None,
                          num_knn_rows=0 if s.knn_labels is None else len(s.knn_labels), **extra)
     with _runs.marking_status(folder, primary):
         for epoch in range(start_epoch, config.epochs + 1):
             _one_epoch(s, ctx, config, folder, epoch, tty)
     ctx.barrier()
-    return _runs.read_run_at(folder)
+    return runs.read_run_at(folder)
 
 
 def _config_for(project: Project, config, overrides, run: str | None, resume: bool) -> tuple[PretrainConfig, dict]:
@@ -330,9 +332,9 @@ def _config_for(project: Project, config, overrides, run: str | None, resume: bo
     if resume:
         if not run:
             raise DataloupeError("--resume needs --run NAME")
-        folder = _runs.run_dir(project, run)
+        folder = runs.run_dir(project, run)
         if (folder / "run.json").is_file():
-            info = _runs.read_run(project, run)
+            info = runs.read_run(project, run)
             if info.get("kind") != "pretrain":
                 raise DataloupeError(f"run {run!r} is a training run, not a pretrain run: resume it with"
                                      f" `dataloupe train --run {run} --resume`")
@@ -365,14 +367,14 @@ def pretrain(project: Project, tables: list[str] | None, config: PretrainConfig 
         tty: progress bar (True) or plain lines (False); default: whether stderr is a terminal.
     """
     if run is not None:
-        _runs.check_run_name(run)  # before anything is read or written
+        runs.check_run_name(run)  # before anything is read or written
     cfg, info = _config_for(project, config, overrides, run, resume)
     refs = list(tables) if tables else [f"{t['table']}@{t['revision']}" for t in info.get("tables", [])]
     ctx = init_distributed(cfg.device)
     try:
         data = load_pretrain_data(project, refs)
         if run is None:
-            run = ctx.broadcast_object(_runs.new_run_name(project, cfg.method) if ctx.is_primary() else None)
+            run = ctx.broadcast_object(runs.new_run_name(project, cfg.method) if ctx.is_primary() else None)
         info = pretrain_samples(project, data, cfg, run=run, resume=resume, ctx=ctx, tty=tty)
         if cfg.collect:
             from dataloupe.train._collect import collect_embeddings

@@ -1,39 +1,22 @@
-"""Run folders: ``run.json`` (provenance and status), ``history.jsonl``, listing.
-
-See the "Runs" section of docs/architecture.md for the layout other stages read.
+"""What training adds to run folders: hardware provenance, resume rules, the run's claim
+and its status around the epochs. The run record itself (``run.json``, ``history.jsonl``,
+names, artifacts) lives in :mod:`dataloupe.runs`, without torch.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import platform
 import shutil
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-import dataloupe
 from dataloupe import _runstate
+from dataloupe.project import DataloupeError, Project
 from dataloupe._fileio import write_json_atomic
-from dataloupe.project import DataloupeError, Project, check_name
-
-def check_run_name(name: str) -> str:
-    return check_name(name, "run")
-
-
-def run_dir(project: Project, name: str) -> Path:
-    return project.runs_dir / check_run_name(name)
-
-
-def new_run_name(project: Project, prefix: str) -> str:
-    """``<prefix>-<n>`` with the first unused ``n``."""
-    n = 1
-    while (project.runs_dir / f"{prefix}-{n}").exists():
-        n += 1
-    return f"{prefix}-{n}"
+from dataloupe.runs import now, read_run_at, run_dir, truncate_history, update_run
 
 
 def hardware() -> dict:
@@ -131,85 +114,45 @@ def marking_status(folder: Path, primary: bool):
         update_run(folder, status="completed", finished=now())
 
 
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+class RunWriter:
+    """The one writer of a training run's folder: every method writes (or prints) on the
+    primary process only and does nothing on the others (torchvision's ``save_on_master``),
+    so the engine holds no rank checks of its own."""
 
+    def __init__(self, folder: Path, primary: bool):
+        self.folder = Path(folder)
+        self.primary = primary
 
-def package_version() -> str:
-    return dataloupe.__version__
+    def print(self, *lines: str) -> None:
+        if self.primary:
+            for line in lines:
+                print(line, flush=True)
 
+    def start(self, info: dict, recipe) -> None:
+        """A fresh run: ``checkpoints/``, ``recipe.yaml`` and ``run.json``."""
+        if self.primary:
+            (self.folder / "checkpoints").mkdir(parents=True, exist_ok=True)
+            self.save_recipe(recipe)
+            write_json_atomic(self.folder / "run.json", info)
 
-def read_run(project: Project, name: str) -> dict:
-    """``run.json`` of run ``name``."""
-    path = run_dir(project, name) / "run.json"
-    if not path.is_file():
-        known = ", ".join(list_run_names(project)) or "none"
-        raise DataloupeError(f"unknown run {name!r}; known runs: {known}")
-    return _runstate.effective_status(path.parent, json.loads(path.read_text()))
+    def save_recipe(self, recipe) -> None:
+        if self.primary:
+            from dataloupe.train._recipe import save_recipe  # noqa: PLC0415
 
+            save_recipe(recipe, self.folder / "recipe.yaml")
 
-def update_run(folder: Path, **fields) -> dict:
-    path = folder / "run.json"
-    info = json.loads(path.read_text()) if path.is_file() else {}
-    info.update(fields)
-    write_json_atomic(path, info)
-    return info
+    def update(self, **fields) -> dict | None:
+        """Set ``fields`` in ``run.json``; the new record (None off the primary)."""
+        return update_run(self.folder, **fields) if self.primary else None
 
+    def truncate_history(self, last_epoch: int) -> None:
+        if self.primary:
+            truncate_history(self.folder, last_epoch)
 
-def read_history(folder: Path) -> list[dict]:
-    path = folder / "history.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    def call(self, fn, *args, **kwargs):
+        """``fn(*args, **kwargs)`` on the primary (a write of several files, e.g. one epoch's)."""
+        return fn(*args, **kwargs) if self.primary else None
 
-
-def truncate_history(folder: Path, last_epoch: int) -> list[dict]:
-    """Keep epochs ``<= last_epoch`` (resuming rewinds to the last checkpointed epoch)."""
-    kept = [h for h in read_history(folder) if h["epoch"] <= last_epoch]
-    tmp = folder / ".history.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(h) + "\n" for h in kept))
-    os.replace(tmp, folder / "history.jsonl")
-    return kept
-
-
-def append_history(folder: Path, record: dict) -> None:
-    with open(folder / "history.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def list_run_names(project: Project) -> list[str]:
-    return sorted(p.parent.name for p in project.runs_dir.glob("*/run.json"))
-
-
-_SUMMARY = ("run", "status", "recipe", "train_table", "train_revision", "val_table", "val_revision",
-            "epochs", "epochs_done", "best_val_top1", "best_epoch", "created")
-_PRETRAIN_SUMMARY = ("kind", "method", "tables", "knn_top1")  # added for pretrain runs (no val table, no top-1)
-
-
-def list_runs(project: Project) -> list[dict]:
-    """One summary dict per run (oldest first)."""
-    out = []
-    for name in list_run_names(project):
-        info = read_run(project, name)
-        keys = _SUMMARY + (_PRETRAIN_SUMMARY if info.get("kind") == "pretrain" else ())
-        out.append({k: info.get(k) for k in keys})
-    return sorted(out, key=lambda r: r.get("created") or "")
-
-
-def show_run(project: Project, name: str) -> dict:
-    """``run.json`` plus ``history``, the run folder and the files in ``plots/``."""
-    info = read_run(project, name)
-    folder = run_dir(project, name)
-    info["history"] = read_history(folder)
-    info["folder"] = str(folder)
-    info["plots"] = sorted(str(p) for p in (folder / "plots").glob("*.png"))
-    info["checkpoints"] = sorted(str(p) for p in (folder / "checkpoints").glob("*.pt"))
-    return info
-
-
-def read_run_at(folder: Path) -> dict:
-    """``run.json`` of the run in ``folder`` ({} when absent); a dead "running" run reads as failed."""
-    path = folder / "run.json"
-    return _runstate.effective_status(folder, json.loads(path.read_text())) if path.is_file() else {}
+    def marking_status(self):
+        """:func:`marking_status` around the run's epochs."""
+        return marking_status(self.folder, self.primary)

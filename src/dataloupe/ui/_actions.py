@@ -7,7 +7,7 @@ message and the table is left as it was.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -17,14 +17,17 @@ from dataloupe.tables import StaleRevisionError, edit_table, open_table
 from dataloupe.ui import _runs
 
 # Dashboard action name → (table edit action, needs a label, suggestion kind or None).
+# The names are the tables' edit actions where there is one (``undefine``).
 UI_ACTIONS = {
     "set_label": ("set_label", True, None),
-    "mark_undefined": ("undefine", False, None),
+    "undefine": ("undefine", False, None),
     "exclude": ("exclude", False, None),
     "include": ("include", False, None),
     "accept_pseudo_labels": ("set_label", False, "pseudo"),
     "accept_suggested_labels": ("set_label", False, "suggested"),
 }
+# Older names the HTTP API still accepts (public: scripts may send them).
+ACTION_ALIASES = {"mark_undefined": "undefine"}
 MAX_IDS = 5_000_000
 
 
@@ -56,6 +59,7 @@ def apply_action(project: Project, table: str, req: ActionRequest) -> dict:
         DataloupeError: on any invalid input (nothing is written).
         ConflictError: when ``expected_revision`` is not the table's latest revision.
     """
+    req = replace(req, action=ACTION_ALIASES.get(req.action, req.action))
     if req.action not in UI_ACTIONS:
         raise DataloupeError(f"unknown action {req.action!r}; known: {', '.join(UI_ACTIONS)}")
     edit_action, needs_label, kind = UI_ACTIONS[req.action]
@@ -126,7 +130,7 @@ def _check_ids(t, ids) -> np.ndarray:
 def _default_message(req: ActionRequest, n: int) -> str:
     what = {
         "set_label": f"set label {req.label!r} on",
-        "mark_undefined": "mark undefined",
+        "undefine": "mark undefined",
         "exclude": "exclude",
         "include": "include",
         "accept_pseudo_labels": f"accept pseudo-labels of run {req.run} for",

@@ -26,8 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from dataloupe import __version__
 from dataloupe._netsafety import BodyLimit, host_of, host_refusal, is_loopback, token_matches
 from dataloupe.loop import apply_answers, review_queue
-from dataloupe.project import NAME_PATTERN, DataloupeError, Project
-from dataloupe.tables import (StaleRevisionError, annotate, diff_revisions, list_tables, notes_of, open_table,
+from dataloupe.project import DataloupeError, Project
+from dataloupe.runs import existing_run_dir, list_run_names, metrics_path, read_history
+from dataloupe.tables import (StaleRevisionError, annotate, check_table_name, diff_revisions, list_tables, notes_of, open_table,
                               revert_table, tag_counts)
 from dataloupe.ui import _actions, _images, _loops, _runs, _samples
 from dataloupe.ui._cache import LRU
@@ -153,15 +154,21 @@ def create_app(project: Project, *, token: str | None = None,
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         return _error(422, f"invalid request: {where}: {first.get('msg', 'bad value')}")
 
+    def table_name_ok(name: str) -> bool:
+        try:
+            return check_table_name(name) == name
+        except DataloupeError:
+            return False
+
     def table_or_404(name: str):
-        if not NAME_PATTERN.fullmatch(name) or not (project.tables_dir / name / "revisions.json").is_file():
+        if not table_name_ok(name) or not (project.tables_dir / name / "revisions.json").is_file():
             known = ", ".join(t["name"] for t in list_tables(project)) or "none"
             raise NotFound(f"unknown table {name!r} (known tables: {known})")
         return open_table(project, name)
 
     def run_or_404(run: str) -> dict:
         try:
-            return _runs.read_run(project, run)
+            return _runs.run_info(project, run)
         except DataloupeError as e:
             raise NotFound(str(e)) from None
 
@@ -173,7 +180,7 @@ def create_app(project: Project, *, token: str | None = None,
     @app.get("/api/project")
     def project_info() -> dict:
         return {"root": str(project.root), "version": __version__,
-                "tables": len(list_tables(project)), "runs": len(_runs.list_run_names(project))}
+                "tables": len(list_tables(project)), "runs": len(list_run_names(project))}
 
     @app.get("/api/tables")
     def tables() -> list[dict]:
@@ -266,7 +273,7 @@ def create_app(project: Project, *, token: str | None = None,
     # ---- runs ---------------------------------------------------------------------
     @app.get("/api/runs")
     def runs() -> list[dict]:
-        return _runs.list_runs(project)
+        return _runs.run_infos(project)
 
     @app.get("/api/runs/{run}")
     def run(run: str) -> dict:
@@ -274,7 +281,7 @@ def create_app(project: Project, *, token: str | None = None,
         analysis = _runs.read_analysis(project, run)
         ax = _runs.analysis_index(project, run, info.get("train_table"))
         counts = {k: int(v.size) for k, v in ax.findings.items()}
-        return info | {"history": _runs.read_history(project, run), "finding_counts": counts,
+        return info | {"history": read_history(existing_run_dir(project, run)), "finding_counts": counts,
                        "taxonomy": analysis.get("taxonomy"), "clusters": analysis.get("clusters"),
                        "trust": _runs.run_trust(project, info)}
 
@@ -283,7 +290,7 @@ def create_app(project: Project, *, token: str | None = None,
         run_or_404(run)
         t = table_or_404(table)
         rev = t.at(revision).revision if revision is not None else t.latest_revision
-        mpath = _runs.metrics_path(project, run, table)
+        mpath = metrics_path(project, run, table, must_exist=True)
         apath = project.runs_dir / run / "analysis.json"
         # the header names the latest revision: a blob packed before a newer edit must not be reused
         key = (run, table, rev, t.latest_revision, _mtime(mpath), _mtime(apath))
@@ -346,7 +353,7 @@ def create_app(project: Project, *, token: str | None = None,
     def prewarm_points() -> None:
         """Pack the newest run's points once at start-up, so the first page load is fast."""
         try:
-            runs_ = [r for r in _runs.list_runs(project) if r.get("metrics_tables")]
+            runs_ = [r for r in _runs.run_infos(project) if r.get("metrics_tables")]
             if not runs_:
                 return
             r = runs_[-1]

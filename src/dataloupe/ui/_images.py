@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import threading
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from dataloupe._fileio import write_bytes_atomic
 from dataloupe._imagepath import OutsideRootError, image_file
 from dataloupe.project import DataloupeError, Project
 from dataloupe.tables import MAX_PIXELS, open_table
@@ -109,7 +109,5 @@ def thumbnail(project: Project, table: str, root: Path, rel: str, sample_id: int
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise UnreadableImage(f"sample {sample_id}: not a readable image ({type(e).__name__})") from None
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, out)
+    write_bytes_atomic(out, buf.getvalue())
     return out

@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 
 from dataloupe.project import DataloupeError, Project
 from dataloupe.tables import open_table
+from dataloupe.runs import metrics_path
 from dataloupe.ui import _runs
 
 MAGIC = b"DLP1"
@@ -141,7 +142,7 @@ def decode(blob: bytes) -> tuple[dict, dict[str, np.ndarray]]:
 
 
 def _read_metrics(project: Project, run: str, table: str) -> dict:
-    ds = lance.dataset(_runs.metrics_path(project, run, table))
+    ds = lance.dataset(metrics_path(project, run, table, must_exist=True))
     names = set(ds.schema.names)
     want = ["id", "predicted", *[c for c in (*FLOAT_COLUMNS, *SORT_COLUMNS, "cluster", "map_x", "map_y") if c in names]]
     m = ds.to_table(columns=want)
@@ -159,7 +160,7 @@ def _read_metrics(project: Project, run: str, table: str) -> dict:
         out["map_x"], out["map_y"] = _floats(m["map_x"]), _floats(m["map_y"])
         out["map_source"] = "map_x/map_y"
     else:
-        xy = _pca_cached(str(_runs.metrics_path(project, run, table)), ds.version)
+        xy = _pca_cached(str(metrics_path(project, run, table, must_exist=True)), ds.version)
         out["map_x"], out["map_y"] = xy[:, 0], xy[:, 1]
         out["map_source"] = (f"PCA of the embeddings: this run has no map yet; run `dataloupe reduce {run}` "
                              "for a map that keeps neighbourhoods (PaCMAP)")
@@ -168,7 +169,7 @@ def _read_metrics(project: Project, run: str, table: str) -> dict:
 
 def read_embedding(project: Project, run: str, table: str) -> tuple[np.ndarray, np.ndarray] | None:
     """``(ids (N,), unit-norm embeddings (N, D))`` sorted by id, or None if absent/too big."""
-    ds = lance.dataset(_runs.metrics_path(project, run, table))
+    ds = lance.dataset(metrics_path(project, run, table, must_exist=True))
     if "embedding" not in ds.schema.names:
         return None
     dim = ds.schema.field("embedding").type.list_size

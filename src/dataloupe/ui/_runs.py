@@ -1,84 +1,45 @@
-"""Read the run folders that training and analysis write (see docs/architecture.md).
+"""What the dashboard reads of a run folder, on top of :mod:`dataloupe.runs` (the run
+record) and :func:`dataloupe.analysis.finding_rows` (the one shape of a finding's rows).
 
-Only reads: ``run.json``, ``history.jsonl``, ``analysis.json`` and the per-sample metrics
-tables under ``metrics/``. Everything returned is plain data (dicts, numpy arrays).
+Everything returned is plain data (dicts, numpy arrays).
 """
 
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from dataloupe._runstate import effective_status
-from dataloupe.project import DataloupeError, Project, check_name
+from dataloupe import runs
+from dataloupe.analysis import finding_rows, list_detectors
+from dataloupe.project import DataloupeError, Project
+from dataloupe.runs import metrics_tables, read_json, table_roles
 
-# Finding types shown in the dashboard, in bit order of the ``findings`` column.
-FINDING_TYPES = ("label_issues", "outliers", "near_duplicates", "leakage", "pseudo_labels")
-# Record keys that name a sample of the run's table inside an analysis.json record.
-_ID_KEYS = ("id", "sample_id", "id_a", "id_b", "other_id", "duplicate_of")
-_ID_LIST_KEYS = ("ids", "sample_ids", "members")
-_SUGGESTED_KEYS = ("suggested_label", "suggested", "suggestion")
-_PSEUDO_KEYS = ("pseudo_label", "suggested_label", "label", "predicted")
-# Sections whose records carry no table: pseudo-labels are made for the training table.
-_DEFAULT_ROLE = {"pseudo_labels": "train"}
+# Finding types shown per sample in the dashboard, in bit order of the ``findings`` column
+# (the detectors' registration order; new per-sample detectors take the next bits).
+FINDING_TYPES = tuple(list_detectors(per_sample=True))
 
 
-def run_dir(project: Project, run: str) -> Path:
-    """The folder of ``run``; unknown or malformed names raise :class:`DataloupeError`."""
-    check_name(run, "run")
-    d = project.runs_dir / run
-    if not (d / "run.json").is_file():
-        known = ", ".join(list_run_names(project)) or "none"
-        raise DataloupeError(f"unknown run {run!r} (known runs: {known})")
-    return d
-
-
-def list_run_names(project: Project) -> list[str]:
-    if not project.runs_dir.is_dir():
-        return []
-    return sorted(p.name for p in project.runs_dir.iterdir() if (p / "run.json").is_file())
-
-
-def read_run(project: Project, run: str) -> dict:
+def run_info(project: Project, run: str) -> dict:
     """``run.json`` plus the metrics tables present and whether analysis exists."""
-    d = run_dir(project, run)
-    info = dict(effective_status(d, _read_json(d / "run.json")))  # a dead "running" run is failed
+    info = dict(runs.read_run(project, run))  # a dead "running" run reads as failed
     info["run"] = info.get("run") or run
     info["metrics_tables"] = metrics_tables(project, run)
-    info["has_analysis"] = (d / "analysis.json").is_file()
+    info["has_analysis"] = runs.analysis_path(project, run).is_file()
     return info
 
 
-def list_runs(project: Project) -> list[dict]:
-    """Every run's ``run.json`` (plus metrics tables), oldest first by ``created``."""
-    runs = []
-    for name in list_run_names(project):
-        try:
-            runs.append(read_run(project, name))
-        except (DataloupeError, ValueError) as e:
-            runs.append({"run": name, "status": "unreadable", "error": str(e)})
-    return sorted(runs, key=lambda r: (str(r.get("created", "")), r["run"]))
-
-
-def read_history(project: Project, run: str) -> list[dict]:
-    """One dict per finished epoch from ``history.jsonl`` (a torn last line is skipped)."""
-    path = run_dir(project, run) / "history.jsonl"
-    if not path.is_file():
-        return []
+def run_infos(project: Project) -> list[dict]:
+    """Every run's :func:`run_info`, oldest first by ``created``."""
     out = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line:
-            continue
+    for name in runs.list_run_names(project):
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a run still writing its last line
-    return out
+            out.append(run_info(project, name))
+        except (DataloupeError, ValueError) as e:
+            out.append({"run": name, "status": "unreadable", "error": str(e)})
+    return sorted(out, key=lambda r: (str(r.get("created", "")), r["run"]))
 
 
 def read_analysis(project: Project, run: str) -> dict:
@@ -86,7 +47,7 @@ def read_analysis(project: Project, run: str) -> dict:
 
     Parsed once per file version (path, mtime, size); callers must not modify the result.
     """
-    path = run_dir(project, run) / "analysis.json"
+    path = runs.existing_run_dir(project, run) / "analysis.json"
     if not path.is_file():
         return {}
     st = path.stat()
@@ -104,8 +65,9 @@ class AnalysisIndex:
 
 def analysis_index(project: Project, run: str, table: str) -> AnalysisIndex:
     """:class:`AnalysisIndex` of the run's analysis for ``table`` (cached per file version)."""
-    path = run_dir(project, run) / "analysis.json"
-    roles = frozenset(table_roles(_read_json(run_dir(project, run) / "run.json"), table))
+    folder = runs.existing_run_dir(project, run)
+    path = folder / "analysis.json"
+    roles = frozenset(table_roles(read_json(folder / "run.json"), table))
     if not path.is_file():
         return _index_of({}, roles)
     st = path.stat()
@@ -114,7 +76,7 @@ def analysis_index(project: Project, run: str, table: str) -> AnalysisIndex:
 
 @functools.lru_cache(maxsize=4)
 def _parsed(path: str, mtime_ns: int, size: int) -> dict:
-    return _read_json(Path(path))
+    return read_json(Path(path))
 
 
 @functools.lru_cache(maxsize=8)
@@ -123,118 +85,29 @@ def _indexed(path: str, mtime_ns: int, size: int, roles: frozenset) -> AnalysisI
 
 
 def _index_of(analysis: dict, roles: frozenset) -> AnalysisIndex:
-    return AnalysisIndex(finding_ids(analysis, set(roles)), suggestions(analysis, "suggested", set(roles)),
-                         suggestions(analysis, "pseudo", set(roles)))
-
-
-def metrics_tables(project: Project, run: str) -> list[str]:
-    d = project.runs_dir / run / "metrics"
-    if not d.is_dir():
-        return []
-    return sorted(p.name[: -len(".lance")] for p in d.iterdir() if p.name.endswith(".lance"))
-
-
-def metrics_path(project: Project, run: str, table: str) -> Path:
-    names = metrics_tables(project, run_dir(project, run).name)
-    if table not in names:
-        raise DataloupeError(
-            f"run {run!r} has no metrics for table {table!r} (has: {', '.join(names) or 'none'})"
-        )
-    return project.runs_dir / run / "metrics" / f"{table}.lance"
-
-
-def table_roles(run_info: dict, table: str) -> set[str]:
-    """Names by which analysis records may refer to ``table``: itself and its run role(s).
-
-    ``analysis.json`` records carry ``table`` as the role (``"train"`` / ``"val"``) and
-    leakage pairs carry ``train_id`` / ``val_id``; ids are only unique within one table.
-    """
-    roles = {table}
-    if run_info.get("train_table") == table:
-        roles.add("train")
-    if run_info.get("val_table") == table:
-        roles.add("val")
-    return roles
+    return AnalysisIndex(finding_ids(analysis, set(roles)), suggestions(analysis, "label_issues", set(roles)),
+                         suggestions(analysis, "pseudo_labels", set(roles)))
 
 
 def finding_ids(analysis: dict, roles: set[str] | None = None) -> dict[str, np.ndarray]:
-    """Sample ids named by each finding type of an ``analysis.json`` object.
+    """Sample ids named by each per-sample finding type of an ``analysis.json`` object.
 
     Args:
         analysis: the parsed ``analysis.json``.
-        roles: names of the table of interest (see :func:`table_roles`); records about
-            another table are skipped. None keeps every record.
+        roles: names of the table of interest (see :func:`dataloupe.runs.table_roles`);
+            rows about another table are skipped. None keeps every row.
 
     Returns:
         ``{finding type: int64 ids (M,)}`` for every type in :data:`FINDING_TYPES`.
     """
-    out = {}
-    for kind in FINDING_TYPES:
-        ids: list[int] = []
-        for rec in _records(analysis.get(kind)):
-            ids.extend(_record_ids(rec, roles, _DEFAULT_ROLE.get(kind)))
-        out[kind] = np.unique(np.asarray(ids, dtype=np.int64))
-    return out
+    return {kind: np.unique(np.asarray([r.id for r in finding_rows(analysis, kind, roles)], dtype=np.int64))
+            for kind in FINDING_TYPES}
 
 
 def suggestions(analysis: dict, kind: str, roles: set[str] | None = None) -> dict[int, str]:
-    """``{id: label}`` suggested by ``label_issues`` (kind ``"suggested"``) or by
-    ``pseudo_labels`` (kind ``"pseudo"``), for records about ``roles`` (None: all)."""
-    if kind == "suggested":
-        section, keys, default = analysis.get("label_issues"), _SUGGESTED_KEYS, None
-    elif kind == "pseudo":
-        section, keys, default = analysis.get("pseudo_labels"), _PSEUDO_KEYS, _DEFAULT_ROLE["pseudo_labels"]
-    else:
-        raise DataloupeError(f"unknown suggestion kind {kind!r} (known: suggested, pseudo)")
-    out = {}
-    for rec in _records(section):
-        if not _about(rec, roles, default):
-            continue
-        sid = rec.get("id", rec.get("sample_id"))
-        lab = next((rec[k] for k in keys if isinstance(rec.get(k), str)), None)
-        if isinstance(sid, int) and lab is not None:
-            out[int(sid)] = lab
-    return out
-
-
-def _records(section) -> list[dict]:
-    """Records of one analysis section: a list of dicts, or a dict holding such lists."""
-    if isinstance(section, list):
-        return [r for r in section if isinstance(r, dict)]
-    if isinstance(section, dict):
-        for key in ("records", "items", "samples", "pairs", "groups", "issues"):
-            if isinstance(section.get(key), list):
-                return [r for r in section[key] if isinstance(r, dict)]
-    return []
-
-
-def _about(rec: dict, roles: set[str] | None, default: str | None) -> bool:
-    where = rec.get("table", default)
-    return roles is None or not isinstance(where, str) or where in roles
-
-
-def _record_ids(rec: dict, roles: set[str] | None, default: str | None = None) -> list[int]:
-    ids = []
-    if _about(rec, roles, default):
-        ids = [rec[k] for k in _ID_KEYS if isinstance(rec.get(k), int)]
-        for k in _ID_LIST_KEYS:
-            if isinstance(rec.get(k), list):
-                ids.extend(v for v in rec[k] if isinstance(v, int))
-    for role in ("train", "val"):  # leakage pairs: train_id / val_id
-        v = rec.get(f"{role}_id")
-        if isinstance(v, int) and (roles is None or role in roles):
-            ids.append(v)
-    return ids
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        obj = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise DataloupeError(f"cannot read {path.name} of run {path.parent.name!r}: {e}") from None
-    if not isinstance(obj, dict):
-        raise DataloupeError(f"{path} does not hold a JSON object")
-    return obj
+    """``{id: label}`` that finding ``kind`` (``label_issues``, ``pseudo_labels``) suggests
+    for rows about ``roles`` (None: all)."""
+    return {r.id: r.suggested_label for r in finding_rows(analysis, kind, roles) if r.suggested_label is not None}
 
 
 def run_trust(project: Project, info: dict) -> dict:
@@ -256,8 +129,7 @@ def run_trust(project: Project, info: dict) -> dict:
     issues = None
     if info.get("has_analysis"):
         roles = table_roles(info, train) if train else {"train"}
-        issues = sum(1 for r in _records(read_analysis(project, info["run"]).get("label_issues"))
-                     if _about(r, roles, "train"))
+        issues = len(finding_rows(read_analysis(project, info["run"]), "label_issues", roles))
     val = info.get("best_val_top1")
     return model_trust(val if isinstance(val, (int, float)) else None, len(classes or []) or 2,
                        labeled=labeled, label_issues=issues)
@@ -270,16 +142,20 @@ def finding_pairs(project: Project, info: dict, limit: int = 500) -> list[dict]:
     found = read_analysis(project, info["run"])
     name = {"train": info.get("train_table"), "val": info.get("val_table")}
     out = []
-    for r in _records(found.get("near_duplicates")):
+    for r in _pairs(found.get("near_duplicates")):
         ids = r.get("ids") or []
         if len(ids) == 2:
             t = name.get(r.get("table"), r.get("table"))
             out.append({"kind": "near duplicate", "a": {"table": t, "id": ids[0]}, "b": {"table": t, "id": ids[1]},
                         "similarity": r.get("similarity"), "exact": bool(r.get("exact"))})
-    for r in _records(found.get("leakage")):
+    for r in _pairs(found.get("leakage")):
         if isinstance(r.get("val_id"), int) and isinstance(r.get("train_id"), int):
             out.append({"kind": "leakage", "a": {"table": name["val"], "id": r["val_id"]},
                         "b": {"table": name["train"], "id": r["train_id"]},
                         "similarity": r.get("similarity"), "exact": bool(r.get("exact"))})
     out.sort(key=lambda p: (not p["exact"], -(p["similarity"] or 0)))
     return out[:limit]
+
+
+def _pairs(section) -> list[dict]:
+    return [r for r in section if isinstance(r, dict)] if isinstance(section, list) else []

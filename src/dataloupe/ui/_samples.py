@@ -9,6 +9,7 @@ import numpy as np
 
 from dataloupe.project import Project
 from dataloupe.tables import open_table
+from dataloupe.runs import metrics_path
 from dataloupe.ui import _runs
 from dataloupe.ui._cache import LRU
 from dataloupe.ui._images import SampleNotFound
@@ -28,7 +29,7 @@ class SampleReader:
     def detail(self, run_info: dict, table: str, sample_id: int, k: int) -> dict:
         """Metrics row of ``sample_id`` (probabilities as top-5 classes) and ``k`` neighbours."""
         run = run_info["run"]
-        path = _runs.metrics_path(self.project, run, table)
+        path = metrics_path(self.project, run, table, must_exist=True)
         ds = lance.dataset(path)
         cols = [c for c in ds.schema.names if c != "embedding"]
         rows = ds.to_table(columns=cols, filter=f"id = {int(sample_id)}").to_pylist()
@@ -88,7 +89,7 @@ class SampleReader:
         return [{"id": int(ids[i]), "distance": float(np.sqrt(d[i]))} for i in top if np.isfinite(d[i])], method
 
     def _map(self, run: str, table: str):
-        ds = lance.dataset(_runs.metrics_path(self.project, run, table))
+        ds = lance.dataset(metrics_path(self.project, run, table, must_exist=True))
         if not {"map_x", "map_y"} <= set(ds.schema.names):
             return np.zeros(0, np.int64), np.zeros((0, 2), np.float32)
         t = ds.to_table(columns=["id", "map_x", "map_y"])

@@ -7,20 +7,23 @@ import threading
 import webbrowser
 from dataclasses import dataclass
 
-from dataloupe._netsafety import check_port_free, is_loopback, resolve_token
+from dataloupe._netsafety import access_rule, check_port_free
 from dataloupe.project import DataloupeError, Project
 from dataloupe.ui._app import LOCAL_HOSTS, create_app
 
 
 @dataclass
-class ServeConfig:
+class DashboardConfig:
+    """How `dataloupe ui` serves the dashboard (the prediction server's settings are
+    :class:`dataloupe.serve.ServeConfig`)."""
+
     host: str = "127.0.0.1"  # interface to bind; anything but loopback needs a token
     port: int = 8765  # TCP port
     token: str | None = None  # required on every /api call when set
     open_browser: bool = False  # open the dashboard in the default browser once up
 
 
-def resolve_security(cfg: ServeConfig) -> tuple[str | None, tuple[str, ...] | None, bool]:
+def resolve_security(cfg: DashboardConfig) -> tuple[str | None, tuple[str, ...] | None, bool]:
     """``(token, allowed Host headers, token was generated)`` for a server config.
 
     Loopback without a token: only loopback ``Host`` headers are accepted (DNS rebinding).
@@ -28,15 +31,11 @@ def resolve_security(cfg: ServeConfig) -> tuple[str | None, tuple[str, ...] | No
     """
     if not 0 < cfg.port < 65536:
         raise DataloupeError(f"port must be 1..65535, got {cfg.port}")
-    try:
-        token, generated = resolve_token(cfg.host, cfg.token)
-    except ValueError as e:
-        raise DataloupeError(str(e)) from None
-    hosts = LOCAL_HOSTS if is_loopback(cfg.host) and token is None else None
-    return token, hosts, generated
+    access = access_rule(cfg.host, cfg.token)
+    return access.token, LOCAL_HOSTS if access.loopback_only else None, access.generated
 
 
-def serve(project: Project, cfg: ServeConfig, echo=print) -> None:
+def serve(project: Project, cfg: DashboardConfig, echo=print) -> None:
     """Serve the dashboard for ``project`` until interrupted."""
     import uvicorn
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from dataloupe.project import DataloupeError, Project
+from dataloupe.runs import metrics_tables
 from dataloupe.ui import _runs
 
 
@@ -68,12 +69,12 @@ def show(table: str, *, ids: list[int] | None = None, run: str | None = None,
 
     p = project if isinstance(project, Project) else Project.open(project)
     if run is None:
-        runs = [r for r in _runs.list_runs(p) if table in (r.get("metrics_tables") or [])]
+        runs = [r for r in _runs.run_infos(p) if table in (r.get("metrics_tables") or [])]
         if not runs:
             raise DataloupeError(f"no run has metrics for table {table!r}: train and collect one first "
                                  f"(`dataloupe train ...`, `dataloupe collect RUN --table {table}`)")
         run = runs[-1]["run"]
-    elif table not in _runs.metrics_tables(p, run):
+    elif table not in metrics_tables(p, run):
         raise DataloupeError(f"run {run!r} has no metrics for table {table!r}")
     ids = [int(i) for i in (ids or [])]
     if len(ids) > 5000:

@@ -7,7 +7,7 @@ import { h, toast, showDiff, revertTo, confirmDialog } from "./ui.js";
 export const CONFIRM_OVER = 10;
 
 const ACTIONS = [
-  ["set_label", "set label"], ["mark_undefined", "mark undefined"], ["exclude", "exclude"], ["include", "include"],
+  ["set_label", "set label"], ["undefine", "mark undefined"], ["exclude", "exclude"], ["include", "include"],
   ["accept_pseudo_labels", "accept pseudo-labels"], ["accept_suggested_labels", "accept suggested labels"],
 ];
 
@@ -180,7 +180,7 @@ export class Panes {
       const keys = h("div", { class: "labelkeys", id: "detail-keys" },
         v.H.table_classes.slice(0, 9).map((c, k) => h("button", { "data-key": k + 1, class: v.C.label[i] === cls.indexOf(c) ? "on" : "",
           onclick: () => this.act("set_label", { ids: [id], label: c, advance: true }) }, h("kbd", {}, k + 1), " ", c)),
-        h("button", { onclick: () => this.act("mark_undefined", { ids: [id], advance: true }) }, h("kbd", {}, "u"), " undefined"),
+        h("button", { onclick: () => this.act("undefine", { ids: [id], advance: true }) }, h("kbd", {}, "u"), " undefined"),
         h("button", { onclick: () => this.act("exclude", { ids: [id], advance: true }) }, h("kbd", {}, "x"), " exclude"));
       const big = h("img", { class: "big", id: "detail-image", src: imageURL(v.table, id), alt: `sample ${id}`, title: "click to zoom",
         onclick: () => big.classList.toggle("zoom") });

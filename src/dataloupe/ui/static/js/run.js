@@ -657,7 +657,7 @@ export class RunView {
       const cls = this.H.table_classes[+k - 1];
       if (cls === undefined) { toast(`no class ${k}: this table has ${this.H.table_classes.length}`, [], true); return; }
       action = "set_label"; label = cls;
-    } else if (k === "u") action = "mark_undefined";
+    } else if (k === "u") action = "undefine";
     else if (k === "x") action = "exclude";
     if (!action) return;
     e.preventDefault();
