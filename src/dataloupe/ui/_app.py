@@ -27,8 +27,8 @@ from dataloupe import __version__
 from dataloupe._netsafety import BodyLimit, host_of, host_refusal, is_loopback, token_matches
 from dataloupe.loop import apply_answers, review_queue
 from dataloupe.project import NAME_PATTERN, DataloupeError, Project
-from dataloupe.tables import (StaleRevisionError, annotate, diff_revisions, list_tables, notes_of, open_table,
-                              revert_table, tag_counts)
+from dataloupe.tables import (StaleRevisionError, annotate, diff_revisions, has_table, list_tables, notes_of,
+                              open_table, revert_table, tag_counts)
 from dataloupe.ui import _actions, _images, _loops, _runs, _samples
 from dataloupe.ui._cache import LRU
 from dataloupe.ui._points import build_points
@@ -154,7 +154,7 @@ def create_app(project: Project, *, token: str | None = None,
         return _error(422, f"invalid request: {where}: {first.get('msg', 'bad value')}")
 
     def table_or_404(name: str):
-        if not NAME_PATTERN.fullmatch(name) or not (project.tables_dir / name / "revisions.json").is_file():
+        if not NAME_PATTERN.fullmatch(name) or not has_table(project, name):
             known = ", ".join(t["name"] for t in list_tables(project)) or "none"
             raise NotFound(f"unknown table {name!r} (known tables: {known})")
         return open_table(project, name)
@@ -172,7 +172,7 @@ def create_app(project: Project, *, token: str | None = None,
 
     @app.get("/api/project")
     def project_info() -> dict:
-        return {"root": str(project.root), "version": __version__,
+        return {"root": project.uri, "version": __version__,
                 "tables": len(list_tables(project)), "runs": len(_runs.list_run_names(project))}
 
     @app.get("/api/tables")
