@@ -115,6 +115,8 @@ def test_object_store_project_needs_a_local_folder_and_a_known_scheme(s3_env, mo
     monkeypatch.delenv("DATALOUPE_LOCAL_DIR")
     with pytest.raises(DataloupeError, match="DATALOUPE_LOCAL_DIR"):
         Project.open(f"s3://{BUCKET}/team")
+    with pytest.raises(DataloupeError, match="not stored on object storage"):
+        Project.open(f"s3://{BUCKET}/team", local_dir=f"s3://{BUCKET}/runs")
     with pytest.raises(DataloupeError, match="unsupported store"):
         Project.open("ftp://host/x", local_dir="/tmp/x")
 

@@ -90,6 +90,9 @@ class Project:
                 raise DataloupeError(
                     f"project {chosen} keeps its tables on an object store; runs, checkpoints and caches need a"
                     f" local folder: set {LOCAL_ENV_VAR} (or pass local_dir=)")
+            if is_uri(local):
+                raise DataloupeError(f"{LOCAL_ENV_VAR} must be a local folder, not {local}: runs, checkpoints and"
+                                     " caches are not stored on object storage (only tables are)")
             try:
                 opts = storage_options_from_env(str(chosen)) | dict(storage_options or {})
                 store = Location(str(chosen), opts, Path(local).expanduser().resolve() / "locks")
