@@ -106,7 +106,8 @@ class Location:
             scheme_of(self.uri)
             object.__setattr__(self, "uri", self.uri.rstrip("/"))
         else:
-            object.__setattr__(self, "uri", str(Path(self.uri.removeprefix("file://")).expanduser().resolve()))
+            local = Path(self.uri.removeprefix("file://")).expanduser()
+            object.__setattr__(self, "uri", str(local if local.is_absolute() else local.resolve()))
 
     # ---- path-like ---------------------------------------------------------------
     def __truediv__(self, name: str) -> "Location":
@@ -138,7 +139,13 @@ class Location:
         fs, key = self._fs()
         return fs.get_file_info(key).type != FileType.NotFound
 
-    is_file = exists  # objects have no folders of the same name: existing is being a file
+    def is_file(self) -> bool:
+        if self.is_local:
+            return self.path.is_file()
+        from pyarrow.fs import FileType  # noqa: PLC0415
+
+        fs, key = self._fs()
+        return fs.get_file_info(key).type == FileType.File
 
     def iterdir(self) -> Iterator["Location"]:
         """The sub-folders and files directly inside (none if the folder does not exist)."""
