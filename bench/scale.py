@@ -12,6 +12,7 @@
     ``analyze`` (all detectors) in its own process; seconds and peak RSS.
 
     PYTHONPATH=src python bench/scale.py [--rows 1281167] [--skip-collect] [--skip-analyze] [--work DIR]
+        [--collect-rows N [N ...]]   # collect at these table sizes instead of rows/10 and rows
 """
 
 from __future__ import annotations
@@ -98,7 +99,9 @@ def run_collect(a, project: Project) -> list[dict]:
         train(project, "small", "small", "fashion-mnist", run="tiny", tty=False,
               overrides=["model=convnet-xxs", "image_size=8", "small_input=true", "epochs=1", "batch_size=100",
                          "collect=false", "rrc_scale=null", "hflip=0", "num_workers=0"])
-    for name, n in (("tenth", a.rows // 10), ("big", a.rows)):
+    sizes = (("tenth", a.rows // 10), ("big", a.rows)) if not a.collect_rows else \
+        tuple((f"rows{n}", n) for n in a.collect_rows)
+    for name, n in sizes:
         t0 = time.perf_counter()
         make_table(project, name, n, files, img)
         made = time.perf_counter() - t0
@@ -213,6 +216,9 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "dataloupe-scale")
     ap.add_argument("--skip-collect", action="store_true")
     ap.add_argument("--skip-analyze", action="store_true")
+    ap.add_argument("--collect-rows", type=int, nargs="+", default=None,
+                    help="table sizes to collect (default: rows/10 and rows); when 1.28M is too slow for the machine,"
+                         " two smaller sizes show whether peak RSS grows with rows")
     ap.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     ap.add_argument("--collect-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--analyze-worker", action="store_true", help=argparse.SUPPRESS)

@@ -82,13 +82,14 @@ def test_sigkill_between_lance_commit_and_log_keeps_previous_revision(project):
     script = textwrap.dedent(f"""
         import os, signal
         from dataloupe.project import Project
-        from dataloupe.tables import _store, edit_table
-        real = _store.write_json_atomic
-        def die(path, obj):
-            if path.name == "revisions.json":
+        from dataloupe._storage import Location
+        from dataloupe.tables import edit_table
+        real = Location.write_json_atomic
+        def die(loc, obj):
+            if loc.name == "revisions.json":
                 os.kill(os.getpid(), signal.SIGKILL)  # the worst moment: data written, log not
-            real(path, obj)
-        _store.write_json_atomic = die
+            real(loc, obj)
+        Location.write_json_atomic = die
         edit_table(Project.open({str(project.root)!r}), "t", action="delete", where="id < 4000",
                    message="doomed")
     """)

@@ -61,10 +61,10 @@ def register(app: typer.Typer) -> None:
         if r.report:
             typer.echo(f"report:  {r.report}")
         typer.echo("look further:\n"
-                   f"  dataloupe table log {name}-train --project {p.root}\n"
+                   f"  dataloupe table log {name}-train --project {p.uri}\n"
                    + (f"  dataloupe table diff {name}-train {last['revision']} {last['next_revision']}"
-                      f" --project {p.root}\n" if last else "")
-                   + f"  dataloupe ui --project {p.root}")
+                      f" --project {p.uri}\n" if last else "")
+                   + f"  dataloupe ui --project {p.uri}")
 
 
 def measured_table(r) -> str:

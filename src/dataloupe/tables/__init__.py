@@ -39,14 +39,14 @@ from dataloupe.tables._import import (
     import_imagefolder,
     read_idx,
 )
-from dataloupe.tables._store import StaleRevisionError, TableConflictError, check_table_name
+from dataloupe.tables._store import StaleRevisionError, TableConflictError, check_table_name, has_table
 from dataloupe.tables._table import Table, TableRef, list_tables, open_ref, open_table, summarize
 
 __all__ = [
     "check_table_name",
     "annotate", "notes_of", "tag_counts", "ACTIONS", "MAX_PIXELS", "StaleRevisionError", "EditOp", "rows_after_ops", "EditResult", "apply_edits", "ImportReport", "Table", "TableConflictError", "TableDiff",
     "TableRef", "add_rows", "change_summary", "check_image", "create_table", "diff_revisions",
-    "edit_table", "export_csv", "import_csv", "import_idx", "import_imagefolder", "joined_with",
+    "edit_table", "export_csv", "has_table", "import_csv", "import_idx", "import_imagefolder", "joined_with",
     "list_tables", "open_ref", "open_table", "read_idx", "revert_table", "set_classes",
     "set_root", "summarize", "tag_table",
 ]

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dataloupe._storage import Location, is_uri
 from dataloupe.project import DataloupeError, Project
 from dataloupe.tables import _store
 from dataloupe.tables._table import Table, open_table
@@ -116,7 +117,7 @@ def create_table(
         table = _normalise_rows(rows, classes, 0, split)
         if before_commit is not None:
             before_commit()
-        _store.write_settings(tdir, {"image_root": str(Path(image_root).resolve())})
+        _store.write_settings(tdir, {"image_root": str(_local_image_root(image_root))})
         _store.commit(tdir, table, message=message, changes={"added": table.num_rows},
                       classes=classes, log=[], extra={"next_id": table.num_rows})
     return open_table(project, name)
@@ -141,7 +142,7 @@ def add_rows(project: Project, name: str, rows: pa.Table, *, message: str,
     return open_table(project, name)
 
 
-def _select(rows: pa.Table, tdir: Path, lance_version: int | None, where: str | None,
+def _select(rows: pa.Table, tdir: Location, lance_version: int | None, where: str | None,
             ids: np.ndarray | None, extra: pa.Table | None) -> np.ndarray:
     """Boolean mask (N,) of the rows chosen by ``where`` and/or ``ids``."""
     row_ids = rows["id"].to_numpy()
@@ -244,7 +245,7 @@ def rows_after_ops(rows: pa.Table, ops: list[EditOp], classes: list[str]) -> pa.
     return rows
 
 
-def _op_mask_and_labels(op: EditOp, rows: pa.Table, tdir: Path, version: int | None,
+def _op_mask_and_labels(op: EditOp, rows: pa.Table, tdir: Location, version: int | None,
                         extra: pa.Table | None, classes: list[str]):
     if op.action not in ACTIONS:
         raise DataloupeError(f"unknown action {op.action!r}; known: {', '.join(ACTIONS)}")
@@ -409,9 +410,17 @@ def tag_table(project: Project, name: str, tag: str, revision: int | None = None
     return open_table(project, name, rev)
 
 
+def _local_image_root(root: str | os.PathLike) -> Path:
+    """The image root as an absolute local path; object-store URIs are refused (not supported)."""
+    if is_uri(root):
+        raise DataloupeError(f"image root {root} is on an object store: image files are read from a local or mounted"
+                             " folder (a table's rows may live on an object store, its images may not)")
+    return Path(root).expanduser().resolve()
+
+
 def set_root(project: Project, name: str, root: str | os.PathLike) -> Table:
     """Re-point the table's image root (not versioned: it says where the files are)."""
-    root = Path(root).expanduser().resolve()
+    root = _local_image_root(root)
     if not root.is_dir():
         raise DataloupeError(f"image root {root} is not a folder")
     tdir = _store.require_table(project, name)

@@ -22,6 +22,7 @@ from PIL import Image
 
 from dataloupe._imagepath import OutsideRootError, image_file
 from dataloupe.project import DataloupeError, Project
+from dataloupe.tables import _store
 from dataloupe.tables._store import check_table_name
 from dataloupe.tables._edit import add_rows, create_table
 from dataloupe.tables._table import Table, open_table
@@ -263,7 +264,7 @@ def import_idx(
     if len(names) < k:
         raise DataloupeError(f"{len(names)} class names given but labels go up to {k - 1}")
     out = project.images_dir(table)
-    if (project.tables_dir / table / "revisions.json").exists():
+    if _store.has_table(project, table):
         raise DataloupeError(f"table {table!r} already exists")
     rels = [f"{i:06d}.png" for i in range(len(x))]
 

@@ -9,6 +9,14 @@ A table lives in ``tables/<name>/``:
 - ``table.json``      table-level settings that are not versioned: image root, next id;
 - ``.lock``           an ``fcntl`` lock held across a whole read-modify-commit.
 
+The folder may be on an object store (a project at ``s3://bucket/prefix``): every file
+here is read and written through :class:`~dataloupe._storage.Location`, which passes the
+project's ``storage_options`` to Lance and to ``pyarrow.fs``. The lock is then a local
+file under the project's local folder (``locks/``), which serialises writers on one
+machine; writers on different machines are caught at commit time instead (the log is
+read again just before it is replaced, and a newer revision there refuses the commit),
+so one of two racing commits fails cleanly and the other lands.
+
 Why our own log on top of Lance versions: a commit is "Lance version written, then log
 entry written atomically (temp file + fsync + rename)". A process killed between the two
 leaves an orphan Lance version that no revision points to, so the previous latest
@@ -24,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import re
 import time
@@ -34,7 +41,8 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from dataloupe._fileio import write_failure, write_json_atomic
+from dataloupe._fileio import write_failure
+from dataloupe._storage import Location
 from dataloupe.project import DataloupeError, Project
 from dataloupe.project import check_name as _check_name
 
@@ -55,11 +63,23 @@ def check_table_name(name: str) -> str:
     return _check_name(name, "table")
 
 
-def table_dir(project: Project, name: str) -> Path:
+def _loc(tdir: Location | Path) -> Location:
+    return tdir if isinstance(tdir, Location) else Location(str(tdir))
+
+
+def table_dir(project: Project, name: str) -> Location:
     return project.tables_dir / check_table_name(name)
 
 
-def require_table(project: Project, name: str) -> Path:
+def has_table(project: Project, name: str) -> bool:
+    """True if ``name`` is a valid table name and the table exists (has a revision log)."""
+    try:
+        return (table_dir(project, name) / "revisions.json").is_file()
+    except DataloupeError:
+        return False
+
+
+def require_table(project: Project, name: str) -> Location:
     d = table_dir(project, name)
     if not (d / "revisions.json").is_file():
         known = ", ".join(list_table_names(project)) or "none"
@@ -68,30 +88,29 @@ def require_table(project: Project, name: str) -> Path:
 
 
 def list_table_names(project: Project) -> list[str]:
-    if not project.tables_dir.is_dir():
-        return []
     return sorted(p.name for p in project.tables_dir.iterdir() if (p / "revisions.json").is_file())
 
 
-def read_log(tdir: Path) -> list[dict]:
-    with open(tdir / "revisions.json") as f:
-        return json.load(f)["revisions"]
+def read_log(tdir: Location | Path) -> list[dict]:
+    return (_loc(tdir) / "revisions.json").read_json()["revisions"]
 
 
-def read_settings(tdir: Path) -> dict:
-    with open(tdir / "table.json") as f:
-        return json.load(f)
+def read_settings(tdir: Location | Path) -> dict:
+    return (_loc(tdir) / "table.json").read_json()
 
 
-def write_settings(tdir: Path, settings: dict) -> None:
-    write_json_atomic(tdir / "table.json", settings)
+def write_settings(tdir: Location | Path, settings: dict) -> None:
+    (_loc(tdir) / "table.json").write_json_atomic(settings)
 
 
 @contextlib.contextmanager
-def write_lock(tdir: Path, timeout: float | None = None) -> Iterator[None]:
+def write_lock(tdir: Location | Path, timeout: float | None = None) -> Iterator[None]:
     """Hold the table's exclusive write lock (released by the OS if the process dies)."""
-    tdir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(tdir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    tdir = _loc(tdir)
+    tdir.mkdir()
+    lock = tdir.lock_file()
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         deadline = time.monotonic() + (LOCK_TIMEOUT_S if timeout is None else timeout)
         while True:
@@ -115,7 +134,7 @@ def now_iso() -> str:
 
 
 def commit(
-    tdir: Path,
+    tdir: Location | Path,
     rows: pa.Table,
     *,
     message: str,
@@ -130,15 +149,14 @@ def commit(
     """
     if not message or not message.strip():
         raise DataloupeError("a revision needs a message (-m)")
+    tdir = _loc(tdir)
     uri = tdir / "data.lance"
     mode = "overwrite" if uri.exists() else "create"
-    import lance  # noqa: PLC0415
-
     parent = log[-1]["revision"] if log else None
     try:
-        ds = lance.write_dataset(rows, uri, mode=mode, data_storage_version="stable")
+        ds = uri.write_lance(rows, mode=mode, data_storage_version="stable")
     except OSError as e:  # e.g. a full disk: the log still names the previous revision, which stays intact
-        raise DataloupeError(f"could not write table {tdir.name!r} ({write_failure(uri, e)}); nothing was changed"
+        raise DataloupeError(f"could not write table {tdir.name!r} ({_why(uri, e)}); nothing was changed"
                              f"{f', revision {parent} is still the latest' if parent else ''}") from None
     entry = {
         "revision": (parent or 0) + 1,
@@ -151,17 +169,32 @@ def commit(
         "rows": rows.num_rows,
         **(extra or {}),
     }
+    if not tdir.is_local:
+        _check_not_overtaken(tdir, parent)
     try:
-        write_json_atomic(tdir / "revisions.json", {"revisions": [*log, entry]})
+        (tdir / "revisions.json").write_json_atomic({"revisions": [*log, entry]})
     except OSError as e:
-        raise DataloupeError(f"could not write table {tdir.name!r} ({write_failure(tdir, e)}); nothing was changed"
+        raise DataloupeError(f"could not write table {tdir.name!r} ({_why(tdir, e)}); nothing was changed"
                              f"{f', revision {parent} is still the latest' if parent else ''}") from None
     return entry
 
 
-def write_log(tdir: Path, log: list[dict]) -> None:
+def _check_not_overtaken(tdir: Location, parent: int | None) -> None:
+    """Refuse the commit if another machine committed since ``parent`` (object stores only)."""
+    found = (tdir / "revisions.json").is_file()
+    latest = read_log(tdir)[-1]["revision"] if found else None
+    if latest != parent:
+        raise TableConflictError(f"table {tdir.name!r} was changed by another writer meanwhile (revision {latest}"
+                                 f" is now the latest, this edit started from {parent}); nothing was changed, retry")
+
+
+def _why(loc: Location, e: BaseException) -> str:
+    return write_failure(loc.path, e) if loc.is_local else (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
+def write_log(tdir: Location | Path, log: list[dict]) -> None:
     """Rewrite the log (only to change non-historical fields such as tags)."""
-    write_json_atomic(tdir / "revisions.json", {"revisions": log})
+    (_loc(tdir) / "revisions.json").write_json_atomic({"revisions": log})
 
 
 def whole_predicate(where: str) -> str:
@@ -200,11 +233,9 @@ def whole_predicate(where: str) -> str:
     return f"({where}\n)"  # newline: a trailing -- comment cannot swallow the parenthesis
 
 
-def read_rows(tdir: Path, lance_version: int, columns: list[str] | None = None,
+def read_rows(tdir: Location | Path, lance_version: int, columns: list[str] | None = None,
               where: str | None = None) -> pa.Table:
-    import lance  # noqa: PLC0415
-
-    ds = lance.dataset(tdir / "data.lance", version=lance_version)
+    ds = (_loc(tdir) / "data.lance").lance_dataset(lance_version)
     try:
         t = ds.to_table(columns=columns, filter=None if where is None else whole_predicate(where))
     except (ValueError, OSError) as e:

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dataloupe._imagepath import image_file
+from dataloupe._storage import Location
 from dataloupe.project import DataloupeError, Project
 from dataloupe.tables import _store
 
@@ -60,7 +61,8 @@ class Table:
     settings: dict = field(repr=False)
 
     @property
-    def dir(self) -> Path:
+    def dir(self) -> Location:
+        """The table's folder (local, or on the project's object store)."""
         return _store.table_dir(self.project, self.name)
 
     @property
@@ -90,9 +92,7 @@ class Table:
         return _store.read_rows(self.dir, self.entry["lance_version"], columns, where)
 
     def schema(self) -> pa.Schema:
-        import lance
-
-        return lance.dataset(self.dir / "data.lance", version=self.entry["lance_version"]).schema
+        return (self.dir / "data.lance").lance_dataset(self.entry["lance_version"]).schema
 
     def metadata_columns(self) -> list[str]:
         return [n for n in self.schema().names if n not in _store.CORE_COLUMNS]

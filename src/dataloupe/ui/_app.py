@@ -28,8 +28,8 @@ from dataloupe._netsafety import BodyLimit, host_of, host_refusal, is_loopback, 
 from dataloupe.loop import apply_answers, review_queue
 from dataloupe.project import DataloupeError, Project
 from dataloupe.runs import existing_run_dir, list_run_names, metrics_path, read_history
-from dataloupe.tables import (StaleRevisionError, annotate, check_table_name, diff_revisions, list_tables, notes_of, open_table,
-                              revert_table, tag_counts)
+from dataloupe.tables import (StaleRevisionError, annotate, check_table_name, diff_revisions, has_table, list_tables,
+                              notes_of, open_table, revert_table, tag_counts)
 from dataloupe.ui import _actions, _images, _loops, _runs, _samples
 from dataloupe.ui._cache import LRU
 from dataloupe.ui._points import build_points
@@ -161,7 +161,7 @@ def create_app(project: Project, *, token: str | None = None,
             return False
 
     def table_or_404(name: str):
-        if not table_name_ok(name) or not (project.tables_dir / name / "revisions.json").is_file():
+        if not table_name_ok(name) or not has_table(project, name):
             known = ", ".join(t["name"] for t in list_tables(project)) or "none"
             raise NotFound(f"unknown table {name!r} (known tables: {known})")
         return open_table(project, name)
@@ -179,7 +179,7 @@ def create_app(project: Project, *, token: str | None = None,
 
     @app.get("/api/project")
     def project_info() -> dict:
-        return {"root": str(project.root), "version": __version__,
+        return {"root": project.uri, "version": __version__,
                 "tables": len(list_tables(project)), "runs": len(list_run_names(project))}
 
     @app.get("/api/tables")

@@ -114,12 +114,12 @@ def run_trust(project: Project, info: dict) -> dict:
     """:func:`dataloupe.analysis.model_trust` for a run: its val top-1, class count and how many
     training labels its analysis disputes."""
     from dataloupe.analysis._trust import model_trust  # noqa: PLC0415
-    from dataloupe.tables import open_table  # noqa: PLC0415
+    from dataloupe.tables import has_table, open_table  # noqa: PLC0415
 
     classes = info.get("classes")
     labeled = None
     train = info.get("train_table")
-    if train and (project.tables_dir / train / "revisions.json").is_file():
+    if train and has_table(project, train):
         try:
             t = open_table(project, train, info.get("train_revision"))
         except DataloupeError:
