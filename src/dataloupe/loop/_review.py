@@ -9,6 +9,9 @@ They are ordered by an acquisition score computed from the run's per-sample metr
 * ``entropy`` — highest predictive entropy first;
 * ``density`` — entropy × information density (mean cosine similarity to the k nearest
   candidates in embedding space), so typical uncertain rows come before odd ones;
+* ``cluster-margin`` — the least confident half by margin, clustered in embedding space
+  (k-means) and taken round-robin over the clusters, so every prefix of the queue is both
+  uncertain and spread over the data (Citovsky et al. 2021); the rest follow by margin;
 * ``random``  — a seeded shuffle (the baseline every strategy is measured against).
 
 A person (the dashboard) or an oracle file (``dataloupe review``) answers rows of the queue;
@@ -39,13 +42,16 @@ REASONS = ("undefined", "low_confidence", "label_issue", "loop_flagged")
 EXCLUDE = "__exclude__"
 
 _STRATEGIES: dict[str, Callable[..., np.ndarray]] = {}
+_NEEDS_EMBEDDING: set[str] = set()
 
 
-def strategy(name: str):
+def strategy(name: str, *, embedding: bool = False):
     """Register an acquisition score ``(margin (N,), entropy (N,), embedding (N, D) | None, *, seed)
-    -> scores (N,)``; higher is asked first."""
+    -> scores (N,)``; higher is asked first. ``embedding``: the score reads the run's embeddings."""
     def deco(fn):
         _STRATEGIES[name] = fn
+        if embedding:
+            _NEEDS_EMBEDDING.add(name)
         return fn
     return deco
 
@@ -70,7 +76,7 @@ def entropy_score(margin: np.ndarray, entropy: np.ndarray, embedding: np.ndarray
     return np.nan_to_num(entropy.astype(np.float64), nan=0.0)
 
 
-@strategy("density")
+@strategy("density", embedding=True)
 def density_score(margin: np.ndarray, entropy: np.ndarray, embedding: np.ndarray | None, *, seed: int = 0,
                   k: int = 10, beta: float = 1.0) -> np.ndarray:
     """Information density (Settles & Craven 2008): entropy × (mean similarity to k neighbours)^beta."""
@@ -87,6 +93,60 @@ def density_score(margin: np.ndarray, entropy: np.ndarray, embedding: np.ndarray
         part = -np.partition(-sim, kk, axis=1)[:, 1:kk + 1]  # drop self (similarity 1)
         dens[s:s + step] = part.mean(axis=1)
     return ent * np.clip((dens + 1) / 2, 0, 1) ** beta
+
+
+@strategy("cluster-margin", embedding=True)
+def cluster_margin_score(margin: np.ndarray, entropy: np.ndarray, embedding: np.ndarray | None, *, seed: int = 0,
+                         keep: float = 0.5, clusters: int | None = None) -> np.ndarray:
+    """Cluster-Margin (Citovsky et al. 2021), as one order rather than one batch.
+
+    The ``keep`` share of rows with the smallest margin is clustered (k-means on unit-length
+    embeddings, ``clusters`` = sqrt(rows) by default); the queue takes one row per cluster in
+    turn, smallest cluster first and each cluster's smallest margin first. Margin alone fills
+    the first hundreds of places with the one or two most confused class pairs (and near-copies
+    of the same image); this spreads every prefix over the data. The other rows follow by margin.
+    """
+    base = margin_score(margin, entropy, embedding)
+    n = len(base)
+    if embedding is None or n < 4:
+        return base
+    order = np.argsort(-base, kind="stable")
+    top = order[:max(2, int(np.ceil(keep * n)))]
+    k = clusters or int(np.clip(round(np.sqrt(len(top))), 2, 200))
+    lab = kmeans(embedding[top], k, seed=seed)
+    groups = [top[lab == c] for c in np.unique(lab)]  # each in margin order, as ``top`` is
+    groups.sort(key=len)
+    seq = [g[j] for j in range(max(map(len, groups))) for g in groups if j < len(g)]
+    score = np.empty(n, np.float64)
+    score[np.array(seq)] = 2.0 * n - np.arange(len(seq))
+    rest = order[len(top):]
+    score[rest] = float(n) - np.arange(len(rest))
+    return score
+
+
+def kmeans(x: np.ndarray, k: int, *, seed: int = 0, iters: int = 15) -> np.ndarray:
+    """Cluster ids (N,) of the rows of ``x`` (N, D): k-means++ seeding and Lloyd steps on
+    unit-length rows (cosine geometry), seeded."""
+    x = x.astype(np.float32)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    n = len(x)
+    k = max(1, min(k, n))
+    rng = np.random.default_rng(seed)
+    centers = [x[rng.integers(n)]]
+    d2 = np.full(n, np.inf, np.float32)
+    for _ in range(1, k):
+        d2 = np.minimum(d2, ((x - centers[-1]) ** 2).sum(1))
+        tot = float(d2.sum())
+        centers.append(x[rng.choice(n, p=d2 / tot)] if tot > 0 else x[rng.integers(n)])
+    c = np.stack(centers)
+    lab = np.zeros(n, np.int64)
+    for _ in range(iters):
+        lab = np.argmax(x @ c.T, axis=1)  # nearest centre on the sphere
+        new = np.stack([x[lab == j].mean(0) if np.any(lab == j) else c[j] for j in range(k)])
+        if np.allclose(new, c):
+            break
+        c = new
+    return lab
 
 
 @strategy("random")
@@ -166,7 +226,7 @@ def review_queue(project: Project, table: str, run: str, *, strategy: str = "mar
     conf, margin, entropy = col("confidence"), col("margin"), col("entropy")
     predicted = np.array(m["predicted"].to_pylist(), dtype=object)[mi]
     emb = None
-    if strategy == "density" and "embedding" in names:
+    if strategy in _NEEDS_EMBEDDING and "embedding" in names:
         arr = m["embedding"].combine_chunks()
         emb = arr.values.to_numpy(zero_copy_only=False).reshape(len(arr), arr.type.list_size)[mi]
 
