@@ -142,3 +142,7 @@ def test_cluster_margin_spreads_every_prefix_over_the_clusters():
     assert (first < 40).sum() == 5 and set(first[first >= 40]) <= set(range(40, 60))  # both blobs, uncertain rows
     assert sorted(by_cluster) == list(range(80))
     assert np.array_equal(cluster_margin_score(margin, margin, None), margin_score(margin, margin, None))
+    # with predicted classes, the classes take turns: class 1 (blob B) is asked by the second row
+    pred = (np.arange(80) >= 40).astype(int)
+    by_class = np.argsort(-cluster_margin_score(margin, margin, emb, predicted=pred), kind="stable")
+    assert by_class[0] < 40 and by_class[1] >= 40 and (by_class[:20] < 40).sum() == 10
