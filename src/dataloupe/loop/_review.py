@@ -112,8 +112,9 @@ def cluster_margin_score(margin: np.ndarray, entropy: np.ndarray, embedding: np.
     and each cluster's smallest margin first. The classes then take turns. Margin alone fills
     the first hundreds of places with the most confused classes (on the Fashion-MNIST demo,
     Shirt 111 and Trouser 26 of 593 labeled rows after 400 answers), and a model trained on
-    such a skewed set loses accuracy on balanced data; this keeps every prefix unsure, spread
-    over the data and near the classes' shares. The other rows follow by margin.
+    such a skewed set loses accuracy on balanced data; this keeps every prefix unsure and spread
+    over the data, and near the *predicted* classes' shares (a weak model's predictions balance
+    the true classes only in part: bench/RESULTS.md). The other rows follow by margin.
     """
     base = margin_score(margin, entropy, embedding)
     n = len(base)
