@@ -55,7 +55,9 @@ def test_queue_holds_flagged_rows_in_strategy_order(digits):
     assert {it["id"] for it in dens["items"]} == set(ids)
     r1 = [it["id"] for it in review_queue(p, "digits", "r1", strategy="random", seed=1)["items"]]
     assert sorted(r1) == sorted(ids) and r1 != ids
-    assert set(list_strategies()) == {"margin", "entropy", "density", "random"}
+    assert set(list_strategies()) == {"margin", "entropy", "density", "cluster-margin", "random"}
+    cm = review_queue(p, "digits", "r1", strategy="cluster-margin")["items"]
+    assert sorted(it["id"] for it in cm) == sorted(ids)
     with pytest.raises(DataloupeError, match="known: margin"):
         review_queue(p, "digits", "r1", strategy="nope")
 
@@ -121,3 +123,26 @@ def test_strategies_rank_uncertain_rows_first(digits):
     q = review_queue(p, "digits", "r1", strategy="margin")
     m = np.array([it["margin"] for it in q["items"]])
     assert m[: len(m) // 4].mean() < m[-len(m) // 4:].mean()
+
+
+def test_cluster_margin_spreads_every_prefix_over_the_clusters():
+    """Two blobs; the 20 smallest margins all lie in blob A. Margin asks A only; cluster-margin
+    alternates between the blobs while staying within the uncertain half."""
+    from dataloupe.loop._review import cluster_margin_score, kmeans, margin_score
+
+    rng = np.random.default_rng(0)
+    emb = np.concatenate([rng.normal([5, 0], 0.3, (40, 2)), rng.normal([0, 5], 0.3, (40, 2))])
+    margin = np.concatenate([np.linspace(0.0, 0.2, 20), np.linspace(0.6, 0.9, 20), np.linspace(0.25, 0.5, 20),
+                             np.linspace(0.91, 0.99, 20)])
+    assert np.array_equal(np.bincount(kmeans(emb, 2, seed=0)), [40, 40])
+    by_margin = np.argsort(-margin_score(margin, margin, None), kind="stable")
+    by_cluster = np.argsort(-cluster_margin_score(margin, margin, emb, clusters=2), kind="stable")
+    assert (by_margin[:10] < 40).all()  # blob A only
+    first = by_cluster[:10]
+    assert (first < 40).sum() == 5 and set(first[first >= 40]) <= set(range(40, 60))  # both blobs, uncertain rows
+    assert sorted(by_cluster) == list(range(80))
+    assert np.array_equal(cluster_margin_score(margin, margin, None), margin_score(margin, margin, None))
+    # with predicted classes, the classes take turns: class 1 (blob B) is asked by the second row
+    pred = (np.arange(80) >= 40).astype(int)
+    by_class = np.argsort(-cluster_margin_score(margin, margin, emb, predicted=pred), kind="stable")
+    assert by_class[0] < 40 and by_class[1] >= 40 and (by_class[:20] < 40).sum() == 10

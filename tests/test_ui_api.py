@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from fastapi.testclient import TestClient
-from ui_synth import make_digits_table, write_digits_run
+from ui_synth import make_digits_table, make_meta_table, write_digits_run
 
 from dataloupe.project import DataloupeError, Project
 from dataloupe.tables import add_rows, open_table
@@ -462,3 +462,48 @@ def test_tags_and_comments_are_versioned_table_columns(client, proj):
     # versioned: the old revision has no notes, and a revert brings that back
     assert notes_of(open_table(p, "digits", 1), 2) == {"tags": [], "comment": None}
     assert notes_of(revert_table(p, "digits", 2, message="back"), 2) == {"tags": ["blurry"], "comment": None}
+
+
+# ---- path and metadata filters (the points carry neither: the server matches ids) -----------
+def test_path_filter_matches_text_in_the_path(client):
+    assert client.get("/api/tables/digits").json()["filter_columns"] == ["weight", "split"]
+    r = client.get("/api/tables/digits/match", params={"path": "0123"}).json()
+    assert r["ids"] == [123] and r["rows"] == 1797
+    three = client.get("/api/tables/digits/match", params={"path": "3/"}).json()["ids"]  # <true class>/<id>.png
+    assert len(three) > 150 and all(i in three for i in (3, 13))
+    assert client.get("/api/tables/digits/match", params={"path": "nowhere"}).json()["count"] == 0
+    assert client.get("/api/tables/digits/match").json()["count"] == 1797  # no condition: every row
+
+
+def test_metadata_filter_on_text_number_and_bool_columns(client, proj):
+    p, _ = proj
+    n, source = make_meta_table(p)
+    assert client.get("/api/tables/meta").json()["filter_columns"] == ["weight", "split", "source", "width", "ok"]
+
+    def ids(**q):
+        r = client.get("/api/tables/meta/match", params=q)
+        assert r.status_code == 200, r.text
+        return r.json()["ids"]
+
+    assert ids(column="source", value="SCAN") == [i for i in range(n) if source[i] == "scan-A"]
+    assert ids(column="source", value="=photo") == [i for i in range(n) if source[i] == "photo"]
+    assert ids(column="source", value="!scan") == [i for i in range(n) if source[i] != "scan-A"]
+    assert ids(column="source", value="=") == [i for i in range(n) if source[i] is None]
+    assert ids(column="width", value=">=48") == [i for i in range(n) if i % 50 >= 48]
+    assert ids(column="width", value="10..12") == [i for i in range(n) if 10 <= i % 50 <= 12]
+    assert ids(column="width", value="7") == [i for i in range(n) if i % 50 == 7]
+    assert ids(column="ok", value="true") == list(range(0, n, 3))
+    # both at once: path AND metadata
+    assert ids(path="3/", column="source", value="=photo") == sorted(
+        set(ids(path="3/")) & set(ids(column="source", value="=photo")))
+    r = client.get("/api/tables/meta/match", params={"column": "width", "value": "wide"})
+    assert r.status_code == 400 and "holds numbers" in r.json()["error"]
+    r = client.get("/api/tables/meta/match", params={"column": "nope", "value": "x"})
+    assert r.status_code == 400 and "unknown column 'nope'" in r.json()["error"] and "source" in r.json()["error"]
+
+
+def test_match_reads_the_revision_asked_for(client):
+    client.post("/api/tables/digits/actions", json={"action": "exclude", "ids": [5, 6]}, headers=MUT)
+    now = client.get("/api/tables/digits/match", params={"column": "weight", "value": "0"}).json()["ids"]
+    then = client.get("/api/tables/digits/match", params={"column": "weight", "value": "0", "revision": 1}).json()
+    assert now == [5, 6] and then["ids"] == []

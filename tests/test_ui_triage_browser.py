@@ -13,7 +13,7 @@ import time
 import lance
 import pytest
 from test_ui_browser import CHROMIUM, Server, _shot, browser, page  # noqa: F401 (shared fixtures)
-from ui_synth import FASHION, UNDEFINED, make_digits_table, write_digits_run
+from ui_synth import FASHION, UNDEFINED, make_digits_table, make_meta_table, write_digits_run
 
 from dataloupe.project import Project
 from dataloupe.tables import edit_table, open_table
@@ -511,3 +511,44 @@ def test_tags_and_comments_from_the_dashboard(page, site):
     page.wait_for_function(f"__dl.run.revision === {before + 2} && __dl.ready")
     assert notes_of(open_table(p, "digits"), cid)["comment"] == "ink blot on the left"
     page.wait_for_function("document.getElementById('detail-comment') && document.getElementById('detail-comment').value === 'ink blot on the left'")
+
+
+# ---- path and metadata filters --------------------------------------------------------------
+def _shown_ids(pg):
+    return set(pg.evaluate("(() => { const r = __dl.run, out = []; for (let i = 0; i < r.n; i++)"
+                           " if (r.flags[i] & 1) out.push(r.C.id[i]); return out; })()"))
+
+
+def test_path_and_metadata_filters_narrow_the_map_and_grid(page, site):
+    p, _, info = site
+    n, source = make_meta_table(p)
+    write_digits_run(p, "meta", info["features"], run="meta-1")
+    _open(page, site, run="meta-1")
+    paths = open_table(p, "meta").to_arrow(columns=["id", "path"])
+    in_3 = {i for i, s in zip(paths["id"].to_pylist(), paths["path"].to_pylist()) if "3/" in s}
+    page.fill("#f-path", "3/")
+    page.press("#f-path", "Enter")
+    page.wait_for_function(f"__dl.run.visible === {len(in_3)}", timeout=20000)
+    assert _shown_ids(page) == in_3 and page.evaluate("__dl.run.items.length") == len(in_3)  # map and grid
+    photo = {i for i in in_3 if source[i] == "photo"}
+    page.select_option("#f-meta-col", "source")
+    page.fill("#f-meta-val", "=photo")
+    page.press("#f-meta-val", "Enter")
+    page.wait_for_function(f"__dl.run.visible === {len(photo)}", timeout=20000)
+    assert _shown_ids(page) == photo
+    page.wait_for_function("location.hash.includes('metav=')")
+    url = page.url
+    assert "path=3%2F" in url and "meta=source" in url
+    # a refused value says why and keeps the filter as it was
+    page.select_option("#f-meta-col", "width")
+    page.fill("#f-meta-val", "wide")
+    page.press("#f-meta-val", "Enter")
+    page.wait_for_selector("#toast >> text=holds numbers", timeout=10000)
+    assert page.evaluate("__dl.run.visible") == len(photo)
+    # the URL brings the view back; reset shows every row
+    page.goto("about:blank")
+    page.goto(url)
+    page.wait_for_function(f"window.__dl.ready && __dl.run && __dl.run.C && __dl.run.visible === {len(photo)}", timeout=30000)
+    assert page.input_value("#f-path") == "3/" and page.input_value("#f-meta-val") == "=photo"
+    page.click("#f-reset")
+    page.wait_for_function(f"__dl.run.visible === {n}", timeout=10000)

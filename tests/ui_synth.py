@@ -53,6 +53,21 @@ def make_digits_table(project: Project, image_dir: Path, name: str = "digits", c
     return {"true": true, "noisy": noisy, "features": d.data}
 
 
+def make_meta_table(project: Project, name: str = "meta", source: str = "digits") -> tuple[int, list]:
+    """Table ``name``: the rows of ``source`` (same images) with metadata columns ``source``
+    (text: "scan-A" on even rows, "photo" on odd ones, null on every tenth), ``width``
+    (int, row % 50) and ``ok`` (bool, every third row). Returns ``(rows, the source column)``."""
+    t = open_table(project, source)
+    rows = t.to_arrow(columns=["path", "label"])
+    n = rows.num_rows
+    src = [None if i % 10 == 9 else ("scan-A" if i % 2 == 0 else "photo") for i in range(n)]
+    create_table(project, name, rows.append_column("source", pa.array(src, pa.string()))
+                 .append_column("width", pa.array(np.arange(n) % 50, pa.int64()))
+                 .append_column("ok", pa.array(np.arange(n) % 3 == 0)),
+                 classes=t.classes, image_root=t.image_root, message=f"{source} with metadata")
+    return n, src
+
+
 def write_digits_run(project: Project, table: str, features: np.ndarray, run: str = "r1",
                      val_top1: float = 0.9, revision: int | None = None, classes: list[str] = CLASSES) -> Path:
     """Train a logistic regression on the table's labels and write a full run folder."""

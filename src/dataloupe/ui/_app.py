@@ -30,7 +30,7 @@ from dataloupe.project import DataloupeError, Project
 from dataloupe.runs import existing_run_dir, list_run_names, metrics_path, read_history
 from dataloupe.tables import (StaleRevisionError, annotate, check_table_name, diff_revisions, has_table, list_tables,
                               notes_of, open_table, revert_table, tag_counts)
-from dataloupe.ui import _actions, _images, _loops, _runs, _samples
+from dataloupe.ui import _actions, _images, _loops, _match, _runs, _samples
 from dataloupe.ui._cache import LRU
 from dataloupe.ui._points import build_points
 
@@ -191,7 +191,8 @@ def create_app(project: Project, *, token: str | None = None,
         t = table_or_404(name)
         if revision is not None:
             t = t.at(revision)
-        return t.summary() | {"classes_order": t.classes, "log": t.log()}
+        return t.summary() | {"classes_order": t.classes, "log": t.log(),
+                              "filter_columns": _match.filter_columns(t.schema().names)}
 
     @app.get("/api/tables/{name}/log")
     def table_log(name: str) -> list[dict]:
@@ -245,6 +246,22 @@ def create_app(project: Project, *, token: str | None = None,
             vals = rows["tags"].to_pylist() if "tags" in rows.column_names else [None] * len(ids)
             out["ids"] = [i for i, v in zip(ids, vals) if v and tag in v.split(",")]
         return out
+
+    @app.get("/api/tables/{name}/match")
+    def table_match(name: str, path: str | None = Query(None, max_length=500),
+                    column: str | None = Query(None, max_length=200), value: str | None = Query(None, max_length=500),
+                    revision: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None) -> dict:
+        """Ids whose path contains ``path`` and whose ``column`` matches ``value`` (the path and
+        metadata filters; syntax in ``ui/_match.py``)."""
+        t = table_or_404(name)
+        if revision is not None:
+            t = t.at(revision)
+        names = t.schema().names
+        if column and value and column not in _match.filter_columns(names):
+            raise DataloupeError(f"unknown column {column!r}; columns: {', '.join(_match.filter_columns(names))}")
+        rows = t.to_arrow(columns=["id", "path"] + ([column] if column and value else []))
+        ids = _match.match_ids(rows, path=path, column=column, value=value)
+        return {"ids": ids.tolist(), "count": int(len(ids)), "rows": rows.num_rows}
 
     @app.get("/api/tables/{name}/samples/{sample_id}/notes")
     def sample_notes(name: str, sample_id: int) -> dict:

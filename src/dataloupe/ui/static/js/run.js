@@ -66,6 +66,9 @@ export class RunView {
     }
     if (f.querySelector("#f-changed").checked) p.set("changed", "1");
     if (f.querySelector("#f-ids").value.trim()) p.set("ids", f.querySelector("#f-ids").value.trim());
+    const mq = this.matchQuery();
+    if (mq.path) p.set("path", mq.path);
+    if (mq.column) { p.set("meta", mq.column); p.set("metav", mq.value); }
     for (const m of METRICS) {
       if (!this.C[m]) continue;
       const lo = f.querySelector(`#r-${m}-lo`), hi = f.querySelector(`#r-${m}-hi`);
@@ -105,6 +108,12 @@ export class RunView {
     }
     f.querySelector("#f-changed").checked = p.get("changed") === "1";
     if (p.get("ids")) f.querySelector("#f-ids").value = p.get("ids");
+    if (p.get("path")) f.querySelector("#f-path").value = p.get("path");
+    const metaCol = f.querySelector("#f-meta-col");
+    if (p.get("meta") && metaCol && [...metaCol.options].some((o) => o.value === p.get("meta"))) {
+      metaCol.value = p.get("meta");
+      f.querySelector("#f-meta-val").value = p.get("metav") || "";
+    }
     for (const m of METRICS) {
       if (!this.C[m] || !p.get(m)) continue;
       const [lo, hi] = p.get(m).split(":").map(Number);
@@ -115,6 +124,7 @@ export class RunView {
     if (p.get("sort")) { this.sortBy = p.get("sort"); this.root.querySelector("#sort-by").value = this.sortBy; }
     if (p.get("desc") === "1") { this.sortDesc = true; this.root.querySelector("#sort-dir").textContent = "↓"; }
     this.applyFilters("url");
+    if (p.get("path") || p.get("meta")) this.loadMatch();  // asks the server, then filters again
     if (p.get("sel")) {
       const idx = p.get("sel").split(",").map(Number).map((id) => this.indexOf(id)).filter((i) => i >= 0);
       this.setSelection(idx);
@@ -196,6 +206,7 @@ export class RunView {
     this.applyFilters("load", !!place);
     lap("applyFilters");
     if (place) this.restorePlace(place);
+    if (place && this.matchIds) this.loadMatch(true);  // rows may differ in this revision
     performance.mark("dl:first-draw");
     performance.measure("dl:load-to-first-draw", "dl:load-start", "dl:first-draw");
     const missing = this.H.missing_metrics ? ` · ${this.H.missing_metrics.toLocaleString()} rows have no metrics in this run` : "";
@@ -321,6 +332,7 @@ export class RunView {
   // ---- filters ------------------------------------------------------------------------
   buildFilters() {
     const cls = this.H.classes, f = this.filterEl;
+    this.matchIds = null;  // the path and metadata inputs start empty
     const checks = (name) => h("div", { class: "checks", id: `f-${name}` },
       [[-1, name === "label" ? "(undefined)" : "(none)"], ...cls.map((c, k) => [k, c])].map(([k, c]) =>
         h("label", {}, h("input", { type: "checkbox", name, value: k, checked: true, onchange: () => this.applyFilters("filter") }), " ", c)));
@@ -348,6 +360,9 @@ export class RunView {
         h("option", { value: "" }, "any"))),
       h("fieldset", {}, h("legend", {}, "ids"), h("input", { type: "text", id: "f-ids", placeholder: "e.g. 12, 40-60 (Enter)",
         onchange: () => this.applyFilters("filter") })),
+      h("fieldset", {}, h("legend", {}, "path"), h("input", { type: "text", id: "f-path", placeholder: "text in the image path (Enter)",
+        onchange: () => this.loadMatch() })),
+      this.metaFilter(),
       h("fieldset", {}, h("legend", {}, "label ", allNone("label")), checks("label")),
       h("fieldset", {}, h("legend", {}, "predicted ", allNone("predicted")), checks("predicted")),
       h("fieldset", {}, h("legend", {}, "correct"), sel("f-correct", [["any", "any"], ["correct", "correct"], ["incorrect", "incorrect"]])),
@@ -357,6 +372,49 @@ export class RunView {
         ...this.H.finding_types.map((t, k) => [`b${k}`, t.replace(/_/g, " ")])])),
       ...METRICS.map(rangeBox),
       h("button", { type: "button", id: "f-reset", onclick: () => { this.buildFilters(); this.applyFilters("filter"); } }, "reset filters"));
+  }
+
+  /** The metadata filter: one of the table's columns and a value ("scan", =a, >3, 2..5). */
+  metaFilter() {
+    const cols = (this.tinfo && this.tinfo.filter_columns) || [];
+    if (!cols.length) return null;
+    return h("fieldset", {}, h("legend", {}, "metadata"),
+      h("select", { id: "f-meta-col", onchange: () => { if (this.filterEl.querySelector("#f-meta-val").value.trim()) this.loadMatch(); } },
+        cols.map((c) => h("option", { value: c }, c))),
+      h("input", { type: "text", id: "f-meta-val", placeholder: "value: text, =exact, >3, 2..5 (Enter)",
+        title: "text: contains (=x equals, !x does not contain); numbers: 3, >3, <=3, !=3, 2..5; = alone: empty",
+        onchange: () => this.loadMatch() }));
+  }
+
+  /** What the path and metadata inputs ask for ({} when both are empty). */
+  matchQuery() {
+    const f = this.filterEl, q = {};
+    const path = f.querySelector("#f-path") ? f.querySelector("#f-path").value.trim() : "";
+    const col = f.querySelector("#f-meta-col"), val = f.querySelector("#f-meta-val");
+    if (path) q.path = path;
+    if (col && val && val.value.trim()) { q.column = col.value; q.value = val.value.trim(); }
+    return q;
+  }
+
+  /**
+   * Ask the server for the ids the path and metadata filters match (the points carry neither
+   * paths nor metadata), then filter on them. A refused value keeps the previous match.
+   */
+  async loadMatch(keepGrid = false) {
+    const q = this.matchQuery(), key = JSON.stringify(q);
+    this.matchPending = key;
+    if (!Object.keys(q).length) { this.matchIds = null; this.applyFilters("filter", keepGrid); return; }
+    let r;
+    try {
+      r = await getJSON(`/api/tables/${enc(this.table)}/match`, { ...q, revision: this.revision });
+    } catch (e) {
+      toast(`filter: ${e.message}`, [], true);
+      return;
+    }
+    if (this.matchPending !== key) return;  // a newer request was made meanwhile
+    this.matchIds = new Set(r.ids);
+    this.applyFilters("filter", keepGrid);
+    window.__dl.matchCount = (window.__dl.matchCount || 0) + 1;
   }
 
   revisionSelect() {
@@ -439,6 +497,7 @@ export class RunView {
     return {
       label: lut("label"), predicted: lut("predicted"), ranges, ids: parseIds(f.querySelector("#f-ids").value),
       tagged: f.querySelector("#f-tag").value && this.tagIds ? this.tagIds : null,
+      matched: this.matchIds,
       correct: f.querySelector("#f-correct").value, undef: f.querySelector("#f-undefined").value,
       excl: f.querySelector("#f-excluded").value, finding: f.querySelector("#f-finding").value,
       changed: f.querySelector("#f-changed").checked,
@@ -462,6 +521,7 @@ export class RunView {
       if (ok && F.changed) ok = chg[i] === 1;
       if (ok && F.ids) ok = F.ids(C.id[i]);
       if (ok && F.tagged) ok = F.tagged.has(C.id[i]);
+      if (ok && F.matched) ok = F.matched.has(C.id[i]);
       for (let r = 0; ok && r < F.ranges.length; r++) {
         const v = F.ranges[r][0][i];
         ok = v >= F.ranges[r][1] && v <= F.ranges[r][2];
