@@ -55,7 +55,8 @@ def test_queue_holds_flagged_rows_in_strategy_order(digits):
     assert {it["id"] for it in dens["items"]} == set(ids)
     r1 = [it["id"] for it in review_queue(p, "digits", "r1", strategy="random", seed=1)["items"]]
     assert sorted(r1) == sorted(ids) and r1 != ids
-    assert set(list_strategies()) == {"margin", "entropy", "density", "cluster-margin", "random"}
+    assert set(list_strategies()) == {"margin", "entropy", "density", "cluster-margin", "typiclust",
+                                      "typiclust-margin", "random"}
     cm = review_queue(p, "digits", "r1", strategy="cluster-margin")["items"]
     assert sorted(it["id"] for it in cm) == sorted(ids)
     with pytest.raises(DataloupeError, match="known: margin"):
@@ -146,3 +147,48 @@ def test_cluster_margin_spreads_every_prefix_over_the_clusters():
     pred = (np.arange(80) >= 40).astype(int)
     by_class = np.argsort(-cluster_margin_score(margin, margin, emb, predicted=pred), kind="stable")
     assert by_class[0] < 40 and by_class[1] >= 40 and (by_class[:20] < 40).sum() == 10
+
+
+def test_typiclust_asks_typical_rows_of_uncovered_clusters_first():
+    """Three blobs (60, 40, 20 rows, apart in angle: the score works on unit-length rows); blob A already holds labeled rows. With a budget of 2,
+    TypiClust asks the row nearest the centre of B, then of C; A only after B and C."""
+    from dataloupe.loop._review import typiclust_margin_score, typiclust_score
+
+    rng = np.random.default_rng(0)
+    centres = np.array([[8.0, 0.0], [0.0, 8.0], [-8.0, -8.0]])
+    sizes = [60, 40, 20]
+    emb = np.concatenate([rng.normal(c, 1.0, (s, 2)) for c, s in zip(centres, sizes)])
+    blob = np.repeat([0, 1, 2], sizes)
+    labeled = rng.normal(centres[0], 1.0, (5, 2))
+    margin = rng.random(len(emb))
+    order = np.argsort(-typiclust_score(margin, margin, emb, budget=2, labeled_embedding=labeled, clusters=3),
+                       kind="stable")
+    assert sorted(order) == list(range(len(emb)))
+    assert blob[order[0]] == 1 and blob[order[1]] == 2 and blob[order[2]] == 0  # uncovered, larger first
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    for r, b in zip(order[:2], (1, 2)):  # the most typical: smallest mean distance to its 20 nearest
+        members = np.flatnonzero(blob == b)
+        d = np.linalg.norm(unit[members, None] - unit[None, members], axis=-1)
+        assert r == members[np.argmin(np.sort(d, axis=1)[:, 1:21].mean(1))]
+    # without labeled rows the largest cluster starts; later rounds cycle the clusters
+    order = np.argsort(-typiclust_score(margin, margin, emb, clusters=3), kind="stable")
+    assert [blob[i] for i in order[:6]] == [0, 1, 2, 0, 1, 2]
+    # the hybrid asks, within a cluster, the least sure of its most typical rows
+    hyb = np.argsort(-typiclust_margin_score(margin, margin, emb, clusters=3), kind="stable")
+    assert [blob[i] for i in hyb[:3]] == [0, 1, 2] and sorted(hyb) == list(range(len(emb)))
+    assert margin[hyb[0]] <= np.median(margin[blob == 0])
+    assert np.array_equal(typiclust_score(margin, margin, None), 1.0 - margin)  # no embeddings: margin
+
+
+def test_typiclust_queue_covers_the_classes(digits):
+    """On the digits run, the first 10 rows of the typiclust queue span more true classes than
+    the first 10 by margin, and the queue is sized to the budget given as ``limit``."""
+    p, info, _ = digits
+    q = review_queue(p, "digits", "r1", strategy="typiclust", limit=10)
+    assert q["strategy"] == "typiclust" and len(q["items"]) == 10
+    full = review_queue(p, "digits", "r1", strategy="typiclust")
+    assert sorted(it["id"] for it in full["items"]) == sorted(
+        it["id"] for it in review_queue(p, "digits", "r1", strategy="margin")["items"])
+    classes = {info["true"][it["id"]] for it in q["items"]}
+    by_margin = {info["true"][it["id"]] for it in review_queue(p, "digits", "r1", strategy="margin", limit=10)["items"]}
+    assert len(classes) >= 7 and len(classes) >= len(by_margin)

@@ -49,7 +49,8 @@ def review_cmd(
     oracle: Annotated[Optional[Path], typer.Option("--oracle", help="CSV path,label (paths relative to the table's root) "
                                                    "answering for a person; without it the queue is printed.")] = None,
     budget: Annotated[int, typer.Option("--budget", help="How many rows of the queue to answer (or print).")] = 50,
-    strategy: Annotated[str, typer.Option("--strategy", help="margin, entropy, density, cluster-margin or random.")] = "margin",
+    strategy: Annotated[str, typer.Option("--strategy", help="margin, entropy, density, cluster-margin, typiclust, "
+                                          "typiclust-margin or random.")] = "margin",
     seed: Annotated[int, typer.Option(help="Seed of the random strategy.")] = 0,
     project: ProjectOpt = None,
     as_json: JsonOpt = False,

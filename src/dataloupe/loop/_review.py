@@ -13,6 +13,13 @@ They are ordered by an acquisition score computed from the run's per-sample metr
   embedding space (k-means) and taken round-robin over the clusters, the classes taking
   turns, so every prefix of the queue is unsure, spread over the data and near the classes'
   shares (Citovsky et al. 2021, class-balanced); the rest follow by margin;
+* ``typiclust`` — typical first, for the cold start (TypiClust, Hacohen et al. 2022): the
+  candidates and the labeled rows are clustered into (labeled + budget) k-means clusters in
+  embedding space, and the densest (most typical) candidate of each cluster is asked, the
+  clusters holding the fewest labeled rows first, larger ones before smaller; the queue is
+  sized to the budget (``limit``), so different budgets are not prefixes of one order;
+* ``typiclust-margin`` — the same clusters, but within each the least confident of its most
+  typical rows (a hybrid: coverage first, uncertainty inside a cluster);
 * ``random``  — a seeded shuffle (the baseline every strategy is measured against).
 
 A person (the dashboard) or an oracle file (``dataloupe review``) answers rows of the queue;
@@ -45,18 +52,24 @@ EXCLUDE = "__exclude__"
 _STRATEGIES: dict[str, Callable[..., np.ndarray]] = {}
 _NEEDS_EMBEDDING: set[str] = set()
 _NEEDS_PREDICTED: set[str] = set()
+_NEEDS_BUDGET: set[str] = set()
+_NEEDS_LABELED: set[str] = set()
 
 
-def strategy(name: str, *, embedding: bool = False, predicted: bool = False):
+def strategy(name: str, *, embedding: bool = False, predicted: bool = False, budget: bool = False,
+             labeled: bool = False):
     """Register an acquisition score ``(margin (N,), entropy (N,), embedding (N, D) | None, *, seed)
     -> scores (N,)``; higher is asked first. ``embedding``: the score reads the run's embeddings;
-    ``predicted``: it also takes ``predicted=`` (N,) class codes of the model's predictions."""
+    ``predicted``: it also takes ``predicted=`` (N,) class codes of the model's predictions;
+    ``budget``: it takes ``budget=`` (how many rows will be asked; None when the whole queue is
+    wanted); ``labeled``: it takes ``labeled_embedding=`` (M, D), the embeddings of the labeled
+    rows outside the queue (None without embeddings)."""
     def deco(fn):
         _STRATEGIES[name] = fn
-        if embedding:
-            _NEEDS_EMBEDDING.add(name)
-        if predicted:
-            _NEEDS_PREDICTED.add(name)
+        for flag, reg in ((embedding, _NEEDS_EMBEDDING), (predicted, _NEEDS_PREDICTED), (budget, _NEEDS_BUDGET),
+                          (labeled, _NEEDS_LABELED)):
+            if flag:
+                reg.add(name)
         return fn
     return deco
 
@@ -95,8 +108,9 @@ def density_score(margin: np.ndarray, entropy: np.ndarray, embedding: np.ndarray
     step = max(1, (1 << 24) // len(x))  # (step, N) similarity blocks: at most 64 MB each
     for s in range(0, len(x), step):
         sim = x[s:s + step] @ x.T
-        part = -np.partition(-sim, kk, axis=1)[:, 1:kk + 1]  # drop self (similarity 1)
-        dens[s:s + step] = part.mean(axis=1)
+        # the kk + 1 most similar, unordered (np.partition sorts only position kk): drop self, the largest
+        part = -np.partition(-sim, kk, axis=1)[:, :kk + 1]
+        dens[s:s + step] = (part.sum(1) - part.max(1)) / kk
     return ent * np.clip((dens + 1) / 2, 0, 1) ** beta
 
 
@@ -164,6 +178,100 @@ def kmeans(x: np.ndarray, k: int, *, seed: int = 0, iters: int = 15) -> np.ndarr
             break
         c = new
     return lab
+
+
+@strategy("typiclust", embedding=True, budget=True, labeled=True)
+def typiclust_score(margin: np.ndarray, entropy: np.ndarray, embedding: np.ndarray | None, *, seed: int = 0,
+                    budget: int | None = None, labeled_embedding: np.ndarray | None = None,
+                    clusters: int | None = None, neighbours: int = 20, min_size: int = 5,
+                    pick: str = "typical", typical_share: float = 0.5) -> np.ndarray:
+    """TypiClust (Hacohen et al. 2022) as one order: typical rows of uncovered clusters first.
+
+    The candidates and the labeled rows (``labeled_embedding``) are clustered by k-means on
+    unit-length embeddings into ``clusters`` clusters (default: labeled + ``budget``, the
+    paper's choice; ``budget`` defaults to sqrt(candidates)). A row's typicality is the inverse
+    mean distance to its ``neighbours`` nearest rows of its cluster. Round one takes one
+    candidate per cluster — the most typical (``pick="typical"``), or the smallest margin among
+    the ``typical_share`` most typical (``pick="margin"``) — clusters with the fewest labeled
+    rows first, then the largest; clusters under ``min_size`` rows come last (the paper drops
+    them: their typicality is noise). Later rounds take each cluster's next row the same way.
+
+    Uncertainty sampling with a weak model (200 labels, 59–69% on the Fashion-MNIST demo) fills
+    the first answers with the confused classes and skews the labeled set; in this low-budget
+    regime covering the data with typical examples is what helps a retrained model
+    (bench/RESULTS.md).
+    """
+    n = len(margin)
+    base = margin_score(margin, entropy, embedding)
+    if embedding is None or n < 2:
+        return base
+    from sklearn.cluster import KMeans, MiniBatchKMeans  # noqa: PLC0415
+
+    lab_emb = np.zeros((0, embedding.shape[1]), np.float32) if labeled_embedding is None else labeled_embedding
+    x = np.concatenate([embedding, lab_emb]).astype(np.float32)
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    b = budget if budget else int(np.ceil(np.sqrt(n)))
+    k = int(np.clip(clusters or len(lab_emb) + b, 1, len(x)))
+    if k == 1:
+        lab = np.zeros(len(x), np.int64)
+    elif k <= 50:
+        lab = KMeans(k, n_init=1, random_state=seed).fit_predict(x)
+    else:  # as in the paper: many clusters, mini-batch k-means keeps it to seconds
+        lab = MiniBatchKMeans(k, n_init=3, batch_size=4096, random_state=seed).fit_predict(x)
+    cand_lab, n_labeled = lab[:n], np.bincount(lab[n:], minlength=k)
+    sizes = np.bincount(lab, minlength=k)
+    seqs, keys = [], []
+    for c in np.unique(cand_lab):
+        members = np.flatnonzero(lab == c)
+        rows = np.flatnonzero(cand_lab == c)
+        typ = _typicality(x[rows], x[members], neighbours)
+        order = rows[np.argsort(-typ, kind="stable")]
+        if pick == "margin":  # each round: the least confident of the most typical rows left
+            order = _margin_within_typical(order, base, typical_share)
+        seqs.append(order)
+        keys.append((sizes[c] < min_size, n_labeled[c], -sizes[c]))
+    seqs = [seqs[i] for i in sorted(range(len(seqs)), key=lambda i: keys[i])]
+    seq = [q[j] for j in range(max(map(len, seqs))) for q in seqs if j < len(q)]
+    score = np.empty(n, np.float64)
+    score[np.array(seq)] = float(n) - np.arange(len(seq))
+    return score
+
+
+@strategy("typiclust-margin", embedding=True, budget=True, labeled=True)
+def typiclust_margin_score(margin: np.ndarray, entropy: np.ndarray, embedding: np.ndarray | None, *,
+                           seed: int = 0, **kw) -> np.ndarray:
+    """:func:`typiclust_score` with ``pick="margin"``: coverage first, uncertainty inside a cluster."""
+    return typiclust_score(margin, entropy, embedding, seed=seed, pick="margin", **kw)
+
+
+def _typicality(rows: np.ndarray, members: np.ndarray, neighbours: int) -> np.ndarray:
+    """Inverse mean Euclidean distance of each of ``rows`` to its nearest ``members`` (``rows`` are
+    among ``members``; the row itself is left out)."""
+    kk = min(neighbours, len(members) - 1)
+    if kk < 1:
+        return np.ones(len(rows))
+    out = np.empty(len(rows), np.float64)
+    sq = (members * members).sum(1)
+    step = max(1, (1 << 22) // len(members))  # (step, members) distance blocks: at most 16 MB each
+    for s in range(0, len(rows), step):
+        a = rows[s:s + step]
+        d = np.sqrt(np.maximum((a * a).sum(1)[:, None] + sq[None, :] - 2.0 * (a @ members.T), 0.0))
+        # the kk + 1 nearest, unordered; the row itself is the nearest (distance ~0) and is left out
+        part = np.partition(d, kk, axis=1)[:, :kk + 1]
+        out[s:s + step] = 1.0 / ((part.sum(1) - part.min(1)) / kk + 1e-8)
+    return out
+
+
+def _margin_within_typical(order: np.ndarray, base: np.ndarray, share: float) -> np.ndarray:
+    """Re-order a cluster's rows (most typical first): repeatedly, of the ``share`` most typical
+    rows left, the one with the highest ``base`` (least confident) goes next."""
+    left, out = list(order), []
+    while left:
+        window = left[:max(1, int(np.ceil(share * len(left))))]
+        best = max(window, key=lambda r: base[r])
+        out.append(best)
+        left.remove(best)
+    return np.array(out, np.int64)
 
 
 @strategy("random")
@@ -264,6 +372,11 @@ def review_queue(project: Project, table: str, run: str, *, strategy: str = "mar
     extra = {}
     if strategy in _NEEDS_PREDICTED:
         extra["predicted"] = np.unique(predicted[idx].astype(str), return_inverse=True)[1]
+    if strategy in _NEEDS_BUDGET:
+        extra["budget"] = limit
+    if strategy in _NEEDS_LABELED:
+        lab_rows = np.flatnonzero(~cand & (weight > 0) & np.array([v is not None for v in label]))
+        extra["labeled_embedding"] = emb[lab_rows] if emb is not None else None
     score = score_fn(margin[idx], entropy[idx], emb[idx] if emb is not None else None, seed=seed, **extra)
     order = idx[np.argsort(-score, kind="stable")]
     score_of = dict(zip(idx.tolist(), score.tolist()))

@@ -8,7 +8,8 @@ import { h, status, toast, showDiff } from "./ui.js";
 const EXCLUDE = "__exclude__";
 const STRATEGIES = [["margin", "margin (least sure between two classes)"], ["entropy", "entropy"],
   ["density", "density × entropy (typical and unsure)"], ["cluster-margin", "cluster-margin (unsure, spread over the data)"],
-  ["random", "random"]];
+  ["typiclust", "typiclust (typical rows of uncovered clusters)"],
+  ["typiclust-margin", "typiclust-margin (typical clusters, unsure rows)"], ["random", "random"]];
 
 export class ReviewView {
   constructor(root, run, table, strategy) {
