@@ -24,6 +24,11 @@ Settings:
     PYTHONPATH=src python bench/review_curve.py --setting fmnist --seeds 0 1 \\
         --strategies margin random --project /tmp/review-fmnist
     PYTHONPATH=src python bench/review_curve.py --setting chihuahua --seeds 0 --project /tmp/review-cm
+    PYTHONPATH=src python bench/review_curve.py --setting fmnist --seeds 0 1 2 --repeats 3 \\
+        --strategies typiclust random --project /tmp/review-fmnist   # each revision trained 3 times
+
+Strategies whose order depends on the budget (``typiclust``) are asked afresh for each N,
+so their Ns are not prefixes of one order.
 
 Finished trainings are reused on a rerun (results are kept in ``<project>/review-curve.json``).
 """
@@ -146,8 +151,13 @@ def _trained(project: Project, run: str, train_ref: str, val: str, recipe: tuple
 
 
 def curve(project: Project, setting: str, seed: int, strategies: list[str], budgets: tuple[int, ...],
-          recipe: tuple[str, dict], tables: tuple[str, str, Path], results: dict, save, log) -> None:
-    """Fill ``results[setting][seed][strategy][N]`` with ``{"top1", "answered", "changed", "minutes"}``."""
+          recipe: tuple[str, dict], tables: tuple[str, str, Path], results: dict, save, log, *,
+          repeats: int = 1) -> None:
+    """Fill ``results[setting][seed][strategy][N]`` with ``{"top1", "runs", "revision", "answered",
+    "changed", "minutes"}``: ``runs`` are the val top-1 of ``repeats`` trainings of the answered
+    revision (training seeds ``seed``, ``seed + 1000``, ...), ``top1`` their mean."""
+    from dataloupe.runs import read_run  # noqa: PLC0415
+
     train_t, val_t, oracle = tables
     res = results.setdefault(setting, {}).setdefault(str(seed), {})
     first = f"rc-{setting}-s{seed}-first"
@@ -159,24 +169,40 @@ def curve(project: Project, setting: str, seed: int, strategies: list[str], budg
     log(f"[{setting} s{seed}] first model (labels given): {100 * res['first']['top1']:.2f}%")
     for strat in strategies:
         for n in budgets:
-            if str(n) in res.get(strat, {}):
+            done = res.get(strat, {}).get(str(n))
+            if done is not None and len(done.get("runs", [done["top1"]])) >= repeats:
                 continue
             t0 = time.time()
-            revert_table(project, train_t, 1, message=f"review bench: back to the labels given ({strat}, N={n})")
-            ans = answer_from_oracle(project, train_t, first, oracle, budget=n, strategy=strat, seed=seed)
-            top1 = _trained(project, f"rc-{setting}-s{seed}-{strat}-{n}", f"{train_t}@{ans['revision']}", val_t,
-                            recipe, seed=seed, collect=False)
-            res.setdefault(strat, {})[str(n)] = {"top1": top1, "answered": ans["answered"],
-                                                 "changed": ans["changed"], "minutes": (time.time() - t0) / 60}
+            name = f"rc-{setting}-s{seed}-{strat}-{n}"
+            if done is None:
+                revert_table(project, train_t, 1, message=f"review bench: back to the labels given ({strat}, N={n})")
+                ans = answer_from_oracle(project, train_t, first, oracle, budget=n, strategy=strat, seed=seed)
+                done = {"revision": ans["revision"], "answered": ans["answered"], "changed": ans["changed"],
+                        "runs": [], "minutes": 0.0}
+            # results from before repeats existed hold one run and no revision: the run's record has it
+            if "revision" not in done:
+                done["revision"] = read_run(project, name)["train_revision"]
+            runs = done.setdefault("runs", [done["top1"]] if "top1" in done else [])
+            while len(runs) < repeats:
+                r = len(runs)
+                runs.append(_trained(project, name if r == 0 else f"{name}-r{r}", f"{train_t}@{done['revision']}",
+                                     val_t, recipe, seed=seed + 1000 * r, collect=False))
+            done["top1"] = float(np.mean(runs))
+            done["minutes"] = done.get("minutes", 0.0) + (time.time() - t0) / 60
+            res.setdefault(strat, {})[str(n)] = done
             save()
-            log(f"[{setting} s{seed}] {strat:>8} N={n:>3}: {100 * top1:.2f}% "
-                f"(answered {ans['answered']}, changed {ans['changed']}, {(time.time() - t0) / 60:.1f} min)")
+            log(f"[{setting} s{seed}] {strat:>8} N={n:>3}: {100 * done['top1']:.2f}% "
+                f"(runs {', '.join(f'{100 * v:.2f}' for v in runs)}; answered {done['answered']}, "
+                f"changed {done['changed']}, {(time.time() - t0) / 60:.1f} min)")
 
 
 def table(results: dict, setting: str, strategies: list[str], budgets: tuple[int, ...]) -> str:
     """Mean (and range) val top-1 over seeds per strategy and N; the target check against random."""
     seeds = sorted(results.get(setting, {}), key=int)
-    lines = [f"setting {setting}, seeds {', '.join(seeds)}: val top-1 (%), mean over seeds [min-max]",
+    reps = sorted({len(c.get("runs", [c["top1"]])) for s in seeds for k, v in results[setting][s].items()
+                   if k != "first" and k in strategies for c in v.values()})
+    lines = [f"setting {setting}, seeds {', '.join(seeds)}: val top-1 (%), mean over seeds [min-max]"
+             + (f"; each seed's cell the mean of {'/'.join(map(str, reps))} trainings" if reps and reps != [1] else ""),
              f"{'order':>12} " + " ".join(f"{'N=' + str(n):>18}" for n in (0,) + budgets)]
     mean = {}
     first = [results[setting][s]["first"]["top1"] for s in seeds if "first" in results[setting][s]]
@@ -216,6 +242,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--strategies", nargs="+", default=["margin", "random"])
     ap.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS))
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="trainings per answered revision (training seeds seed, seed+1000, ...), averaged: "
+                         "a single run of this recipe moves by 3-4 points")
     ap.add_argument("--data", type=Path, default=CM_DATA, help="chihuahua-muffin folder")
     ap.add_argument("--table-only", action="store_true", help="print the table of finished results and stop")
     args = ap.parse_args()
@@ -238,7 +267,8 @@ def main() -> None:
         for seed in args.seeds:
             tables = (fmnist_tables(project, seed) if args.setting == "fmnist"
                       else chihuahua_tables(project, seed, args.data))
-            curve(project, args.setting, seed, args.strategies, budgets, recipe, tables, results, save, log)
+            curve(project, args.setting, seed, args.strategies, budgets, recipe, tables, results, save, log,
+                  repeats=args.repeats)
     print(table(results, args.setting, args.strategies, budgets))
 
 

@@ -38,3 +38,8 @@ def test_table_states_whether_the_queue_reaches_random_at_half_the_labels():
     assert "reaches random's N=400 (77.00%) at N=200 -> target held" in out
     late = {"x": {"0": seed([0.6, 0.7, 0.75, 0.8], [0.55, 0.6, 0.7, 0.78])}}
     assert "at N=400 -> target NOT held" in rc.table(late, "x", ["margin", "random"], (50, 100, 200, 400))
+    # each seed's cell is the mean of its trainings; the header says how many
+    rep = {"x": {"0": seed([0.6, 0.7, 0.8, 0.85], [0.55, 0.6, 0.7, 0.78])}}
+    for v in rep["x"]["0"]["margin"].values():
+        v["runs"] = [v["top1"] - 0.01, v["top1"] + 0.01]
+    assert "the mean of 1/2 trainings" in rc.table(rep, "x", ["margin", "random"], (50, 100, 200, 400))
