@@ -117,3 +117,34 @@ def test_second_table_projected_with_the_training_tables_basis(tmp_path):
     np.testing.assert_allclose(zv, zt[src], atol=1e-4)
     _, idx = knn(zt, k=1, queries=zv)
     np.testing.assert_array_equal(idx[:, 0], src)
+
+
+def test_write_columns_streams_and_keeps_every_column(tmp_path):
+    # the rewrite goes a chunk at a time; columns are matched to rows by id, not by order
+    from types import SimpleNamespace
+
+    import lance
+
+    from dataloupe.analysis._runio import write_columns
+    from dataloupe.project import DataloupeError
+
+    folder = tmp_path / "runs" / "r" / "metrics"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(6)
+    emb = rng.normal(size=(50, 4)).astype(np.float16)
+    ids = rng.permutation(50).astype(np.int64)
+    _metrics(folder / "t.lance", emb, ids, chunk=9)
+    project = SimpleNamespace(runs_dir=tmp_path / "runs")
+    order = np.arange(50, dtype=np.int64)  # the caller's order (sorted ids)
+    write_columns(project, "r", "t", order, {"cluster": (order * 10).astype(np.int32)}, chunk=7)
+    write_columns(project, "r", "t", order[::-1].copy(), {"cluster": (order[::-1] * 2).astype(np.int32),
+                                                         "map_x": order[::-1].astype(np.float32)}, chunk=7)
+    t = lance.dataset(str(folder / "t.lance")).to_table().sort_by("id")
+    assert t.column_names == ["id", "embedding", "cluster", "map_x"]
+    np.testing.assert_array_equal(t.column("cluster").to_numpy(), order * 2)
+    got = t.column("embedding").combine_chunks().values.to_numpy().reshape(50, 4)
+    np.testing.assert_array_equal(got[ids], emb)
+    write_columns(project, "r", "t", order, {}, drop=("map_x",))
+    assert lance.dataset(str(folder / "t.lance")).schema.names == ["id", "embedding", "cluster"]
+    with pytest.raises(DataloupeError):
+        write_columns(project, "r", "t", order[:40], {"cluster": order[:40]})

@@ -202,20 +202,43 @@ def write_json(path: Path, obj) -> None:
 
 
 def write_columns(project: Project, run: str, table: str, ids: np.ndarray, columns: dict[str, np.ndarray],
-                  *, drop: tuple[str, ...] = ()) -> None:
-    """Add or replace per-row ``columns`` (aligned with ``ids``) in the run's metrics for ``table``."""
+                  *, drop: tuple[str, ...] = (), chunk: int = 65_536) -> None:
+    """Add or replace per-row ``columns`` (aligned with ``ids``) in the run's metrics for ``table``.
+
+    The dataset is rewritten ``chunk`` rows at a time into a temporary dataset, then
+    published: reading it whole first held every column in memory (at 1.28M rows x 2048
+    float16 embeddings, +10 GiB of peak RSS on top of the analysis inputs).
+    """
     import lance
 
     path = metrics_path(project, run, table)
-    m = load_metrics(project, run, table)
-    order = {int(i): j for j, i in enumerate(np.asarray(ids))}
-    pos = np.array([order[int(i)] for i in m.column("id").to_numpy()], dtype=np.int64)
-    for name in (*columns, *drop):
-        if name in m.column_names:
-            m = m.drop_columns([name])
-    for name, values in columns.items():
-        m = m.append_column(name, pa.array(np.asarray(values)[pos]))
+    if not path.exists():
+        load_metrics(project, run, table)  # its error: not collected
+    ds = lance.dataset(str(path))
+    keep = [c for c in ds.schema.names if c not in columns and c not in drop]
+    ids = np.asarray(ids)
+    sorter = np.argsort(ids, kind="stable")
+    values = {name: np.asarray(v) for name, v in columns.items()}
+
+    def batches():
+        for b in ds.to_batches(columns=keep, batch_size=chunk):
+            got = b.column(keep.index("id")).to_numpy()
+            at = np.clip(np.searchsorted(ids, got, sorter=sorter), 0, max(len(ids) - 1, 0))
+            pos = sorter[at] if len(ids) else at
+            if len(got) and (not len(ids) or (ids[pos] != got).any()):
+                raise DataloupeError(f"metrics of run {run!r} on {table} hold ids the new columns lack")
+            yield pa.record_batch([b.column(i) for i in range(len(keep))] + [pa.array(v[pos]) for v in values.values()],
+                                  names=keep + list(values))
+
+    first = next(batches(), None)
+    if first is None:  # no rows: the schema from an empty table
+        empty = ds.to_table(columns=keep)
+        first = pa.record_batch([empty.column(c).combine_chunks() for c in keep]
+                                + [pa.array(v[:0]) for v in values.values()], names=keep + list(values))
+        stream = [first]
+    else:
+        stream = batches()  # a fresh pass: ``first`` only gave the schema
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    lance.write_dataset(m, str(tmp))
+    lance.write_dataset(pa.RecordBatchReader.from_batches(first.schema, stream), str(tmp))
     publish_dir(tmp, path)
