@@ -9,10 +9,13 @@
 (2) analyze: a synthetic run with 1,281,167 training + 50,000 validation rows, 10 classes,
     2048-d embeddings stored float16 (a Gaussian mixture, 10% labels flipped, 5% undefined,
     as bench/analysis_scale.py); ``load_inputs`` (streamed PCA to 256 dims for kNN) +
-    ``analyze`` (all detectors) in its own process; seconds and peak RSS.
+    ``analyze`` (each detector) + the writes ``analyze_run`` does, in its own process; wall
+    and CPU seconds and peak RSS per stage, and recall@k of the kNN graph against exact
+    search on 1,000 random rows.
 
     PYTHONPATH=src python bench/scale.py [--rows 1281167] [--skip-collect] [--skip-analyze] [--work DIR]
         [--collect-rows N [N ...]]   # collect at these table sizes instead of rows/10 and rows
+        [--exact-limit N] [--reduce-above N]   # force the large-N analyze paths on fewer rows
 """
 
 from __future__ import annotations
@@ -162,20 +165,66 @@ def _synthetic_metrics(path: Path, n: int, dim: int, seed: int, centres: np.ndar
     lance.write_dataset(reader, str(path), mode="overwrite", max_rows_per_file=1 << 20)
 
 
-def analyze_worker(a) -> None:
-    from dataloupe.analysis import analyze
-    from dataloupe.analysis._runio import load_inputs
+def _recall(emb: np.ndarray, idx: np.ndarray, k: int, queries: int = 1000) -> float:
+    """recall@k of the kNN graph ``idx`` against exact search, on ``queries`` random rows."""
+    import faiss
 
+    from dataloupe.analysis import l2_normalize
+
+    rows = np.sort(np.random.default_rng(7).choice(len(emb), size=min(queries, len(emb)), replace=False))
+    base = faiss.IndexFlatIP(emb.shape[1])
+    for start in range(0, len(emb), 1 << 16):  # normalised in chunks: no second full copy
+        base.add(l2_normalize(emb[start:start + (1 << 16)]))
+    _, exact = base.search(l2_normalize(emb[rows]), k + 1)
+    hits = [len(set(e[e != r][:k]) & set(g[:k])) for r, e, g in zip(rows, exact, idx[rows])]
+    return float(np.sum(hits) / (k * len(rows)))
+
+
+def analyze_worker(a) -> None:
+    """``analyze_run``'s work in stages (load, kNN graphs, each detector, writing): wall and
+    CPU seconds, peak RSS and the 1-minute load average after each."""
+    from dataloupe.analysis import _knn, analyze, list_detectors
+    from dataloupe.analysis._runio import load_inputs, write_columns, write_json
+    from dataloupe.runs import run_tables
+
+    if a.exact_limit is not None:
+        _knn.EXACT_LIMIT = a.exact_limit
+    if a.reduce_above is not None:
+        _knn.REDUCE_ABOVE = a.reduce_above
     project = Project.open(a.work / "project")
+    stages = []
+
+    def stage(name, fn):
+        w, c = time.perf_counter(), _cpu_s()
+        out = fn()
+        stages.append({"stage": name, "wall_s": time.perf_counter() - w, "cpu_s": _cpu_s() - c,
+                       "peak_rss_gib": _rss_gib(), "load1": os.getloadavg()[0]})
+        print(json.dumps(stages[-1]), flush=True)
+        return out
+
+    inputs, info = stage("load (read, PCA)", lambda: load_inputs(project, "synthetic-2048", hashes=False))
+    for role in ("train", "val"):
+        stage(f"kNN graph {role}", lambda: getattr(inputs, role).neighbours(inputs.k))
+    findings, columns = {}, {}
+    for name in list_detectors():
+        f, c = stage(f"detector {name}", lambda: analyze(inputs, detectors=[name]))
+        findings.update(f)
+        for role, cols in c.items():
+            columns.setdefault(role, {}).update(cols)
+    tables = run_tables(info)
+
+    def write():
+        write_json(project.runs_dir / "synthetic-2048" / "analysis.json", dict(**findings, run="synthetic-2048"))
+        for role, cols in columns.items():
+            write_columns(project, "synthetic-2048", tables[role], getattr(inputs, role).ids, cols)
+
+    stage("write (analysis.json, cluster column)", write)
+    total_wall, total_cpu = sum(s["wall_s"] for s in stages), sum(s["cpu_s"] for s in stages)
     t0 = time.perf_counter()
-    inputs, _ = load_inputs(project, "synthetic-2048", hashes=False)
-    load_s = time.perf_counter() - t0
-    rss_load = _rss_gib()
-    t0 = time.perf_counter()
-    findings, _ = analyze(inputs)
-    an_s = time.perf_counter() - t0
-    out = {"load_s": load_s, "analyze_s": an_s, "cpu_s": _cpu_s(), "total_s": load_s + an_s, "rss_after_load_gib": rss_load,
-           "peak_rss_gib": _rss_gib(), "knn_dims": int(inputs.train.embeddings.shape[1]),
+    recall = _recall(inputs.train.embeddings, inputs.train.neighbours(inputs.k)[1], inputs.k)
+    out = {"stages": stages, "total_s": total_wall, "total_cpu_s": total_cpu, "peak_rss_gib": _rss_gib(),
+           "recall_at_k": recall, "recall_check_s": time.perf_counter() - t0, "k": inputs.k,
+           "knn_dims": int(inputs.train.embeddings.shape[1]),
            "label_issues": len(findings.get("label_issues", [])), "outliers": len(findings.get("outliers", []))}
     (a.work / "analyze.json").write_text(json.dumps(out))
 
@@ -198,8 +247,11 @@ def run_analyze(a, project: Project) -> dict:
     write_json_atomic(folder / "run.json", {
         "run": "synthetic-2048", "status": "completed", "recipe": "synthetic", "train_table": "big",
         "train_revision": 1, "val_table": "bigval", "val_revision": 1, "classes": CLASSES, "seed": 0})
-    r = subprocess.run([sys.executable, __file__, "--analyze-worker", "--work", str(a.work)],
+    extra = [f"--{o}={v}" for o, v in (("exact-limit", a.exact_limit), ("reduce-above", a.reduce_above))
+             if v is not None]
+    r = subprocess.run([sys.executable, __file__, "--analyze-worker", "--work", str(a.work), *extra],
                        env=dict(os.environ, PYTHONPATH=str(ROOT / "src")), capture_output=True, text=True)
+    print(r.stdout, end="", flush=True)
     if r.returncode:
         sys.exit(f"analyze failed:\n{r.stderr[-3000:]}")
     out = json.loads((a.work / "analyze.json").read_text())
@@ -219,6 +271,11 @@ def main() -> None:
     ap.add_argument("--collect-rows", type=int, nargs="+", default=None,
                     help="table sizes to collect (default: rows/10 and rows); when 1.28M is too slow for the machine,"
                          " two smaller sizes show whether peak RSS grows with rows")
+    ap.add_argument("--exact-limit", type=int, default=None,
+                    help="rows above which kNN is approximate (default: analysis._knn.EXACT_LIMIT); lower it to"
+                         " profile the large-N path on fewer rows")
+    ap.add_argument("--reduce-above", type=int, default=None,
+                    help="N x D above which embeddings are PCA-reduced for kNN (default: analysis._knn.REDUCE_ABOVE)")
     ap.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     ap.add_argument("--collect-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--analyze-worker", action="store_true", help=argparse.SUPPRESS)
@@ -243,8 +300,12 @@ def main() -> None:
               f" {rss:>28}")
     if "analyze" in res:
         z = res["analyze"]
-        print(f"{'analyze 1 process (load + PCA-' + str(z['knn_dims']) + ' + all detectors)':<52} {z['rows']:>10,}"
-              f" {z['total_s']:>8.1f} {z['peak_rss_gib']:>28.2f}")
+        for st in z["stages"]:
+            print(f"{'  analyze: ' + st['stage']:<52} {z['rows']:>10,} {st['wall_s']:>8.1f} {st['peak_rss_gib']:>28.2f}"
+                  f"   CPU {st['cpu_s']:.0f} s, load {st['load1']:.1f}")
+        print(f"{'analyze 1 process (load + PCA-' + str(z['knn_dims']) + ' + all detectors + write)':<52} {z['rows']:>10,}"
+              f" {z['total_s']:>8.1f} {z['peak_rss_gib']:>28.2f}   CPU {z['total_cpu_s']:.0f} s,"
+              f" recall@{z['k']} {z['recall_at_k']:.3f}")
     if a.out:
         a.out.write_text(json.dumps(res, indent=1))
 

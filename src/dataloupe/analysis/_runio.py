@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from dataloupe._fileio import publish_dir, write_json_atomic
 from dataloupe.analysis._base import UNDEFINED, AnalysisInputs, SampleArrays
-from dataloupe.analysis._knn import KNN_DIM, REDUCE_ABOVE, pca_basis
+from dataloupe.analysis._knn import KNN_DIM, pca_basis
 from dataloupe.analysis._neighbours import content_hashes
 from dataloupe.project import DataloupeError, Project
 from dataloupe.runs import metrics_path, read_run, run_tables
@@ -66,26 +66,53 @@ def lance_columns(path: Path) -> list[str]:
     return list(lance.dataset(str(path)).schema.names)
 
 
-def read_embeddings(path: Path, *, dim: int = KNN_DIM, reduce_above: int = REDUCE_ABOVE,
-                    chunk: int = 65_536) -> np.ndarray:
-    """``(N, D)`` float32 embeddings of a metrics dataset, rows sorted by id.
+def _reduce_above(reduce_above: float | None) -> float:
+    if reduce_above is None:
+        from dataloupe.analysis import _knn
 
-    Above ``reduce_above`` values (N * D), e.g. ImageNet's 1.28M x 2048 stored as float16,
-    the rows are read ``chunk`` at a time and projected to ``dim`` PCA components fitted
-    on a random sample of 65,536 rows: the kNN findings then work on ``(N, dim)`` float32
-    (1.3 GB at ImageNet size instead of 10.5 GB).
-    """
+        return _knn.REDUCE_ABOVE  # read at call time, so a benchmark can lower it
+    return reduce_above
+
+
+def embedding_basis(path: Path, *, dim: int = KNN_DIM, reduce_above: float | None = None,
+                    sample: int = 65_536) -> tuple[np.ndarray, np.ndarray] | None:
+    """The PCA basis `(mean (D,), components (D, dim))` the kNN findings use for the
+    embeddings of a metrics dataset, fitted on a random sample of ``sample`` rows; None
+    when its N * D values are at most ``reduce_above`` (None: ``REDUCE_ABOVE``) and the
+    embeddings are used whole."""
     import lance
 
     ds = lance.dataset(str(path))
     d = ds.schema.field("embedding").type.list_size
     n = ds.count_rows()
-    if n * d <= reduce_above:
+    if n * d <= _reduce_above(reduce_above):
+        return None
+    pick = np.sort(np.random.default_rng(0).choice(n, size=min(n, sample), replace=False))
+    return pca_basis(_matrix(ds.take(pick.tolist(), columns=["embedding"]).column("embedding")), dim)
+
+
+def read_embeddings(path: Path, *, dim: int = KNN_DIM, reduce_above: float | None = None,
+                    chunk: int = 65_536, basis: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """``(N, D)`` float32 embeddings of a metrics dataset, rows sorted by id.
+
+    Above ``reduce_above`` values (N * D; None: ``REDUCE_ABOVE``), e.g. ImageNet's 1.28M x
+    2048 stored as float16, the rows are read ``chunk`` at a time and projected to ``dim``
+    PCA components (``embedding_basis``): the kNN findings then work on ``(N, dim)``
+    float32 (1.3 GB at ImageNet size instead of 10.5 GB). ``basis``: project with this
+    ``(mean, components)`` instead, whatever the size (another table's, so that both
+    tables' rows are in one space).
+    """
+    import lance
+
+    ds = lance.dataset(str(path))
+    if basis is None:
+        basis = embedding_basis(path, dim=dim, reduce_above=reduce_above)
+    if basis is None:
         t = ds.to_table(columns=["id", "embedding"]).sort_by("id")
         return _matrix(t.column("embedding")).astype(np.float32)
-    pick = np.sort(np.random.default_rng(0).choice(n, size=min(n, 65_536), replace=False))
-    mean, comps = pca_basis(_matrix(ds.take(pick.tolist(), columns=["embedding"]).column("embedding")), dim)
-    out = np.empty((n, dim), dtype=np.float32)
+    mean, comps = basis
+    n = ds.count_rows()
+    out = np.empty((n, comps.shape[1]), dtype=np.float32)
     ids = np.empty(n, dtype=np.int64)
     k = 0
     for b in ds.to_batches(columns=["id", "embedding"], batch_size=chunk):
@@ -97,10 +124,12 @@ def read_embeddings(path: Path, *, dim: int = KNN_DIM, reduce_above: int = REDUC
 
 
 def sample_set(project: Project, run: str, table: str, classes: list[str], *, hashes: bool = True,
-               trained_on: bool = False) -> SampleArrays:
+               trained_on: bool = False, basis: tuple[np.ndarray, np.ndarray] | None = None,
+               reduce_above: float | None = None) -> SampleArrays:
     """A ``SampleArrays`` from the run's metrics for ``table``, joined with the table's
     weights (and content hashes of its image files) at the collected revision;
-    ``trained_on``: the run trained on ``table`` (its probabilities are in-sample)."""
+    ``trained_on``: the run trained on ``table`` (its probabilities are in-sample);
+    ``basis``, ``reduce_above``: how its embeddings are read (``read_embeddings``)."""
     from dataloupe.tables import open_table
 
     path = metrics_path(project, run, table)
@@ -126,7 +155,7 @@ def sample_set(project: Project, run: str, table: str, classes: list[str], *, ha
     if probs.shape[1] != len(classes):
         raise DataloupeError(f"metrics of run {run!r} on {table} have {probs.shape[1]} class "
                              f"probabilities, the run has {len(classes)} classes")
-    emb = read_embeddings(path) if "embedding" in names else None
+    emb = read_embeddings(path, basis=basis, reduce_above=reduce_above) if "embedding" in names else None
     aum = None
     if "aum" in m.column_names:
         aum = m.column("aum").to_numpy(zero_copy_only=False).astype(np.float64)  # nulls -> NaN
@@ -152,7 +181,15 @@ def load_inputs(project: Project, run: str, *, hashes: bool = True, k: int = 10)
     if not classes:
         raise DataloupeError(f"run {run!r} records no classes in run.json")
     tables = run_tables(info)
-    sets = {role: sample_set(project, run, name, classes, hashes=hashes, trained_on=role == "train")
+    # every table's embeddings in the training table's space: projected with its PCA basis
+    # when it is reduced, whole otherwise (a small validation table next to a reduced
+    # training table would otherwise keep its full width and leakage could not compare them)
+    reading = {}
+    train_path = metrics_path(project, run, tables["train"]) if "train" in tables else None
+    if train_path is not None and train_path.exists() and "embedding" in lance_columns(train_path):
+        basis = embedding_basis(train_path)
+        reading = dict(basis=basis) if basis is not None else dict(reduce_above=float("inf"))
+    sets = {role: sample_set(project, run, name, classes, hashes=hashes, trained_on=role == "train", **reading)
             for role, name in tables.items()}
     if "train" not in sets:
         raise DataloupeError(f"run {run!r} has no train table")
@@ -165,20 +202,43 @@ def write_json(path: Path, obj) -> None:
 
 
 def write_columns(project: Project, run: str, table: str, ids: np.ndarray, columns: dict[str, np.ndarray],
-                  *, drop: tuple[str, ...] = ()) -> None:
-    """Add or replace per-row ``columns`` (aligned with ``ids``) in the run's metrics for ``table``."""
+                  *, drop: tuple[str, ...] = (), chunk: int = 65_536) -> None:
+    """Add or replace per-row ``columns`` (aligned with ``ids``) in the run's metrics for ``table``.
+
+    The dataset is rewritten ``chunk`` rows at a time into a temporary dataset, then
+    published: reading it whole first held every column in memory (at 1.28M rows x 2048
+    float16 embeddings, +10 GiB of peak RSS on top of the analysis inputs).
+    """
     import lance
 
     path = metrics_path(project, run, table)
-    m = load_metrics(project, run, table)
-    order = {int(i): j for j, i in enumerate(np.asarray(ids))}
-    pos = np.array([order[int(i)] for i in m.column("id").to_numpy()], dtype=np.int64)
-    for name in (*columns, *drop):
-        if name in m.column_names:
-            m = m.drop_columns([name])
-    for name, values in columns.items():
-        m = m.append_column(name, pa.array(np.asarray(values)[pos]))
+    if not path.exists():
+        load_metrics(project, run, table)  # its error: not collected
+    ds = lance.dataset(str(path))
+    keep = [c for c in ds.schema.names if c not in columns and c not in drop]
+    ids = np.asarray(ids)
+    sorter = np.argsort(ids, kind="stable")
+    values = {name: np.asarray(v) for name, v in columns.items()}
+
+    def batches():
+        for b in ds.to_batches(columns=keep, batch_size=chunk):
+            got = b.column(keep.index("id")).to_numpy()
+            at = np.clip(np.searchsorted(ids, got, sorter=sorter), 0, max(len(ids) - 1, 0))
+            pos = sorter[at] if len(ids) else at
+            if len(got) and (not len(ids) or (ids[pos] != got).any()):
+                raise DataloupeError(f"metrics of run {run!r} on {table} hold ids the new columns lack")
+            yield pa.record_batch([b.column(i) for i in range(len(keep))] + [pa.array(v[pos]) for v in values.values()],
+                                  names=keep + list(values))
+
+    first = next(batches(), None)
+    if first is None:  # no rows: the schema from an empty table
+        empty = ds.to_table(columns=keep)
+        first = pa.record_batch([empty.column(c).combine_chunks() for c in keep]
+                                + [pa.array(v[:0]) for v in values.values()], names=keep + list(values))
+        stream = [first]
+    else:
+        stream = batches()  # a fresh pass: ``first`` only gave the schema
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    lance.write_dataset(m, str(tmp))
+    lance.write_dataset(pa.RecordBatchReader.from_batches(first.schema, stream), str(tmp))
     publish_dir(tmp, path)
