@@ -341,6 +341,10 @@ def test_strong_view_crop_comes_from_its_own_key():
     assert consistency_configs(aug)[1].rrc_scale == (0.85, 1.0)
     assert consistency_configs(aug, [0.35, 1.0])[1].rrc_scale == (0.35, 1.0)
     assert consistency_configs(AugmentConfig(image_size=28, rrc_scale=None))[1].rrc_scale == (0.35, 1.0)
+    # the teacher's (weak) view: 70-100% unless its own key says otherwise; the strong view is untouched
+    assert consistency_configs(aug)[0].rrc_scale == (0.7, 1.0)
+    weak, strong = consistency_configs(aug, [0.2, 1.0], [1.0, 1.0])
+    assert (weak.rrc_scale, strong.rrc_scale) == ((1.0, 1.0), (0.2, 1.0))
 
 
 def test_weight_ema_warms_up_and_tracks():

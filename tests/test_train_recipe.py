@@ -45,7 +45,8 @@ def test_unknown_key_names_the_valid_keys():
                                            ("rrc_scale=[1]", "rrc_scale"), ("hflip=2", "hflip"),
                                            ("nesterov=maybe", "nesterov"), ("epochs", "epochs"),
                                            ("unlabeled_da_prior=skewed", "unlabeled_da_prior"),
-                                           ("unlabeled_strong_scale=[0.3]", "unlabeled_strong_scale")])
+                                           ("unlabeled_strong_scale=[0.3]", "unlabeled_strong_scale"),
+                                           ("unlabeled_weak_scale=[1, 1, 1]", "unlabeled_weak_scale")])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(DataloupeError, match=key):
         load_recipe("chihuahua-muffin-resnet18", [override])

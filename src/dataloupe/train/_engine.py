@@ -144,7 +144,8 @@ def build_setup(project: Project, data: TrainData, recipe: Recipe, ctx: DistCont
             u_loader = make_loader(pool, plan, image_size=recipe.image_size,
                                    batch_size=per_rank * recipe.unlabeled_ratio, cache=caches[0], sampler=draw,
                                    drop_last=len(pool) >= per_rank * recipe.unlabeled_ratio, pin_memory=cuda)
-            weak, strong = consistency_configs(aug, recipe.unlabeled_strong_scale)
+            weak, strong = consistency_configs(aug, recipe.unlabeled_strong_scale,
+                                               recipe.unlabeled_weak_scale)
             k = len(data.classes)
             prior = alignment_prior(train_set.labels, train_set.weights, k, recipe.unlabeled_da_prior)
             consistency = Consistency(u_loader, weak, strong, recipe.unlabeled_weight, recipe.unlabeled_threshold,

@@ -195,10 +195,12 @@ class Consistency:
         return pseudo, mask
 
 
-def consistency_configs(aug: AugmentConfig, strong_scale=None) -> tuple[AugmentConfig, AugmentConfig]:
+def consistency_configs(aug: AugmentConfig, strong_scale=None,
+                        weak_scale=None) -> tuple[AugmentConfig, AugmentConfig]:
     """(weak, strong) on-device augmentations for the consistency loss, from the recipe's;
-    ``strong_scale`` is the strong view's crop area (default: the recipe's, else 0.35..1)."""
-    weak = AugmentConfig(image_size=aug.image_size, rrc_scale=(0.7, 1.0), rrc_ratio=(0.9, 1.1), hflip=aug.hflip,
+    ``strong_scale`` is the strong view's crop area (default: the recipe's, else 0.35..1),
+    ``weak_scale`` the teacher's view's (default 0.7..1)."""
+    weak = AugmentConfig(image_size=aug.image_size, rrc_scale=tuple(weak_scale or (0.7, 1.0)), rrc_ratio=(0.9, 1.1), hflip=aug.hflip,
                          mean=aug.mean, std=aug.std)
     strong = AugmentConfig(image_size=aug.image_size, rrc_scale=tuple(strong_scale or aug.rrc_scale or (0.35, 1.0)),
                            rrc_ratio=aug.rrc_ratio, hflip=aug.hflip, rotation=max(aug.rotation, 15.0),

@@ -101,6 +101,7 @@ class Recipe:
     unlabeled_rampup: float = 0.0  # share of training over which the consistency weight ramps up from 0
     unlabeled_guess_views: int = 1  # weak views whose teacher guesses are averaged (MixMatch's K = 2)
     unlabeled_strong_scale: Optional[list] = None  # crop area of the strong view; None: the recipe's rrc_scale (or [0.35, 1])
+    unlabeled_weak_scale: Optional[list] = None  # crop area of the teacher's (weak) view; None: [0.7, 1]
     # --- weight averaging
     ema_decay: float = 0.0  # EMA of the weights (e.g. 0.999); evaluation, checkpoints and the consistency teacher use it; 0: off
     augment: str = "auto"  # v2: per-image v2 transforms in the loader | batched: on the device | auto
@@ -241,7 +242,8 @@ def _check(r: Recipe) -> None:
     for key in ("label_smoothing", "hflip", "random_erasing", "warmup_fraction"):
         if not 0.0 <= getattr(r, key) <= 1.0:
             raise DataloupeError(f"recipe key {key!r}: must be in [0, 1], got {getattr(r, key)}")
-    for key, n in (("rrc_scale", 2), ("unlabeled_strong_scale", 2), ("rrc_ratio", 2), ("mean", 3), ("std", 3), ("color_jitter", 4)):
+    for key, n in (("rrc_scale", 2), ("unlabeled_strong_scale", 2), ("unlabeled_weak_scale", 2), ("rrc_ratio", 2),
+                   ("mean", 3), ("std", 3), ("color_jitter", 4)):
         v = getattr(r, key)
         if v is not None and len(v) != n:
             raise DataloupeError(f"recipe key {key!r}: needs {n} numbers, got {v}")
