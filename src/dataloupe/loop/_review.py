@@ -35,6 +35,7 @@ Example:
 
 from __future__ import annotations
 
+import heapq
 import json
 from pathlib import Path, PurePosixPath
 from typing import Callable
@@ -268,13 +269,16 @@ def _typicality(rows: np.ndarray, members: np.ndarray, neighbours: int) -> np.nd
 
 def _margin_within_typical(order: np.ndarray, base: np.ndarray, share: float) -> np.ndarray:
     """Re-order a cluster's rows (most typical first): repeatedly, of the ``share`` most typical
-    rows left, the one with the highest ``base`` (least confident) goes next."""
-    left, out = list(order), []
-    while left:
-        window = left[:max(1, int(np.ceil(share * len(left))))]
-        best = max(window, key=lambda r: base[r])
-        out.append(best)
-        left.remove(best)
+    rows left, the one with the highest ``base`` (least confident) goes next.
+
+    The window (``ceil(share * left)`` rows) only ever gains the next row in typicality order or
+    loses the row just picked, so a heap keyed by ``base`` holds it: O(m log m), not O(m^2)."""
+    out, heap, end = [], [], 0
+    for left in range(len(order), 0, -1):
+        while len(heap) < max(1, int(np.ceil(share * left))):
+            heapq.heappush(heap, (-base[order[end]], end))  # ties: the more typical row first
+            end += 1
+        out.append(order[heapq.heappop(heap)[1]])
     return np.array(out, np.int64)
 
 

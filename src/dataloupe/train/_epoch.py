@@ -200,8 +200,8 @@ def consistency_configs(aug: AugmentConfig, strong_scale=None,
     """(weak, strong) on-device augmentations for the consistency loss, from the recipe's;
     ``strong_scale`` is the strong view's crop area (default: the recipe's, else 0.35..1),
     ``weak_scale`` the teacher's view's (default 0.7..1)."""
-    weak = AugmentConfig(image_size=aug.image_size, rrc_scale=tuple(weak_scale or (0.7, 1.0)), rrc_ratio=(0.9, 1.1), hflip=aug.hflip,
-                         mean=aug.mean, std=aug.std)
+    weak = AugmentConfig(image_size=aug.image_size, rrc_scale=tuple(weak_scale or (0.7, 1.0)), rrc_ratio=(0.9, 1.1),
+                         hflip=aug.hflip, mean=aug.mean, std=aug.std)
     strong = AugmentConfig(image_size=aug.image_size, rrc_scale=tuple(strong_scale or aug.rrc_scale or (0.35, 1.0)),
                            rrc_ratio=aug.rrc_ratio, hflip=aug.hflip, rotation=max(aug.rotation, 15.0),
                            color_jitter=(0.4, 0.4, 0.4, 0.1), random_erasing=0.5, mean=aug.mean, std=aug.std)
