@@ -200,3 +200,22 @@ def test_typiclust_queue_covers_the_classes(digits):
     full = review_queue(p, "digits", "r1", strategy="typiclust")
     assert sorted(it["id"] for it in full["items"]) == sorted(
         it["id"] for it in review_queue(p, "digits", "r1", strategy="margin")["items"])
+
+
+def test_density_is_the_mean_similarity_to_the_k_nearest_others():
+    """``density`` weighs entropy by the mean cosine similarity to each row's k nearest *other*
+    rows (brute force here). ``np.partition`` leaves its first k + 1 unordered (for large k it
+    does not put the row itself first), so the row must be dropped as the largest, not as
+    position 0."""
+    from dataloupe.loop._review import density_score
+
+    rng = np.random.default_rng(3)
+    emb = rng.normal(size=(1000, 8))
+    ent = rng.random(1000) + 0.1
+    u = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    sim = u @ u.T
+    np.fill_diagonal(sim, -np.inf)
+    for k in (10, 300):
+        dens = np.sort(sim, axis=1)[:, -k:].mean(1)
+        np.testing.assert_allclose(density_score(ent, ent, emb, k=k), ent * np.clip((dens + 1) / 2, 0, 1),
+                                   rtol=1e-4)
