@@ -368,6 +368,7 @@ def test_view_state_lives_in_the_url(page, site):
     page.once("dialog", lambda d: d.accept("wrong ones"))
     page.click("#save-view")
     assert "wrong ones" in page.inner_text("#views")
+    _shot(page, "ui-views.png")
 
 
 def test_show_opens_the_dashboard_on_a_selection(page, site):
@@ -462,6 +463,7 @@ def test_pairs_side_by_side_and_find_similar(page, site):
     page.click("#tab-pairs")
     page.wait_for_selector("#pairs .pair-row")
     assert page.locator("#pairs .pair-row").count() == 1 and page.locator("#pairs .pair-row img").count() == 2
+    _shot(page, "ui-pairs.png")
     page.click("#pairs .pair-select")
     assert sorted(page.evaluate("__dl.run.selectedIds()")) == [0, 1]
     page.keyboard.press("Escape")
@@ -470,6 +472,7 @@ def test_pairs_side_by_side_and_find_similar(page, site):
     page.wait_for_selector("#detail-similar")
     page.click("#detail-similar")
     page.wait_for_function("__dl.run.selCount === 51")
+    _shot(page, "ui-similar.png")
 
 
 def test_id_filter_and_histograms_in_the_range_filters(page, site):
@@ -484,6 +487,8 @@ def test_id_filter_and_histograms_in_the_range_filters(page, site):
         for (let i = 3; i < d.length; i += 4) n += d[i] > 0; return n; }""")
     assert ink > 50
     page.wait_for_function("location.hash.includes('ids=')")
+    page.locator("#h-loss").scroll_into_view_if_needed()  # the range filters sit below the checkboxes
+    _shot(page, "ui-filters.png")
 
 
 def test_tags_and_comments_from_the_dashboard(page, site):
@@ -511,6 +516,7 @@ def test_tags_and_comments_from_the_dashboard(page, site):
     page.wait_for_function(f"__dl.run.revision === {before + 2} && __dl.ready")
     assert notes_of(open_table(p, "digits"), cid)["comment"] == "ink blot on the left"
     page.wait_for_function("document.getElementById('detail-comment') && document.getElementById('detail-comment').value === 'ink blot on the left'")
+    _shot(page, "ui-tags.png")
 
 
 # ---- path and metadata filters --------------------------------------------------------------
