@@ -293,6 +293,26 @@ def test_consistency_targets_align_adapt_and_soften():
     assert da._guess_mean[0] == pytest.approx(0.9)  # the running mean the next batches are divided by
 
 
+def test_softmatch_weights_trust_confident_guesses_and_fade_the_rest():
+    import torch as T
+
+    from dataloupe.train._epoch import Consistency
+
+    c = Consistency(None, None, None, 1.0, 0.95, num_classes=2, adaptive="softmatch", temperature=0.5)
+    guess = T.tensor([[0.99, 0.01], [0.9, 0.1], [0.7, 0.3], [0.55, 0.45]])
+    for _ in range(10000):  # the running mean / variance settle on this batch's confidence
+        soft, w = c.targets(guess, T.arange(4))
+    conf = guess.max(1).values
+    assert c._conf_mean == pytest.approx(float(conf.mean()), abs=1e-3)
+    assert c._conf_var == pytest.approx(float(conf.var()), rel=1e-2)
+    assert w[0] == 1.0 and w[1] == 1.0  # at or above the mean: full weight, whatever the threshold
+    expected = T.exp(-(conf[2:] - conf.mean()) ** 2 / (2 * conf.var() / 4))
+    assert T.allclose(w[2:], expected, atol=1e-3) and 0 < w[3] < w[2] < 1  # fades, never cut to 0
+    assert soft.shape == (4, 2)  # soft targets unchanged by the weighting
+    with pytest.raises(DataloupeError, match="softmatch"):
+        _recipe("unlabeled_adaptive=freematch")
+
+
 def test_consistency_weight_ramps_up_then_holds():
     import math
 

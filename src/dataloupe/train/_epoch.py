@@ -129,6 +129,11 @@ class Consistency:
       class whose rows are seldom confidently predicted yet gets a lower threshold,
       ``threshold * b / (2 - b)`` with ``b`` its share of confident predictions (warm-up:
       undecided rows count as a class of their own);
+    * ``adaptive="softmatch"``: no hard threshold; each guess is weighted by a truncated
+      Gaussian of its confidence (SoftMatch, Chen et al., 2023): weight 1 at or above the
+      running mean confidence ``mu``, ``exp(-(conf - mu)^2 / (2 sigma^2))`` below it, with
+      ``mu`` and ``sigma^2 / 4`` (two standard deviations, as in the paper's code) running
+      averages (momentum 0.999) of the batches' confidence; ``threshold`` is ignored;
     * ``temperature > 0``: soft targets (the guess sharpened) instead of hard pseudo-labels.
 
     Written here rather than taken from a library: the step shares the engine's model,
@@ -151,6 +156,8 @@ class Consistency:
     prior: torch.Tensor | None = None  # (K,) class prior for alignment (labeled rows); None: uniform
     _guess_mean: torch.Tensor | None = None
     _decided: torch.Tensor | None = None  # (num_rows,) class each pool row was last confidently given, -1: none
+    _conf_mean: torch.Tensor | None = None  # softmatch: running mean / variance of the guesses' confidence
+    _conf_var: torch.Tensor | None = None
 
     def batches(self):
         while True:
@@ -188,11 +195,26 @@ class Consistency:
             pos = positions.cpu()
             sure = (conf >= self.threshold).cpu()
             self._decided[pos[sure]] = pseudo.cpu()[sure]
-        mask = (conf >= thr).float()
+        if self.adaptive == "softmatch":
+            mask = self._soft_weights(conf, k)
+        else:
+            mask = (conf >= thr).float()
         if self.temperature > 0:
             sharp = guess ** (1.0 / self.temperature)
             return sharp / sharp.sum(1, keepdim=True), mask
         return pseudo, mask
+
+
+    @torch.no_grad()
+    def _soft_weights(self, conf: torch.Tensor, k: int) -> torch.Tensor:
+        mean, var = conf.mean(), conf.var(unbiased=True) if len(conf) > 1 else torch.zeros((), device=conf.device)
+        if self._conf_mean is None:  # the paper's start: chance confidence, unit variance
+            self._conf_mean = torch.tensor(1.0 / k, device=conf.device)
+            self._conf_var = torch.tensor(1.0, device=conf.device)
+        self._conf_mean = 0.999 * self._conf_mean.to(conf) + 0.001 * mean
+        self._conf_var = 0.999 * self._conf_var.to(conf) + 0.001 * var
+        below = torch.exp(-((conf - self._conf_mean) ** 2) / (2.0 * self._conf_var.clamp_min(1e-8) / 4.0))
+        return torch.where(conf >= self._conf_mean, torch.ones_like(conf), below)
 
 
 def consistency_configs(aug: AugmentConfig, strong_scale=None,
@@ -236,7 +258,7 @@ def train_one_epoch(model: nn.Module, loader, *, optimizer, schedule, opts: Step
     correct_acc = torch.zeros((), device=opts.device, dtype=torch.int64)
     count = 0
     positions_seen, margins_seen = [], []
-    u_used = torch.zeros((), device=opts.device, dtype=torch.int64)
+    u_used = torch.zeros((), device=opts.device, dtype=torch.float64)  # sum of the weights (soft with softmatch)
     u_seen = 0
     if consistency is not None and unlabeled is None:
         unlabeled = consistency.batches()
@@ -270,7 +292,7 @@ def train_one_epoch(model: nn.Module, loader, *, optimizer, schedule, opts: Step
                 sup = F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
                 u_loss = (F.cross_entropy(u_logits.float(), pseudo, reduction="none") * mask).mean()  # soft or hard
                 loss = sup + consistency.weight_at(schedule.progress()) * u_loss
-            u_used += mask.sum().long()
+            u_used += mask.sum().double()
             u_seen += len(u)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -299,7 +321,7 @@ def train_one_epoch(model: nn.Module, loader, *, optimizer, schedule, opts: Step
     out = {"loss_sum": float(loss_acc), "correct": int(correct_acc), "count": count,
            "seconds": time.perf_counter() - start, "margin_sum": margin_sum, "margin_count": margin_count}
     if consistency is not None:
-        out.update(unlabeled_used=int(u_used), unlabeled_seen=u_seen)
+        out.update(unlabeled_used=int(round(float(u_used))), unlabeled_seen=u_seen)
     return out
 
 

@@ -95,6 +95,7 @@ class Recipe:
     unlabeled_ratio: int = 2  # undefined images per labeled image in each step
     unlabeled_threshold: float = 0.95  # confidence on the weak view needed to use an undefined image
     unlabeled_adaptive: str = "none"  # none | flexmatch: per-class thresholds scaled by how far each class has learnt
+    #                                   | softmatch: no threshold, guesses weighted by a Gaussian of their confidence
     unlabeled_da: bool = False  # distribution alignment: the guesses' running class mean is pulled to the labeled prior
     unlabeled_da_prior: str = "labeled"  # labeled: the labeled rows' class shares | uniform (labels known to be skewed)
     unlabeled_temperature: float = 0.0  # > 0: soft targets (guesses sharpened with this temperature); 0: hard
@@ -254,8 +255,8 @@ def _check(r: Recipe) -> None:
                              f" epoch); got {r.eval_every}")
     if r.unlabeled_da_prior not in ("labeled", "uniform"):
         raise DataloupeError(f"recipe key 'unlabeled_da_prior': labeled or uniform, got {r.unlabeled_da_prior!r}")
-    if r.unlabeled_adaptive not in ("none", "flexmatch"):
-        raise DataloupeError(f"unlabeled_adaptive must be none or flexmatch, not {r.unlabeled_adaptive!r}")
+    if r.unlabeled_adaptive not in ("none", "flexmatch", "softmatch"):
+        raise DataloupeError(f"unlabeled_adaptive must be none, flexmatch or softmatch, not {r.unlabeled_adaptive!r}")
     if not 0.0 <= r.ema_decay < 1.0 or r.unlabeled_temperature < 0:
         raise DataloupeError(f"ema_decay must be in [0, 1) and unlabeled_temperature >= 0; got {r.ema_decay},"
                              f" {r.unlabeled_temperature}")
