@@ -24,11 +24,19 @@ Settings:
     PYTHONPATH=src python bench/review_curve.py --setting fmnist --seeds 0 1 \\
         --strategies margin random --project /tmp/review-fmnist
     PYTHONPATH=src python bench/review_curve.py --setting chihuahua --seeds 0 --project /tmp/review-cm
-    PYTHONPATH=src python bench/review_curve.py --setting fmnist --seeds 0 1 2 --repeats 3 \\
-        --strategies typiclust random --project /tmp/review-fmnist   # each revision trained 3 times
+    PYTHONPATH=src python bench/review_curve.py --setting fmnist --seeds 0 1 2 --repeats 1 \\
+        --strategies typiclust random --project /tmp/review-fmnist   # one training per revision (default 3)
 
 Strategies whose order depends on the budget (``typiclust``) are asked afresh for each N,
 so their Ns are not prefixes of one order.
+
+``--ssl-epochs E`` (E > 0): per seed, a self-supervised backbone is first learnt on every row
+of the training table (``dataloupe pretrain``, SimCLR, labels never read; the validation
+table never read) and the embedding strategies cluster on its embeddings instead of the
+first model's (``review --embeddings``); results are kept as ``<strategy>+ssl``.
+
+    PYTHONPATH=src python bench/review_curve.py --setting fmnist --seeds 0 1 2 --repeats 3 \
+        --strategies typiclust random --ssl-epochs 30 --project /tmp/review-fmnist
 
 Finished trainings are reused on a rerun (results are kept in ``<project>/review-curve.json``).
 """
@@ -150,9 +158,36 @@ def _trained(project: Project, run: str, train_ref: str, val: str, recipe: tuple
     return info["best_val_top1"]  # checkpoint: last -> the last epoch's val top-1
 
 
+# Self-supervised backbone per setting for ``--ssl-epochs`` (the recipe's model, size and statistics).
+SSL = {"fmnist": {"method": "simclr", "model": "convnet-xs", "image_size": 28, "batch_size": 256,
+                  "mean": [0.286] * 3, "std": [0.353] * 3, "num_workers": 0},
+       "chihuahua": {"method": "simclr", "model": "convnet-xs", "image_size": 64, "batch_size": 128,
+                     "num_workers": 0}}
+
+
+def _ssl_run(project: Project, setting: str, seed: int, train_t: str, epochs: int, log) -> str:
+    """A SimCLR backbone on every row of ``train_t``'s first revision, collected on the table
+    (reused when finished); returns the run's name."""
+    from dataloupe.train import pretrain  # noqa: PLC0415
+    from dataloupe.train._collect import collect_embeddings  # noqa: PLC0415
+
+    run = f"rc-{setting}-s{seed}-ssl{epochs}"
+    folder = project.runs_dir / run
+    done = (folder / "run.json").is_file() and json.loads((folder / "run.json").read_text()).get("status") == "completed"
+    if not done:
+        t0 = time.time()
+        info = pretrain(project, [f"{train_t}@1"], {**SSL[setting], "epochs": epochs, "seed": seed}, run=run,
+                        tty=False)
+        log(f"[{setting} s{seed}] SimCLR {epochs} epochs: kNN monitor {info.get('knn_top1')} "
+            f"({(time.time() - t0) / 60:.1f} min)")
+    if not (folder / "metrics" / f"{train_t}.lance").exists():
+        collect_embeddings(project, run, f"{train_t}@1")
+    return run
+
+
 def curve(project: Project, setting: str, seed: int, strategies: list[str], budgets: tuple[int, ...],
           recipe: tuple[str, dict], tables: tuple[str, str, Path], results: dict, save, log, *,
-          repeats: int = 1) -> None:
+          repeats: int = 1, ssl_epochs: int = 0) -> None:
     """Fill ``results[setting][seed][strategy][N]`` with ``{"top1", "runs", "revision", "answered",
     "changed", "minutes"}``: ``runs`` are the val top-1 of ``repeats`` trainings of the answered
     revision (training seeds ``seed``, ``seed + 1000``, ...), ``top1`` their mean."""
@@ -167,16 +202,21 @@ def curve(project: Project, setting: str, seed: int, strategies: list[str], budg
         res["first"] = {"top1": top1, "minutes": (time.time() - t0) / 60}
         save()
     log(f"[{setting} s{seed}] first model (labels given): {100 * res['first']['top1']:.2f}%")
-    for strat in strategies:
+    ssl = _ssl_run(project, setting, seed, train_t, ssl_epochs, log) if ssl_epochs > 0 else None
+    for strat_name in strategies:
+        strat = strat_name
+        if ssl is not None and strat != "random":
+            strat_name = f"{strat}+ssl"
         for n in budgets:
-            done = res.get(strat, {}).get(str(n))
+            done = res.get(strat_name, {}).get(str(n))
             if done is not None and len(done.get("runs", [done["top1"]])) >= repeats:
                 continue
             t0 = time.time()
-            name = f"rc-{setting}-s{seed}-{strat}-{n}"
+            name = f"rc-{setting}-s{seed}-{strat_name.replace('+', '-')}-{n}"
             if done is None:
-                revert_table(project, train_t, 1, message=f"review bench: back to the labels given ({strat}, N={n})")
-                ans = answer_from_oracle(project, train_t, first, oracle, budget=n, strategy=strat, seed=seed)
+                revert_table(project, train_t, 1, message=f"review bench: back to the labels given ({strat_name}, N={n})")
+                ans = answer_from_oracle(project, train_t, first, oracle, budget=n, strategy=strat, seed=seed,
+                                         embeddings=ssl)
                 done = {"revision": ans["revision"], "answered": ans["answered"], "changed": ans["changed"],
                         "runs": [], "minutes": 0.0}
             # results from before repeats existed hold one run and no revision: the run's record has it
@@ -189,9 +229,9 @@ def curve(project: Project, setting: str, seed: int, strategies: list[str], budg
                                      val_t, recipe, seed=seed + 1000 * r, collect=False))
             done["top1"] = float(np.mean(runs))
             done["minutes"] = done.get("minutes", 0.0) + (time.time() - t0) / 60
-            res.setdefault(strat, {})[str(n)] = done
+            res.setdefault(strat_name, {})[str(n)] = done
             save()
-            log(f"[{setting} s{seed}] {strat:>8} N={n:>3}: {100 * done['top1']:.2f}% "
+            log(f"[{setting} s{seed}] {strat_name:>8} N={n:>3}: {100 * done['top1']:.2f}% "
                 f"(runs {', '.join(f'{100 * v:.2f}' for v in runs)}; answered {done['answered']}, "
                 f"changed {done['changed']}, {(time.time() - t0) / 60:.1f} min)")
 
@@ -242,9 +282,15 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--strategies", nargs="+", default=["margin", "random"])
     ap.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS))
-    ap.add_argument("--repeats", type=int, default=1,
+    ap.add_argument("--repeats", type=int, default=3,
                     help="trainings per answered revision (training seeds seed, seed+1000, ...), averaged: "
-                         "a single run of this recipe moves by 3-4 points")
+                         "a single run of this recipe moves by 3-4 points (up to 12 measured); 1: the old protocol")
+    ap.add_argument("--ssl-epochs", type=int, default=0,
+                    help="> 0: cluster on a SimCLR backbone of this many epochs (per seed) instead of the first "
+                         "model's embeddings; results as <strategy>+ssl")
+    ap.add_argument("--draws", type=int, default=0,
+                    help="labeled draws per training (multiples of 320; default: the setting's 6,400 / 3,200); "
+                         "use a fresh --project: finished runs are reused by name")
     ap.add_argument("--data", type=Path, default=CM_DATA, help="chihuahua-muffin folder")
     ap.add_argument("--table-only", action="store_true", help="print the table of finished results and stop")
     args = ap.parse_args()
@@ -264,12 +310,15 @@ def main() -> None:
 
         log(f"{platform.machine()}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}")
         recipe = FMNIST_RECIPE if args.setting == "fmnist" else CM_RECIPE
+        if args.draws:  # the same recipe, longer: epochs of 320 draws
+            recipe = (recipe[0], {**recipe[1], "epochs": max(1, args.draws // 320), "eval_every": max(1, args.draws // 320)})
         for seed in args.seeds:
             tables = (fmnist_tables(project, seed) if args.setting == "fmnist"
                       else chihuahua_tables(project, seed, args.data))
             curve(project, args.setting, seed, args.strategies, budgets, recipe, tables, results, save, log,
-                  repeats=args.repeats)
-    print(table(results, args.setting, args.strategies, budgets))
+                  repeats=args.repeats, ssl_epochs=args.ssl_epochs)
+    shown = [s if args.ssl_epochs <= 0 or s == "random" else f"{s}+ssl" for s in args.strategies]
+    print(table(results, args.setting, shown, budgets))
 
 
 if __name__ == "__main__":

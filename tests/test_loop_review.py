@@ -219,3 +219,54 @@ def test_density_is_the_mean_similarity_to_the_k_nearest_others():
         dens = np.sort(sim, axis=1)[:, -k:].mean(1)
         np.testing.assert_allclose(density_score(ent, ent, emb, k=k), ent * np.clip((dens + 1) / 2, 0, 1),
                                    rtol=1e-4)
+
+
+def _copy_run_with_embedding(p, src, dst, table, emb_of_id):
+    """Copy run ``src`` to ``dst`` with its ``table`` embeddings replaced (``emb_of_id``: id -> row)."""
+    import shutil
+
+    import lance
+    import pyarrow as pa
+
+    shutil.copytree(p.runs_dir / src, p.runs_dir / dst)
+    path = p.runs_dir / dst / "metrics" / f"{table}.lance"
+    t = lance.dataset(path).to_table()
+    e = emb_of_id[t["id"].to_numpy()].astype(np.float32)
+    col = pa.FixedSizeListArray.from_arrays(pa.array(e.ravel()), e.shape[1])
+    t = t.set_column(t.schema.get_field_index("embedding"), "embedding", col)
+    lance.write_dataset(t, path, mode="overwrite")
+
+
+def test_queue_clusters_on_another_runs_embeddings(digits):
+    """``embeddings=RUN`` (``review --embeddings``): the cluster strategies read that run's
+    embeddings (e.g. a pretrain run's), the confidences stay ``run``'s: the same queue as a run
+    with ``run``'s probabilities and the other's embeddings; a run missing rows is refused."""
+    p, info, _ = digits
+    true = np.asarray(info["true"])
+    rng = np.random.default_rng(0)
+    classes = sorted(set(true.tolist()))
+    onehot = np.eye(len(classes))[np.searchsorted(classes, true)]
+    other = 3 * onehot + rng.normal(size=(len(true), 10)) * 0.3  # features that separate the classes
+    if not (p.runs_dir / "ssl-e").exists():
+        _copy_run_with_embedding(p, "r1", "ssl-e", "digits", other)
+    for strat in ("typiclust", "density", "cluster-margin"):
+        q = review_queue(p, "digits", "r1", strategy=strat, limit=40, embeddings="ssl-e")
+        same = review_queue(p, "digits", "ssl-e", strategy=strat, limit=40)
+        own = review_queue(p, "digits", "r1", strategy=strat, limit=40)
+        assert [i["id"] for i in q["items"]] == [i["id"] for i in same["items"]]
+        assert [i["id"] for i in q["items"]] != [i["id"] for i in own["items"]]
+    # margin reads no embeddings: unchanged
+    assert review_queue(p, "digits", "r1", strategy="margin", limit=40, embeddings="ssl-e")["items"] == \
+        review_queue(p, "digits", "r1", strategy="margin", limit=40)["items"]
+    # a run whose metrics miss rows of the table is refused, by name
+    import lance
+
+    path = p.runs_dir / "ssl-e" / "metrics" / "digits.lance"
+    if not (p.runs_dir / "ssl-part").exists():
+        import shutil
+
+        shutil.copytree(p.runs_dir / "ssl-e", p.runs_dir / "ssl-part")
+        part = p.runs_dir / "ssl-part" / "metrics" / "digits.lance"
+        lance.write_dataset(lance.dataset(path).to_table().slice(0, 100), part, mode="overwrite")
+    with pytest.raises(DataloupeError, match="ssl-part.*100 of the"):
+        review_queue(p, "digits", "r1", strategy="typiclust", limit=10, embeddings="ssl-part")

@@ -52,6 +52,9 @@ def review_cmd(
     strategy: Annotated[str, typer.Option("--strategy", help="margin, entropy, density, cluster-margin, typiclust, "
                                           "typiclust-margin or random.")] = "margin",
     seed: Annotated[int, typer.Option(help="Seed of the random strategy.")] = 0,
+    embeddings: Annotated[Optional[str], typer.Option(
+        "--embeddings", help="Run whose embeddings of the table the density/cluster/typiclust strategies read "
+                             "(e.g. a `dataloupe pretrain` run, collected on the table); default: --run's.")] = None,
     project: ProjectOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -60,7 +63,7 @@ def review_cmd(
 
     p = project_from(project)
     if oracle is None:
-        q = review_queue(p, table, run, strategy=strategy, seed=seed, limit=budget)
+        q = review_queue(p, table, run, strategy=strategy, seed=seed, limit=budget, embeddings=embeddings)
         if as_json:
             print_json(q)
             return
@@ -70,7 +73,8 @@ def review_cmd(
             typer.echo(f"  #{it['id']} {it['path']}: label {it['label'] or '(undefined)'}, predicted {it['predicted']} "
                        f"({(it['confidence'] or 0):.2f}), score {it['score']:.3f} [{', '.join(it['reasons'])}]")
         return
-    res = answer_from_oracle(p, table, run, oracle, budget=budget, strategy=strategy, seed=seed)
+    res = answer_from_oracle(p, table, run, oracle, budget=budget, strategy=strategy, seed=seed,
+                             embeddings=embeddings)
     if as_json:
         print_json({k: res[k] for k in ("revision", "asked", "answered", "changed", "strategy")})
         return

@@ -318,11 +318,14 @@ def _label_issues(project: Project, run: str, table: str, info: dict) -> dict[in
 
 def review_queue(project: Project, table: str, run: str, *, strategy: str = "margin",
                  reasons: tuple[str, ...] = REASONS, max_confidence: float = 0.6, seed: int = 0,
-                 limit: int | None = None) -> dict:
+                 limit: int | None = None, embeddings: str | None = None) -> dict:
     """The review queue of ``table`` under ``run``'s model, best first.
 
     Rows whose label or weight changed since the revision the run trained on are left out:
-    someone already answered them.
+    someone already answered them. ``embeddings``: another run whose collected embeddings
+    of ``table`` the embedding strategies (density, clusters, typicality) read instead of
+    ``run``'s, e.g. a ``dataloupe pretrain`` run (features learnt from every row, not from a
+    classifier trained on the few labels); ``run`` still gives the confidences.
 
     Returns:
         ``{"table", "revision", "run", "strategy", "total", "counts": {reason: n},
@@ -358,7 +361,9 @@ def review_queue(project: Project, table: str, run: str, *, strategy: str = "mar
     conf, margin, entropy = col("confidence"), col("margin"), col("entropy")
     predicted = np.array(m["predicted"].to_pylist(), dtype=object)[mi]
     emb = None
-    if strategy in _NEEDS_EMBEDDING and "embedding" in names:
+    if strategy in _NEEDS_EMBEDDING and embeddings is not None:
+        emb = _embeddings_of(project, embeddings, table, common)
+    elif strategy in _NEEDS_EMBEDDING and "embedding" in names:
         arr = m["embedding"].combine_chunks()
         emb = arr.values.to_numpy(zero_copy_only=False).reshape(len(arr), arr.type.list_size)[mi]
 
@@ -396,6 +401,26 @@ def review_queue(project: Project, table: str, run: str, *, strategy: str = "mar
     return {"table": table, "revision": t.revision, "run": run, "strategy": strategy, "total": int(len(order)),
             "counts": {r: int((why[r] & cand).sum()) for r in reasons}, "classes": list(t.classes),
             "items": items}
+
+
+def _embeddings_of(project: Project, run: str, table: str, ids: np.ndarray) -> np.ndarray:
+    """``(len(ids), D)`` embeddings of ``table``'s rows ``ids`` from ``run``'s metrics; a clear
+    error when the run has none or misses some of the rows."""
+    from dataloupe.analysis._runio import load_metrics  # noqa: PLC0415
+
+    e = load_metrics(project, run, table)
+    if "embedding" not in e.column_names:
+        raise DataloupeError(f"run {run!r} has no embeddings for table {table!r}: collect them with "
+                             f"`dataloupe collect {run} --table {table}`")
+    eid = e["id"].to_numpy()
+    pos = np.searchsorted(eid, ids)
+    ok = (pos < len(eid)) & (eid[np.minimum(pos, len(eid) - 1)] == ids)
+    if not ok.all():
+        raise DataloupeError(f"run {run!r} has embeddings for {int(ok.sum())} of the {len(ids)} rows of table "
+                             f"{table!r} the queue reads: collect them again on the table's latest revision "
+                             f"(`dataloupe collect {run} --table {table}`)")
+    arr = e["embedding"].combine_chunks()
+    return arr.values.to_numpy(zero_copy_only=False).reshape(len(arr), arr.type.list_size)[pos].astype(np.float32)
 
 
 def _f(v) -> float | None:
@@ -476,7 +501,8 @@ def read_oracle(path: str | Path) -> dict[str, str | None]:
 
 
 def answer_from_oracle(project: Project, table: str, run: str, oracle: str | Path, *, budget: int,
-                       strategy: str = "margin", seed: int = 0, message: str | None = None) -> dict:
+                       strategy: str = "margin", seed: int = 0, message: str | None = None,
+                       embeddings: str | None = None) -> dict:
     """Answer the first ``budget`` rows of the review queue from an oracle CSV, as ONE revision.
 
     This is how a person is simulated. Queue rows missing from the file are skipped and
@@ -490,7 +516,7 @@ def answer_from_oracle(project: Project, table: str, run: str, oracle: str | Pat
     if budget < 1:
         raise DataloupeError(f"--budget must be >= 1, got {budget}")
     truth = read_oracle(oracle)
-    q = review_queue(project, table, run, strategy=strategy, seed=seed, limit=budget)
+    q = review_queue(project, table, run, strategy=strategy, seed=seed, limit=budget, embeddings=embeddings)
     classes = set(q["classes"])
     answers: dict[int, str | None] = {}
     missing = unknown = 0
@@ -504,7 +530,8 @@ def answer_from_oracle(project: Project, table: str, run: str, oracle: str | Pat
             unknown += 1
             continue
         answers[it["id"]] = lab
-    msg = message or f"review {strategy}: {len(answers)} answers from {Path(oracle).name} (run {run})"
+    on = f"run {run}" + (f", embeddings of {embeddings}" if embeddings else "")
+    msg = message or f"review {strategy}: {len(answers)} answers from {Path(oracle).name} ({on})"
     res = apply_answers(project, table, answers, message=msg, expected_revision=q["revision"])
     return {"revision": res["revision"], "asked": len(q["items"]), "answered": len(answers),
             "changed": res["changed"], "strategy": strategy, "previous_revision": res["previous_revision"],
