@@ -35,8 +35,10 @@ of the training table (``dataloupe pretrain``, SimCLR, labels never read; the va
 table never read) and the embedding strategies cluster on its embeddings instead of the
 first model's (``review --embeddings``); results are kept as ``<strategy>+ssl``.
 
-    PYTHONPATH=src python bench/review_curve.py --setting fmnist --seeds 0 1 2 --repeats 3 \
+    PYTHONPATH=src python bench/review_curve.py --setting fmnist --seeds 0 1 2 \\
         --strategies typiclust random --ssl-epochs 30 --project /tmp/review-fmnist
+    PYTHONPATH=src python bench/review_curve.py --setting fmnist --seeds 0 1 2 --draws 12800 \\
+        --strategies typiclust random --budgets 200 400 --project /tmp/review-fmnist-12800  # converged trainings
 
 Finished trainings are reused on a rerun (results are kept in ``<project>/review-curve.json``).
 """
@@ -169,7 +171,7 @@ def _ssl_run(project: Project, setting: str, seed: int, train_t: str, epochs: in
     """A SimCLR backbone on every row of ``train_t``'s first revision, collected on the table
     (reused when finished); returns the run's name."""
     from dataloupe.train import pretrain  # noqa: PLC0415
-    from dataloupe.train._collect import collect_embeddings  # noqa: PLC0415
+    from dataloupe.train._collect import collect  # noqa: PLC0415 (a pretrain run: embeddings only)
 
     run = f"rc-{setting}-s{seed}-ssl{epochs}"
     folder = project.runs_dir / run
@@ -181,7 +183,7 @@ def _ssl_run(project: Project, setting: str, seed: int, train_t: str, epochs: in
         log(f"[{setting} s{seed}] SimCLR {epochs} epochs: kNN monitor {info.get('knn_top1')} "
             f"({(time.time() - t0) / 60:.1f} min)")
     if not (folder / "metrics" / f"{train_t}.lance").exists():
-        collect_embeddings(project, run, f"{train_t}@1")
+        collect(project, run, f"{train_t}@1")
     return run
 
 

@@ -237,7 +237,7 @@ def _copy_run_with_embedding(p, src, dst, table, emb_of_id):
     lance.write_dataset(t, path, mode="overwrite")
 
 
-def test_queue_clusters_on_another_runs_embeddings(digits):
+def test_queue_clusters_on_another_runs_embeddings(cli, digits):
     """``embeddings=RUN`` (``review --embeddings``): the cluster strategies read that run's
     embeddings (e.g. a pretrain run's), the confidences stay ``run``'s: the same queue as a run
     with ``run``'s probabilities and the other's embeddings; a run missing rows is refused."""
@@ -270,3 +270,14 @@ def test_queue_clusters_on_another_runs_embeddings(digits):
         lance.write_dataset(lance.dataset(path).to_table().slice(0, 100), part, mode="overwrite")
     with pytest.raises(DataloupeError, match="ssl-part.*100 of the"):
         review_queue(p, "digits", "r1", strategy="typiclust", limit=10, embeddings="ssl-part")
+    # the same through `dataloupe review --embeddings`; the refusal is one line, exit 2
+    import shutil
+
+    shutil.copytree(p.root, cli.project_dir)
+    r = cli("review", "--table", "digits", "--run", "r1", "--strategy", "typiclust", "--budget", "10",
+            "--embeddings", "ssl-e", "--json")
+    want = review_queue(p, "digits", "r1", strategy="typiclust", limit=10, embeddings="ssl-e")
+    assert [i["id"] for i in json.loads(r.stdout)["items"]] == [i["id"] for i in want["items"]]
+    r = cli("review", "--table", "digits", "--run", "r1", "--strategy", "typiclust", "--budget", "10",
+            "--embeddings", "ssl-part", check=False)
+    assert r.returncode == 2 and "100 of the" in r.stderr

@@ -204,7 +204,6 @@ class Consistency:
             return sharp / sharp.sum(1, keepdim=True), mask
         return pseudo, mask
 
-
     @torch.no_grad()
     def _soft_weights(self, conf: torch.Tensor, k: int) -> torch.Tensor:
         mean, var = conf.mean(), conf.var(unbiased=True) if len(conf) > 1 else torch.zeros((), device=conf.device)
