@@ -189,7 +189,7 @@ def _ssl_run(project: Project, setting: str, seed: int, train_t: str, epochs: in
 
 def curve(project: Project, setting: str, seed: int, strategies: list[str], budgets: tuple[int, ...],
           recipe: tuple[str, dict], tables: tuple[str, str, Path], results: dict, save, log, *,
-          repeats: int = 1, ssl_epochs: int = 0) -> None:
+          repeats: int = 1, ssl_epochs: int = 0, recheck: int = 0) -> None:
     """Fill ``results[setting][seed][strategy][N]`` with ``{"top1", "runs", "revision", "answered",
     "changed", "minutes"}``: ``runs`` are the val top-1 of ``repeats`` trainings of the answered
     revision (training seeds ``seed``, ``seed + 1000``, ...), ``top1`` their mean."""
@@ -209,6 +209,8 @@ def curve(project: Project, setting: str, seed: int, strategies: list[str], budg
         strat = strat_name
         if ssl is not None and strat != "random":
             strat_name = f"{strat}+ssl"
+        if recheck:
+            strat_name = f"{strat_name}+recheck{recheck}"
         for n in budgets:
             done = res.get(strat_name, {}).get(str(n))
             if done is not None and len(done.get("runs", [done["top1"]])) >= repeats:
@@ -218,7 +220,7 @@ def curve(project: Project, setting: str, seed: int, strategies: list[str], budg
             if done is None:
                 revert_table(project, train_t, 1, message=f"review bench: back to the labels given ({strat_name}, N={n})")
                 ans = answer_from_oracle(project, train_t, first, oracle, budget=n, strategy=strat, seed=seed,
-                                         embeddings=ssl)
+                                         embeddings=ssl, recheck=recheck)
                 done = {"revision": ans["revision"], "answered": ans["answered"], "changed": ans["changed"],
                         "runs": [], "minutes": 0.0}
             # results from before repeats existed hold one run and no revision: the run's record has it
@@ -293,6 +295,9 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=0,
                     help="labeled draws per training (multiples of 320; default: the setting's 6,400 / 3,200); "
                          "use a fresh --project: finished runs are reused by name")
+    ap.add_argument("--recheck", type=int, default=0,
+                    help="> 0: each queue opens with this many of the most doubted given labels (review --recheck); "
+                         "results as <strategy>+recheck<K>")
     ap.add_argument("--data", type=Path, default=CM_DATA, help="chihuahua-muffin folder")
     ap.add_argument("--table-only", action="store_true", help="print the table of finished results and stop")
     args = ap.parse_args()
@@ -318,8 +323,10 @@ def main() -> None:
             tables = (fmnist_tables(project, seed) if args.setting == "fmnist"
                       else chihuahua_tables(project, seed, args.data))
             curve(project, args.setting, seed, args.strategies, budgets, recipe, tables, results, save, log,
-                  repeats=args.repeats, ssl_epochs=args.ssl_epochs)
+                  repeats=args.repeats, ssl_epochs=args.ssl_epochs, recheck=args.recheck)
     shown = [s if args.ssl_epochs <= 0 or s == "random" else f"{s}+ssl" for s in args.strategies]
+    if args.recheck:
+        shown = [f"{s}+recheck{args.recheck}" for s in shown] + ["random"]  # the target's reference: plain random
     print(table(results, args.setting, shown, budgets))
 
 

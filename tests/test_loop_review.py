@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from ui_synth import UNDEFINED, make_digits_table, write_digits_run
 
-from dataloupe.loop import EXCLUDE, apply_answers, list_strategies, review_queue
+from dataloupe.loop import EXCLUDE, answer_from_oracle, apply_answers, list_strategies, review_queue
 from dataloupe.project import DataloupeError, Project
 from dataloupe.tables import diff_revisions, open_table
 
@@ -117,6 +117,19 @@ def test_review_cli_answers_budget_from_oracle(cli, tmp_path, digits):
     assert r.stdout.count("#") >= 3
     r = cli("review", "--table", "digits", "--run", "r1", "--oracle", tmp_path / "none.csv", "--budget", "3", check=False)
     assert r.returncode == 2 and "oracle file not found" in r.stderr
+    # --recheck N: the first N rows asked are given labels; the answers fix the wrong ones
+    noisy = {int(i) for i in info["noisy"]}
+    r = cli("review", "--table", "digits", "--run", "r1", "--budget", "10", "--recheck", "5", "--json")
+    q = json.loads(r.stdout)
+    assert [it["reasons"][-1] == "recheck" for it in q["items"]][:6] == [True] * 5 + [False]
+    mid = open_table(p2, "digits")
+    r = cli("review", "--table", "digits", "--run", "r1", "--oracle", oracle, "--budget", "10", "--recheck", "5", "--json")
+    out = json.loads(r.stdout)
+    d = diff_revisions(p2, "digits", mid.revision, out["revision"]).to_dict(limit=1000)
+    relabeled = {r["id"] for r in d["changed"] if r["label_a"] is not None}
+    assert relabeled and relabeled <= noisy
+    r = cli("review", "--table", "digits", "--run", "r1", "--budget", "3", "--recheck", "-2", check=False)
+    assert r.returncode == 2 and "--recheck must be >= 0" in r.stderr
 
 
 def test_strategies_rank_uncertain_rows_first(digits):
@@ -281,3 +294,59 @@ def test_queue_clusters_on_another_runs_embeddings(cli, digits):
     r = cli("review", "--table", "digits", "--run", "r1", "--strategy", "typiclust", "--budget", "10",
             "--embeddings", "ssl-part", check=False)
     assert r.returncode == 2 and "100 of the" in r.stderr
+
+
+def test_recheck_opens_the_queue_with_the_most_doubted_given_labels(tmp_path, digits):
+    import shutil
+
+    p, info, _ = digits
+    noisy = {int(i) for i in info["noisy"]} - set(range(1700, 1700 + UNDEFINED))
+    q = review_queue(p, "digits", "r1", strategy="margin", recheck=40)
+    head, rest = q["items"][:40], q["items"][40:]
+    assert q["counts"]["recheck"] == 40 and q["total"] == len(q["items"])
+    assert all(it["reasons"][-1] == "recheck" and it["label"] is not None for it in head)
+    assert not any("recheck" in it["reasons"] for it in rest)
+    scores = [it["score"] for it in head]
+    assert scores == sorted(scores, reverse=True)  # most doubted first
+    hits = [it for it in head if it["id"] in noisy]
+    plain = review_queue(p, "digits", "r1", strategy="margin", limit=40)["items"]
+    # the head holds most of the 40 flipped labels, far more than the margin order's first 40 asks
+    assert len(hits) >= 25 and len(hits) > 2 * sum(it["id"] in noisy for it in plain)
+    assert sum(it["suggested"] == str(info["true"][it["id"]]) for it in hits) >= 0.8 * len(hits)
+    # the rest is the strategy's own order without the rows already asked
+    head_ids = {it["id"] for it in head}
+    full = [it["id"] for it in review_queue(p, "digits", "r1", strategy="margin")["items"]]
+    assert [it["id"] for it in rest] == [i for i in full if i not in head_ids]
+    with pytest.raises(DataloupeError, match="recheck must be >= 0"):
+        review_queue(p, "digits", "r1", recheck=-1)
+    # answered from an oracle: the flipped labels among the re-checked rows go back to the truth
+    proj = tmp_path / "proj"
+    shutil.copytree(p.root, proj)
+    p2 = Project.open(proj)
+    before = open_table(p2, "digits")
+    oracle = _oracle(tmp_path / "labels.csv", before, info["true"])
+    res = answer_from_oracle(p2, "digits", "r1", oracle, budget=50, strategy="margin", recheck=40)
+    assert res["asked"] == 50 and res["answered"] == 50
+    assert "40 given labels re-checked first" in open_table(p2, "digits").entry["message"]
+    d = diff_revisions(p2, "digits", before.revision, res["revision"]).to_dict(limit=1000)
+    fixed = {r["id"] for r in d["changed"] if r["label_a"] is not None}
+    assert fixed == {it["id"] for it in hits}
+
+
+def test_recheck_refuses_a_table_the_run_did_not_train_on(tmp_path, digits):
+    import shutil
+
+    from dataloupe.tables import create_table
+
+    p, info, _ = digits
+    proj = tmp_path / "proj"
+    shutil.copytree(p.root, proj)
+    p2 = Project.open(proj)
+    rows = open_table(p2, "digits").to_arrow(columns=["path", "label"])
+    create_table(p2, "digits-copy", rows, classes=list(open_table(p2, "digits").classes),
+                 image_root=open_table(p2, "digits").image_root, message="a copy")
+    from dataloupe.runs import run_dir
+
+    shutil.copytree(run_dir(p2, "r1") / "metrics" / "digits.lance", run_dir(p2, "r1") / "metrics" / "digits-copy.lance")
+    with pytest.raises(DataloupeError, match="re-checks the labels run 'r1' trained on"):
+        review_queue(p2, "digits-copy", "r1", recheck=5)

@@ -399,6 +399,10 @@ def test_review_queue_api_reads_and_writes_one_revision(client, proj):
     assert r.status_code == 400 and "unknown class" in r.json()["error"]
     assert open_table(p, "digits").revision == t.revision
     assert client.get("/api/runs/r1/review", params={"table": "digits", "strategy": "nope"}).status_code == 400
+    # ?recheck=N: the queue opens with the N given labels the evidence doubts most
+    q = client.get("/api/runs/r1/review", params={"table": "digits", "recheck": 4, "limit": 6}).json()
+    assert q["counts"]["recheck"] == 4 and [("recheck" in it["reasons"]) for it in q["items"]] == [True] * 4 + [False] * 2
+    assert client.get("/api/runs/r1/review", params={"table": "digits", "recheck": -1}).status_code == 422
 
 
 def test_run_states_the_models_quality(client, proj):

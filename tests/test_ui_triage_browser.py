@@ -342,6 +342,14 @@ def test_review_queue_page_answers_with_keys_as_one_revision(page, site):
     assert items[1]["id"] in left and items[0]["id"] not in left
     page.select_option("#review-strategy", "entropy")
     page.wait_for_function("window.__dl.ready && __dl.review && __dl.review.strategy === 'entropy'", timeout=30000)
+    # re-check the 3 most doubted given labels first: they open the queue, the order is kept in the URL
+    page.fill("#review-recheck", "3")
+    page.dispatch_event("#review-recheck", "change")
+    page.wait_for_function("window.__dl.ready && __dl.review && __dl.review.recheck === 3", timeout=30000)
+    assert "recheck=3" in page.url and "strategy=entropy" in page.url
+    head = page.evaluate("__dl.review.items.slice(0, 4).map(i => i.reasons.includes('recheck'))")
+    assert head == [True, True, True, False]
+    assert "recheck" in page.inner_text(".review-bar")
 
 
 # ---- the view in the URL, saved views, export, and dataloupe.show ----------------------------

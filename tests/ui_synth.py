@@ -146,6 +146,11 @@ def write_run(project: Project, run: str, table: str, revision: int, *, ids: np.
     if embedding is not None:
         cols["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(embedding.ravel()), embedding.shape[1])
     aum = (margin * 2 - 1).astype(np.float32)
+    if probs is not None:  # as training records it: the given label's score minus the largest other one
+        rows, given = np.arange(n), np.clip(lab_codes, 0, None)
+        other = probs.copy()
+        other[rows, given] = -np.inf
+        aum = (probs[rows, given] - other.max(1)).astype(np.float32)
     cols["aum"] = pa.array(aum, mask=~valid)
     cols["forgetting"] = pa.array(np.zeros(n, np.int32), mask=~valid)
     cols["map_x"] = pa.array(map_xy[:, 0].astype(np.float32))
@@ -153,7 +158,7 @@ def write_run(project: Project, run: str, table: str, revision: int, *, ids: np.
     if cluster is not None:
         cols["cluster"] = pa.array(cluster.astype(np.int32))
     lance.write_dataset(pa.table(cols), d / "metrics" / f"{table}.lance", mode="overwrite")
-    info = {"run": run, "status": "completed", "recipe": "synthetic", "train_table": table,
+    info = {"run": run, "status": "completed", "recipe": "synthetic", "classes": list(classes), "train_table": table,
             "train_revision": revision, "val_table": table, "val_revision": revision, "seed": 0,
             "version": "0.1.0", "hardware": "cpu", "created": f"2026-11-23T00:00:{len(list(project.runs_dir.iterdir())):02d}+00:00",
             "epochs": epochs, "epochs_done": epochs, "best_val_top1": val_top1, "best_epoch": epochs}

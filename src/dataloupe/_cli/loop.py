@@ -55,6 +55,9 @@ def review_cmd(
     embeddings: Annotated[Optional[str], typer.Option(
         "--embeddings", help="Run whose embeddings of the table the density/cluster/typiclust strategies read "
                              "(e.g. a `dataloupe pretrain` run, collected on the table); default: --run's.")] = None,
+    recheck: Annotated[int, typer.Option(
+        "--recheck", help="Open the queue with this many given labels, the ones the evidence doubts most "
+                          "(label-issue ranking of the rows --run trained on); they count in --budget.")] = 0,
     project: ProjectOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -63,7 +66,8 @@ def review_cmd(
 
     p = project_from(project)
     if oracle is None:
-        q = review_queue(p, table, run, strategy=strategy, seed=seed, limit=budget, embeddings=embeddings)
+        q = review_queue(p, table, run, strategy=strategy, seed=seed, limit=budget, embeddings=embeddings,
+                         recheck=min(recheck, budget))
         if as_json:
             print_json(q)
             return
@@ -74,7 +78,7 @@ def review_cmd(
                        f"({(it['confidence'] or 0):.2f}), score {it['score']:.3f} [{', '.join(it['reasons'])}]")
         return
     res = answer_from_oracle(p, table, run, oracle, budget=budget, strategy=strategy, seed=seed,
-                             embeddings=embeddings)
+                             embeddings=embeddings, recheck=recheck)
     if as_json:
         print_json({k: res[k] for k in ("revision", "asked", "answered", "changed", "strategy")})
         return

@@ -36,13 +36,13 @@ from dataloupe.analysis._neighbours import (
     outlier_scores,
 )
 from dataloupe.analysis._pseudo import precision_threshold, pseudo_label
-from dataloupe.analysis._run_api import analyze_run, export_run_csv, reduce_run
+from dataloupe.analysis._run_api import analyze_run, export_run_csv, label_suspicion, reduce_run
 from dataloupe.analysis._trust import model_trust
 from dataloupe.analysis._taxonomy import error_taxonomy, load_real_labels, real_accuracy, topk_accuracy
 
 __all__ = [
     "model_trust",
-    "METHODS", "reduce", "analyze_run", "export_run_csv", "reduce_run", "UNDEFINED", "AnalysisInputs", "Detector", "DetectorResult", "FindingRow", "analyze", "finding_rows", "with_crossfit",
+    "METHODS", "reduce", "analyze_run", "export_run_csv", "label_suspicion", "reduce_run", "UNDEFINED", "AnalysisInputs", "Detector", "DetectorResult", "FindingRow", "analyze", "finding_rows", "with_crossfit",
     "error_taxonomy", "load_real_labels", "real_accuracy", "topk_accuracy", "LabelIssues", "SampleArrays",
     "cluster_embeddings", "duplicate_threshold", "cluster_stats", "content_hashes", "crossfit_probs",
     "estimate_num_label_errors", "find_label_issues", "get_detector", "knn", "knn_label_probs", "l2_normalize", "neighbour_votes",

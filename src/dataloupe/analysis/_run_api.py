@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from dataloupe._fileio import atomic_path
-from dataloupe.analysis._detectors import analyze
+from dataloupe.analysis._detectors import _issues, analyze
 from dataloupe.analysis._maps import reduce
 from dataloupe.analysis._runio import (
     check_revision,
@@ -57,6 +57,32 @@ def analyze_run(project: Project, run: str, *, folds: int | None = None, real_la
     for role, cols in columns.items():
         write_columns(project, run, tables[role], getattr(inputs, role).ids, cols)
     return out, load_metrics(project, run, tables["train"])
+
+
+def label_suspicion(project: Project, run: str, *, k: int = 10) -> dict:
+    """How much the evidence doubts each given label of ``run``'s training table, most doubted first.
+
+    The score is the label-issue ranking of ``analyze`` (cross-fitted probabilities on the
+    embeddings, neighbour votes, AUM: ``find_label_issues``) for EVERY labeled row, not only
+    the ones its estimate flags: a person re-checking labels wants the most doubtful first
+    even when the estimate of how many are wrong errs low (with 200 labels it can say 0 while
+    the top 40 hold 14-15 of 20 flipped ones on the Fashion-MNIST demo: bench/RESULTS.md).
+
+    Returns:
+        ``{"table", "ids", "scores", "suggested", "flagged", "probabilities"}``: ``ids`` (int64),
+        ``scores`` (float, in (0, 1], higher = more doubtful) and ``flagged`` (bool, what
+        ``analyze`` reports) are arrays sorted by score, descending; ``suggested`` the class
+        names the evidence prefers instead; ``probabilities`` where the probabilities came
+        from (e.g. ``"crossfit-5"``).
+    """
+    inputs, info = load_inputs(project, run, hashes=False, k=k)
+    s = inputs.train
+    lab, r, source = _issues(inputs, s)
+    rows = np.flatnonzero(lab)
+    order = np.argsort(-r.scores, kind="stable")
+    return {"table": run_tables(info)["train"], "ids": s.ids[rows][order].astype(np.int64),
+            "scores": np.asarray(r.scores, np.float64)[order], "flagged": np.asarray(r.mask, bool)[order],
+            "suggested": [inputs.classes[int(c)] for c in np.asarray(r.suggested)[order]], "probabilities": source}
 
 
 def reduce_run(project: Project, run: str, *, method: str = "pacmap", dims: int = 2) -> dict:

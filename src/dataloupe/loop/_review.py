@@ -318,7 +318,7 @@ def _label_issues(project: Project, run: str, table: str, info: dict) -> dict[in
 
 def review_queue(project: Project, table: str, run: str, *, strategy: str = "margin",
                  reasons: tuple[str, ...] = REASONS, max_confidence: float = 0.6, seed: int = 0,
-                 limit: int | None = None, embeddings: str | None = None) -> dict:
+                 limit: int | None = None, embeddings: str | None = None, recheck: int = 0) -> dict:
     """The review queue of ``table`` under ``run``'s model, best first.
 
     Rows whose label or weight changed since the revision the run trained on are left out:
@@ -326,6 +326,12 @@ def review_queue(project: Project, table: str, run: str, *, strategy: str = "mar
     of ``table`` the embedding strategies (density, clusters, typicality) read instead of
     ``run``'s, e.g. a ``dataloupe pretrain`` run (features learnt from every row, not from a
     classifier trained on the few labels); ``run`` still gives the confidences.
+
+    ``recheck``: the queue opens with the ``recheck`` given labels the evidence doubts most
+    (``analysis.label_suspicion``: cross-fitted probabilities, neighbour votes, AUM of the
+    rows ``run`` trained on; reason ``"recheck"``, ``suggested`` = the class it prefers),
+    then the strategy's order of the rest, which is told the budget left. A wrong given
+    label misleads every model trained on it; answering one is worth more than a new label.
 
     Returns:
         ``{"table", "revision", "run", "strategy", "total", "counts": {reason: n},
@@ -381,26 +387,49 @@ def review_queue(project: Project, table: str, run: str, *, strategy: str = "mar
     cand &= weight > 0
     answered = _changed_since(t, info.get("train_revision") if info.get("train_table") == table else None, common)
     cand &= ~answered
+    if recheck < 0:
+        raise DataloupeError(f"--recheck must be >= 0, got {recheck}")
+    rechecked: dict[int, tuple[float, str]] = {}  # position in ``common`` -> (doubt, suggested class)
+    if recheck:
+        from dataloupe.analysis import label_suspicion  # noqa: PLC0415 (loop sits above analysis)
+
+        sus = label_suspicion(project, run)
+        if sus["table"] != table:
+            raise DataloupeError(f"--recheck re-checks the labels run {run!r} trained on (table {sus['table']!r}); "
+                                 f"the queue is of table {table!r}")
+        pos = np.minimum(np.searchsorted(common, sus["ids"]), len(common) - 1)  # ``common`` is sorted
+        open_ = (np.array([v is not None for v in label]) & (weight > 0) & ~answered) if len(common) else np.zeros(0, bool)
+        for j in np.flatnonzero(common[pos] == sus["ids"]) if len(common) else []:
+            if open_[pos[j]]:
+                rechecked[int(pos[j])] = (float(sus["scores"][j]), sus["suggested"][j])
+                if len(rechecked) == recheck:
+                    break
+    head = np.fromiter(rechecked, np.int64, len(rechecked))
+    cand[head] = False
     idx = np.flatnonzero(cand)
     extra = {}
     if strategy in _NEEDS_PREDICTED:
         extra["predicted"] = np.unique(predicted[idx].astype(str), return_inverse=True)[1]
     if strategy in _NEEDS_BUDGET:
-        extra["budget"] = limit
+        extra["budget"] = None if limit is None else max(1, limit - len(head))
     if strategy in _NEEDS_LABELED:
         lab_rows = np.flatnonzero(~cand & (weight > 0) & np.array([v is not None for v in label]))
         extra["labeled_embedding"] = emb[lab_rows] if emb is not None else None
     score = score_fn(margin[idx], entropy[idx], emb[idx] if emb is not None else None, seed=seed, **extra)
-    order = idx[np.argsort(-score, kind="stable")]
+    order = np.concatenate([head, idx[np.argsort(-score, kind="stable")]])
     score_of = dict(zip(idx.tolist(), score.tolist()))
+    score_of.update({i: d for i, (d, _) in rechecked.items()})
     keep = order if limit is None else order[:limit]
     items = [{"id": int(common[i]), "path": paths[i], "label": label[i], "predicted": predicted[i],
               "confidence": _f(conf[i]), "margin": _f(margin[i]), "entropy": _f(entropy[i]),
-              "score": _f(score_of[i]), "reasons": [r for r in reasons if why[r][i]],
-              "suggested": issues.get(int(common[i]))} for i in keep.tolist()]
+              "score": _f(score_of[i]),
+              "reasons": [r for r in reasons if why[r][i]] + (["recheck"] if i in rechecked else []),
+              "suggested": rechecked[i][1] if i in rechecked else issues.get(int(common[i]))} for i in keep.tolist()]
+    counts = {r: int((why[r] & cand).sum()) for r in reasons}
+    if recheck:
+        counts["recheck"] = len(head)
     return {"table": table, "revision": t.revision, "run": run, "strategy": strategy, "total": int(len(order)),
-            "counts": {r: int((why[r] & cand).sum()) for r in reasons}, "classes": list(t.classes),
-            "items": items}
+            "counts": counts, "classes": list(t.classes), "items": items}
 
 
 def _embeddings_of(project: Project, run: str, table: str, ids: np.ndarray) -> np.ndarray:
@@ -502,8 +531,11 @@ def read_oracle(path: str | Path) -> dict[str, str | None]:
 
 def answer_from_oracle(project: Project, table: str, run: str, oracle: str | Path, *, budget: int,
                        strategy: str = "margin", seed: int = 0, message: str | None = None,
-                       embeddings: str | None = None) -> dict:
+                       embeddings: str | None = None, recheck: int = 0) -> dict:
     """Answer the first ``budget`` rows of the review queue from an oracle CSV, as ONE revision.
+
+    ``recheck``: the first rows asked are the ``recheck`` most doubted given labels (see
+    :func:`review_queue`); they count in ``budget``.
 
     This is how a person is simulated. Queue rows missing from the file are skipped and
     counted (``skipped_missing``); rows whose file label is not a class are counted in
@@ -516,7 +548,8 @@ def answer_from_oracle(project: Project, table: str, run: str, oracle: str | Pat
     if budget < 1:
         raise DataloupeError(f"--budget must be >= 1, got {budget}")
     truth = read_oracle(oracle)
-    q = review_queue(project, table, run, strategy=strategy, seed=seed, limit=budget, embeddings=embeddings)
+    q = review_queue(project, table, run, strategy=strategy, seed=seed, limit=budget, embeddings=embeddings,
+                     recheck=min(recheck, budget))
     classes = set(q["classes"])
     answers: dict[int, str | None] = {}
     missing = unknown = 0
@@ -530,7 +563,8 @@ def answer_from_oracle(project: Project, table: str, run: str, oracle: str | Pat
             unknown += 1
             continue
         answers[it["id"]] = lab
-    on = f"run {run}" + (f", embeddings of {embeddings}" if embeddings else "")
+    on = f"run {run}" + (f", embeddings of {embeddings}" if embeddings else "") + (
+        f", {q['counts']['recheck']} given labels re-checked first" if recheck else "")
     msg = message or f"review {strategy}: {len(answers)} answers from {Path(oracle).name} ({on})"
     res = apply_answers(project, table, answers, message=msg, expected_revision=q["revision"])
     return {"revision": res["revision"], "asked": len(q["items"]), "answered": len(answers),

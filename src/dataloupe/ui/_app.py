@@ -320,10 +320,11 @@ def create_app(project: Project, *, token: str | None = None,
         return _runs.finding_pairs(project, run_or_404(run), limit)
 
     @app.get("/api/runs/{run}/review")
-    def run_review(run: str, table: str, strategy: str = "margin", limit: int = Query(500, ge=1, le=100_000)) -> dict:
+    def run_review(run: str, table: str, strategy: str = "margin", limit: int = Query(500, ge=1, le=100_000),
+                   recheck: int = Query(0, ge=0, le=100_000)) -> dict:
         run_or_404(run)
         table_or_404(table)
-        return review_queue(project, table, run, strategy=strategy, limit=limit)
+        return review_queue(project, table, run, strategy=strategy, limit=limit, recheck=recheck)
 
     @app.post("/api/tables/{name}/review")
     def table_review(name: str, body: ReviewBody) -> dict:

@@ -91,7 +91,7 @@ async function route() {
       const run = decodeURIComponent(rv[1]);
       const p = new URLSearchParams(rv[2] || "");
       crumbs.replaceChildren(h("a", { href: "#/" }, "project"), " / ", h("a", { href: `#/run/${enc(run)}` }, `run ${run}`), " / review");
-      current = new ReviewView(view, run, p.get("table"), p.get("strategy"));
+      current = new ReviewView(view, run, p.get("table"), p.get("strategy"), p.get("recheck"));
       window.__dl.review = current;
       await current.load();
     } else if (m) {

@@ -1,5 +1,6 @@
-// The review queue page (#/review/<run>?table=&strategy=): the rows the loop flags for a
-// person, in active-learning order (dataloupe.loop.review_queue). One key per answer:
+// The review queue page (#/review/<run>?table=&strategy=&recheck=): the rows the loop flags for a
+// person, in active-learning order (dataloupe.loop.review_queue), opened by the `recheck` given
+// labels the evidence doubts most when asked. One key per answer:
 // 1..9 a class, Enter confirms (the label, or the prediction for an undefined row),
 // u undefined, x exclude, s / → skip, ← back. "Write answers" makes ONE revision.
 import { getJSON, postJSON, enc, imageURL, thumbURL } from "./api.js";
@@ -12,11 +13,12 @@ const STRATEGIES = [["margin", "margin (least sure between two classes)"], ["ent
   ["typiclust-margin", "typiclust-margin (typical clusters, unsure rows)"], ["random", "random"]];
 
 export class ReviewView {
-  constructor(root, run, table, strategy) {
+  constructor(root, run, table, strategy, recheck) {
     this.root = root;
     this.run = run;
     this.table = table;
     this.strategy = strategy || "margin";
+    this.recheck = Math.max(0, parseInt(recheck, 10) || 0);
     this.answers = new Map();  // id -> class | null (undefined) | EXCLUDE
     this.done = new Set();  // confirmed in this session (a confirmation changes nothing, so the queue keeps them)
     this.pos = 0;
@@ -35,7 +37,7 @@ export class ReviewView {
   async fetchQueue() {
     window.__dl.ready = false;
     const [q, t] = await Promise.all([
-      getJSON(`/api/runs/${enc(this.run)}/review`, { table: this.table, strategy: this.strategy, limit: 500 }),
+      getJSON(`/api/runs/${enc(this.run)}/review`, { table: this.table, strategy: this.strategy, limit: 500, recheck: this.recheck }),
       getJSON(`/api/tables/${enc(this.table)}`)]);
     this.q = q;
     this.items = q.items.filter((it) => !this.done.has(it.id));
@@ -50,16 +52,21 @@ export class ReviewView {
 
   layout() {
     const q = this.q, t = this.info.trust;
-    const sel = h("select", { id: "review-strategy", onchange: (e) => {
-      location.hash = `#/review/${enc(this.run)}?table=${enc(this.table)}&strategy=${enc(e.target.value)}`;
-    } }, STRATEGIES.map(([v, label]) => h("option", { value: v, selected: v === this.strategy }, label)));
+    const go = (strategy, recheck) => {
+      location.hash = `#/review/${enc(this.run)}?table=${enc(this.table)}&strategy=${enc(strategy)}` + (recheck ? `&recheck=${recheck}` : "");
+    };
+    const sel = h("select", { id: "review-strategy", onchange: (e) => go(e.target.value, this.recheck) },
+      STRATEGIES.map(([v, label]) => h("option", { value: v, selected: v === this.strategy }, label)));
+    const recheck = h("input", { id: "review-recheck", type: "number", min: 0, step: 10, value: this.recheck, style: "width:4.5em",
+      title: "open the queue with this many given labels, the ones the evidence doubts most (a wrong label misleads every model trained on it)",
+      onchange: (e) => go(this.strategy, Math.max(0, parseInt(e.target.value, 10) || 0)) });
     this.pendingEl = h("span", { id: "review-pending" });
     this.submitBtn = h("button", { id: "review-submit", class: "primary", onclick: () => this.submit() }, "write answers");
     this.list = h("div", { class: "review-list", id: "review-list" });
     this.main = h("div", { class: "review-main", id: "review-main" });
     const counts = Object.entries(q.counts).map(([k, v]) => `${k.replace(/_/g, " ")} ${v}`).join(" · ");
     this.root.replaceChildren(h("div", { class: "review" },
-      h("div", { class: "review-bar" }, h("strong", {}, `Review queue of ${this.table}`), " order ", sel,
+      h("div", { class: "review-bar" }, h("strong", {}, `Review queue of ${this.table}`), " order ", sel, " re-check first ", recheck, " labels ",
         h("span", { class: "muted" }, `${q.total.toLocaleString()} rows (${counts})`), this.pendingEl, this.submitBtn,
         h("a", { href: `#/run/${enc(this.run)}?table=${enc(this.table)}` }, "map and grid")),
       t ? h("div", { id: "trust", class: t.weak ? "trust weak" : "trust" }, (t.weak ? "⚠ " : "") + t.message) : null,
