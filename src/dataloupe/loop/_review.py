@@ -390,7 +390,7 @@ def review_queue(project: Project, table: str, run: str, *, strategy: str = "mar
     if recheck < 0:
         raise DataloupeError(f"--recheck must be >= 0, got {recheck}")
     rechecked: dict[int, tuple[float, str]] = {}  # position in ``common`` -> (doubt, suggested class)
-    if recheck:
+    if recheck and len(common):
         from dataloupe.analysis import label_suspicion  # noqa: PLC0415 (loop sits above analysis)
 
         sus = label_suspicion(project, run)
@@ -398,8 +398,8 @@ def review_queue(project: Project, table: str, run: str, *, strategy: str = "mar
             raise DataloupeError(f"--recheck re-checks the labels run {run!r} trained on (table {sus['table']!r}); "
                                  f"the queue is of table {table!r}")
         pos = np.minimum(np.searchsorted(common, sus["ids"]), len(common) - 1)  # ``common`` is sorted
-        open_ = (np.array([v is not None for v in label]) & (weight > 0) & ~answered) if len(common) else np.zeros(0, bool)
-        for j in np.flatnonzero(common[pos] == sus["ids"]) if len(common) else []:
+        open_ = np.array([v is not None for v in label]) & (weight > 0) & ~answered  # still as the run saw it
+        for j in np.flatnonzero(common[pos] == sus["ids"]):  # most doubted first
             if open_[pos[j]]:
                 rechecked[int(pos[j])] = (float(sus["scores"][j]), sus["suggested"][j])
                 if len(rechecked) == recheck:
