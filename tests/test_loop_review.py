@@ -128,6 +128,8 @@ def test_review_cli_answers_budget_from_oracle(cli, tmp_path, digits):
     d = diff_revisions(p2, "digits", mid.revision, out["revision"]).to_dict(limit=1000)
     relabeled = {r["id"] for r in d["changed"] if r["label_a"] is not None}
     assert relabeled and relabeled <= noisy
+    r = cli("review", "--table", "digits", "--run", "r1", "--budget", "2", "--recheck", "2")
+    assert r.stdout.count("recheck]") == 2 and r.stdout.count(", suggested ") == 2
     r = cli("review", "--table", "digits", "--run", "r1", "--budget", "3", "--recheck", "-2", check=False)
     assert r.returncode == 2 and "--recheck must be >= 0" in r.stderr
 

@@ -75,7 +75,8 @@ def review_cmd(
                    + ", ".join(f"{k} {v}" for k, v in q["counts"].items()))
         for it in q["items"]:
             typer.echo(f"  #{it['id']} {it['path']}: label {it['label'] or '(undefined)'}, predicted {it['predicted']} "
-                       f"({(it['confidence'] or 0):.2f}), score {it['score']:.3f} [{', '.join(it['reasons'])}]")
+                       f"({(it['confidence'] or 0):.2f}), score {it['score']:.3f} [{', '.join(it['reasons'])}]"
+                       + (f", suggested {it['suggested']}" if it.get("suggested") else ""))
         return
     res = answer_from_oracle(p, table, run, oracle, budget=budget, strategy=strategy, seed=seed,
                              embeddings=embeddings, recheck=recheck)
