@@ -66,7 +66,7 @@ def label_suspicion(project: Project, run: str, *, k: int = 10) -> dict:
     embeddings, neighbour votes, AUM: ``find_label_issues``) for EVERY labeled row, not only
     the ones its estimate flags: a person re-checking labels wants the most doubtful first
     even when the estimate of how many are wrong errs low (with 200 labels it can say 0 while
-    the top 40 hold 14-15 of 20 flipped ones on the Fashion-MNIST demo: bench/RESULTS.md).
+    re-checking its top 40 corrected 12-18 of 20 flipped ones on the Fashion-MNIST demo: bench/RESULTS.md).
 
     Returns:
         ``{"table", "ids", "scores", "suggested", "flagged", "probabilities"}``: ``ids`` (int64),
