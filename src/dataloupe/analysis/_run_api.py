@@ -75,7 +75,7 @@ def label_suspicion(project: Project, run: str, *, k: int = 10) -> dict:
         names the evidence prefers instead; ``probabilities`` where the probabilities came
         from (e.g. ``"crossfit-5"``).
     """
-    inputs, info = load_inputs(project, run, hashes=False, k=k)
+    inputs, info = load_inputs(project, run, hashes=False, k=k, train_only=True)
     s = inputs.train
     lab, r, source = _issues(inputs, s)
     rows = np.flatnonzero(lab)

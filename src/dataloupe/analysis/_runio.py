@@ -173,8 +173,10 @@ def _file_or_none(t, rel: str):
         return None
 
 
-def load_inputs(project: Project, run: str, *, hashes: bool = True, k: int = 10) -> tuple[AnalysisInputs, dict]:
-    """``AnalysisInputs`` of a run (train and val tables) plus its ``run.json``."""
+def load_inputs(project: Project, run: str, *, hashes: bool = True, k: int = 10,
+                train_only: bool = False) -> tuple[AnalysisInputs, dict]:
+    """``AnalysisInputs`` of a run (train and val tables; ``train_only``: the val table is not
+    read) plus its ``run.json``."""
     info = read_run(project, run)
     require_classifier(info, run, "analysis")
     classes = list(info.get("classes") or [])
@@ -190,7 +192,7 @@ def load_inputs(project: Project, run: str, *, hashes: bool = True, k: int = 10)
         basis = embedding_basis(train_path)
         reading = dict(basis=basis) if basis is not None else dict(reduce_above=float("inf"))
     sets = {role: sample_set(project, run, name, classes, hashes=hashes, trained_on=role == "train", **reading)
-            for role, name in tables.items()}
+            for role, name in tables.items() if role == "train" or not train_only}
     if "train" not in sets:
         raise DataloupeError(f"run {run!r} has no train table")
     return AnalysisInputs(classes, sets["train"], sets.get("val"), k=k, seed=int(info.get("seed") or 0)), info
