@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import struct
 
 import numpy as np
@@ -60,6 +61,10 @@ rules:
     assert [row["run"] for row in again.loop.iterations] == ["d-it1", "d-it2"]
     # measured against the baseline (labels given only) and the oracle (every true label)
     assert 0 < r.baseline <= 1 and 0 < r.oracle <= 1
+    # iteration 1 is exactly the baseline's recipe on the first revision: reused, not trained twice
+    it1 = json.loads((project.runs_dir / "d-it1" / "run.json").read_text())
+    assert r.baseline == it1["best_val_top1"] and not (project.runs_dir / "d-baseline").exists()
+    assert any("not trained twice" in m for m in logs)
     j = again.to_json()
     assert set(j) >= {"seed", "baseline", "oracle", "loop", "gap_closed", "auto_label_precision",
                       "auto_label_coverage", "minutes"}
@@ -98,6 +103,8 @@ def test_demo_cli_json_with_a_seed(tmp_path):
 recipe: fashion-mnist
 overrides: {model: convnet-xxs, image_size: 16, batch_size: 32, lr: 0.02, epochs: 2, log_every: 0.5}
 max_iterations: 1
+schedule:
+  - {unlabeled_weight: 0.5, unlabeled_threshold: 0.0}
 rules:
   - {rule: auto_label, threshold: 0.0, min_agreement: 0.0, max_fraction: 0.5}
 """)
@@ -111,6 +118,8 @@ rules:
     assert j["seed"] == 7 and 0 < j["baseline"] <= 1 and 0 < j["oracle"] <= 1 and 0 < j["loop"] <= 1
     assert 0 <= j["auto_label_coverage"] <= 1 and j["minutes"] > 0
     assert (tmp_path / "p" / "loops" / "demo-s7").is_dir()
+    # its iteration 1 trains on the pool too, so it is not the baseline: that one is trained apart
+    assert (tmp_path / "p" / "runs" / "demo-s7-baseline" / "run.json").is_file()
 
 
 def test_demo_says_how_to_get_fashion_mnist(project, tmp_path):
