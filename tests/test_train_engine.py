@@ -391,3 +391,30 @@ def test_eval_every_skips_validation_passes_but_always_evaluates_the_last_epoch(
         _recipe("eval_every=0")
     with pytest.raises(DataloupeError, match="eval_every"):
         _recipe("eval_every=2", "scheduler=plateau")
+
+
+def test_interpolation_consistency_mixes_images_targets_and_masks_alike():
+    import torch as T
+
+    from dataloupe.train._epoch import Consistency
+
+    T.manual_seed(0)
+    c = Consistency(None, None, None, 1.0, 0.0, num_classes=6, mixup=0.75)
+    # image i is all pixels = i and its hard guess is class i: a mixture's pixel value and
+    # its mask must then be the target-weighted mean over classes
+    images = T.arange(6, dtype=T.float32).view(6, 1, 1, 1).expand(6, 1, 2, 2).clone()
+    mask = T.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 1.0])
+    mixed, targets, m = c.mix(images, T.arange(6), mask)
+    assert mixed.shape == images.shape and targets.shape == (6, 6) and T.allclose(targets.sum(1), T.ones(6))
+    assert (targets.diagonal() >= 0.5 - 1e-6).all()  # each image stays mostly itself (lam folded to >= 0.5)
+    assert (targets > 1e-6).sum(1).max() <= 2  # one partner each
+    assert (targets.diagonal() < 1 - 1e-3).any()  # some were really mixed
+    classes = T.arange(6, dtype=T.float32)
+    assert T.allclose(mixed[:, 0, 0, 0], targets @ classes, atol=1e-5)
+    assert T.allclose(mixed, mixed[:, :1, :1, :1].expand_as(mixed))  # one lam per image, all its pixels
+    assert T.allclose(m, targets @ mask, atol=1e-5)
+    soft = T.softmax(T.randn(6, 6), 1)  # soft targets mix the same way and stay distributions
+    _, mixed_soft, _ = c.mix(images, soft, mask)
+    assert T.allclose(mixed_soft.sum(1), T.ones(6), atol=1e-5)
+    with pytest.raises(DataloupeError, match="unlabeled_mixup"):
+        _recipe("unlabeled_mixup=-1")

@@ -152,7 +152,7 @@ def build_setup(project: Project, data: TrainData, recipe: Recipe, ctx: DistCont
                                       num_rows=len(pool), num_classes=k, adaptive=recipe.unlabeled_adaptive,
                                       align=recipe.unlabeled_da, temperature=recipe.unlabeled_temperature,
                                       prior=prior, views=recipe.unlabeled_guess_views,
-                                      rampup=recipe.unlabeled_rampup)
+                                      rampup=recipe.unlabeled_rampup, mixup=recipe.unlabeled_mixup)
         else:
             ctx.print("note: unlabeled_weight > 0 but the training table has no undefined rows with weight > 0;"
                       " training on labeled rows only")

@@ -134,7 +134,11 @@ class Consistency:
       running mean confidence ``mu``, ``exp(-(conf - mu)^2 / (2 sigma^2))`` below it, with
       ``mu`` and ``sigma^2 / 4`` (two standard deviations, as in the paper's code) running
       averages (momentum 0.999) of the batches' confidence; ``threshold`` is ignored;
-    * ``temperature > 0``: soft targets (the guess sharpened) instead of hard pseudo-labels.
+    * ``temperature > 0``: soft targets (the guess sharpened) instead of hard pseudo-labels;
+    * ``mixup > 0``: interpolation consistency (ICT, Verma et al., 2019; MixMatch's MixUp): the
+      strong views are mixed pairwise within the batch, ``lam x_i + (1 - lam) x_j`` with
+      ``lam ~ Beta(mixup, mixup)`` folded to ``>= 0.5`` per image, and so are their targets
+      and masks: the student must be linear between the pool's images, not only on them.
 
     Written here rather than taken from a library: the step shares the engine's model,
     optimizer, autocast, on-device augmentation (``batch_augment``) and DDP wrapping, which
@@ -153,6 +157,7 @@ class Consistency:
     temperature: float = 0.0
     views: int = 1  # weak views averaged into the teacher's guess (MixMatch's K)
     rampup: float = 0.0  # share of training over which the weight rises to ``weight`` (0: from the start)
+    mixup: float = 0.0  # > 0: strong views and their targets mixed pairwise, lambda ~ Beta(mixup, mixup) (ICT)
     prior: torch.Tensor | None = None  # (K,) class prior for alignment (labeled rows); None: uniform
     _guess_mean: torch.Tensor | None = None
     _decided: torch.Tensor | None = None  # (num_rows,) class each pool row was last confidently given, -1: none
@@ -203,6 +208,21 @@ class Consistency:
             sharp = guess ** (1.0 / self.temperature)
             return sharp / sharp.sum(1, keepdim=True), mask
         return pseudo, mask
+
+    @torch.no_grad()
+    def mix(self, images: torch.Tensor, targets: torch.Tensor,
+            mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """ICT's interpolation: ``(mixed images, mixed soft targets (B, K), mixed mask)``."""
+        n = len(images)
+        if targets.dim() == 1:
+            targets = F.one_hot(targets, self.num_classes or int(targets.max()) + 1).float()
+        lam = torch.distributions.Beta(self.mixup, self.mixup).sample((n,)).to(images.device)
+        lam = torch.maximum(lam, 1.0 - lam)  # each image stays mostly itself (MixMatch's lambda')
+        perm = torch.randperm(n, device=images.device)
+        li = lam.view(n, *([1] * (images.dim() - 1))).to(images.dtype)
+        mixed = li * images + (1.0 - li) * images[perm]
+        lt = lam[:, None].to(targets.dtype)
+        return mixed, lt * targets + (1.0 - lt) * targets[perm], lam * mask + (1.0 - lam) * mask[perm]
 
     @torch.no_grad()
     def _soft_weights(self, conf: torch.Tensor, k: int) -> torch.Tensor:
@@ -283,6 +303,8 @@ def train_one_epoch(model: nn.Module, loader, *, optimizer, schedule, opts: Step
                             for _ in range(consistency.views)) / consistency.views
             pseudo, mask = consistency.targets(guess, u_pos)
             strong = batch_augment(u, consistency.strong)
+            if consistency.mixup > 0:
+                strong, pseudo, mask = consistency.mix(strong, pseudo, mask)
             if opts.channels_last:
                 strong = strong.contiguous(memory_format=torch.channels_last)
             with opts.autocast():

@@ -100,6 +100,7 @@ class Recipe:
     unlabeled_da_prior: str = "labeled"  # labeled: the labeled rows' class shares | uniform (labels known to be skewed)
     unlabeled_temperature: float = 0.0  # > 0: soft targets (guesses sharpened with this temperature); 0: hard
     unlabeled_rampup: float = 0.0  # share of training over which the consistency weight ramps up from 0
+    unlabeled_mixup: float = 0.0  # > 0: ICT - strong views and their targets mixed, Beta(a, a); 0: off
     unlabeled_guess_views: int = 1  # weak views whose teacher guesses are averaged (MixMatch's K = 2)
     unlabeled_strong_scale: Optional[list] = None  # crop area of the strong view; None: the recipe's rrc_scale (or [0.35, 1])
     unlabeled_weak_scale: Optional[list] = None  # crop area of the teacher's (weak) view; None: [0.7, 1]
@@ -262,6 +263,8 @@ def _check(r: Recipe) -> None:
                              f" {r.unlabeled_temperature}")
     if not 0.0 <= r.unlabeled_rampup <= 1.0:
         raise DataloupeError(f"recipe key 'unlabeled_rampup' must be in [0, 1], got {r.unlabeled_rampup}")
+    if r.unlabeled_mixup < 0:
+        raise DataloupeError(f"recipe key 'unlabeled_mixup' must be >= 0 (0: off), got {r.unlabeled_mixup}")
     if r.unlabeled_guess_views < 1:
         raise DataloupeError(f"recipe key 'unlabeled_guess_views' must be >= 1, got {r.unlabeled_guess_views}")
     if r.unlabeled_weight < 0 or r.unlabeled_ratio < 1 or not 0.0 <= r.unlabeled_threshold <= 1.0:
