@@ -168,8 +168,9 @@ def fashion_mnist_demo(project: Project, *, fashion_dir: Path | None = None, per
     sample. The scenario tables are ``<name>-train`` and ``<name>-val``; the loop is
     ``<name>`` (default :func:`demo_name`). With ``measure``, the loop is compared with the
     baseline (the policy's first-iteration recipe on the labeled rows only: the loop's
-    iteration-1 run when it is exactly that, else run ``<name>-baseline``) and the oracle (the same recipe on every scenario row with its true
-    label for ``oracle_epochs`` epochs, run ``<name>-oracle``).
+    iteration-1 run when it is exactly that, else run ``<name>-baseline``) and the oracle
+    (the same recipe on every scenario row with its true label for ``oracle_epochs`` epochs,
+    run ``<name>-oracle``).
     """
     t0 = time.time()
     name = name or demo_name(seed)
