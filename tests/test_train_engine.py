@@ -249,6 +249,41 @@ def test_ema_teacher_alignment_adaptive_thresholds_and_soft_targets_train_and_re
         _recipe("ema_decay=1.5")
 
 
+def test_prior_match_offsets_the_classifier_so_the_pool_predictions_follow_the_prior(project, capsys):
+    r = _recipe("epochs=1", "unlabeled_weight=1.0", "unlabeled_threshold=0.0", "epoch_samples=64",
+                "unlabeled_prior_match=uniform", "collect=true")
+    import lance
+
+    train(project, "dig-train", "dig-val", r, run="pm", tty=False)
+    assert "matched the mean prediction on the undefined rows to the uniform prior" in capsys.readouterr().out
+    m = lance.dataset(str(project.runs_dir / "pm" / "metrics" / "dig-train.lance")).to_table(columns=["label", "probs"])
+    probs = np.stack(m["probs"].to_numpy(zero_copy_only=False))
+    pool = np.array([lab is None for lab in m["label"].to_pylist()])
+    assert pool.sum() == 20
+    # what collect and serve load is the corrected model: its mean prediction on the pool is uniform
+    assert np.allclose(probs[pool].mean(0), 0.1, atol=2e-3)
+    with pytest.raises(DataloupeError, match="unlabeled_prior_match"):
+        _recipe("unlabeled_prior_match=balanced")
+
+
+def test_prior_bias_solves_for_the_given_prior():
+    from dataloupe.train._epoch import StepOptions, prior_bias
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (40, 3, 4, 4), dtype=torch.uint8, generator=gen)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 3))
+    with torch.no_grad():
+        net[1].bias.copy_(torch.tensor([2.0, 0.0, -1.0]))  # skewed towards class 0
+    loader = [(images[:25], torch.full((25,), -1), torch.arange(25)), (images[25:], torch.full((15,), -1),
+                                                                         torch.arange(25, 40))]
+    opts = StepOptions(torch.device("cpu"), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), None)
+    prior = torch.tensor([0.2, 0.3, 0.5])
+    bias = prior_bias(net, loader, opts=opts, prior=prior)
+    with torch.no_grad():
+        mean = torch.softmax(net(opts.inputs(images)) + bias, 1).mean(0)
+    assert torch.allclose(mean, prior, atol=1e-3) and abs(float(bias.sum())) < 1e-5
+
+
 def test_semi_supervised_training_never_reads_undefined_rows_labels(project, monkeypatch):
     """Whatever label the loader hands out with an undefined row, training is the same: the
     consistency step never reads it (the table has none; here we plant random ones)."""
@@ -379,6 +414,58 @@ def test_weight_ema_warms_up_and_tracks():
     ema.update()  # first update: decay min(0.999, 2/11) -> mostly the new weights
     assert torch.allclose(ema.module.weight, net.weight - 1.0 * 2 / 11, atol=1e-6)
     assert not ema.module.weight.requires_grad
+
+
+def test_weight_ema_warmup_and_buffers():
+    from torch import nn
+
+    from dataloupe.train._epoch import WeightEMA
+
+    net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    ema = WeightEMA(net, 0.995, warmup=2.0)  # about Mean Teacher's mean of the updates so far
+    seen = [net[0].weight.detach().clone()]
+    for _ in range(3):
+        with torch.no_grad():
+            net[0].weight.add_(1.0)
+        seen.append(net[0].weight.detach().clone())
+        ema.update()
+    # decays 2/3, 3/4, 4/5: the initial weights count twice, each update once
+    expected = (2 * seen[0] + seen[1] + seen[2] + seen[3]) / 5
+    assert torch.allclose(ema.module[0].weight, expected, atol=1e-6)
+    with torch.no_grad():
+        net[1].running_mean.fill_(4.0)
+    ema.update()
+    assert torch.equal(ema.module[1].running_mean, net[1].running_mean)  # copied by default
+    avg = WeightEMA(net, 0.5, warmup=1.0, average_buffers=True)
+    with torch.no_grad():
+        net[1].running_mean.fill_(8.0)
+    avg.update()
+    assert torch.allclose(avg.module[1].running_mean, torch.full((2,), 6.0))  # averaged like the weights
+    assert avg.module[1].num_batches_tracked == net[1].num_batches_tracked  # integer buffers are copied
+    with pytest.raises(DataloupeError, match="ema_buffers"):
+        _recipe("ema_buffers=mean")
+    with pytest.raises(DataloupeError, match="ema_warmup"):
+        _recipe("ema_warmup=0.5")
+
+
+def test_alignment_running_mean_can_forget_the_first_guesses():
+    import torch as T
+
+    from dataloupe.train._epoch import Consistency
+
+    first, later = T.tensor([[0.9, 0.1]] * 4), T.tensor([[0.5, 0.5]] * 4)
+    plain = Consistency(None, None, None, 1.0, 0.0, align=True, prior=T.tensor([0.5, 0.5]))
+    debiased = Consistency(None, None, None, 1.0, 0.0, align=True, prior=T.tensor([0.5, 0.5]), da_debias=True)
+    for c in (plain, debiased):
+        c.targets(first, T.arange(4))
+        for _ in range(1400):
+            c.targets(later, T.arange(4))
+    # started at the first batch, a quarter of its skew is left after 1,400 steps (0.999 ** 1400)
+    assert float(plain._guess_mean[0]) == pytest.approx(0.5 + 0.4 * 0.999 ** 1400, abs=1e-4)
+    running = debiased._guess_mean / (1 - 0.999 ** 1401)  # bias-corrected: the first batch weighs 1 of ~1,400
+    assert float(running[0]) == pytest.approx(0.5, abs=0.002)
+    with pytest.raises(DataloupeError, match="unlabeled_da_momentum"):
+        _recipe("unlabeled_da_momentum=1.0")
 
 
 def test_eval_every_skips_validation_passes_but_always_evaluates_the_last_epoch(project):

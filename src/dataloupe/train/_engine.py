@@ -30,7 +30,7 @@ from dataloupe.train._checkpoint import atomic_save, load_checkpoint, model_chec
 from dataloupe.train._distributed import DistContext, init_distributed, shutdown_distributed
 from dataloupe.train._dynamics import Dynamics
 from dataloupe.train._epoch import (Consistency, StepOptions, WeightEMA, consistency_configs, evaluate,
-                                    train_one_epoch)
+                                    prior_bias, train_one_epoch)
 from dataloupe.train._inputs import TrainData, load_train_data
 from dataloupe.train._model_init import check_weight_sources, choose_normalisation, init_weights, small_input_for
 from dataloupe.train._plots import plot_history
@@ -58,6 +58,8 @@ class Setup:
     consistency: Consistency | None = None
     unlabeled_batches: object = None  # the consistency loader's running iterator (across epochs)
     ema: WeightEMA | None = None  # weight average: evaluated, checkpointed and the consistency teacher
+    pool_loader: object = None  # the undefined rows in order, sharded (unlabeled_prior_match)
+    pool_prior: torch.Tensor | None = None  # (K,) what the model's mean prediction on them is matched to
 
     @property
     def eval_model(self) -> nn.Module:
@@ -152,10 +154,24 @@ def build_setup(project: Project, data: TrainData, recipe: Recipe, ctx: DistCont
                                       num_rows=len(pool), num_classes=k, adaptive=recipe.unlabeled_adaptive,
                                       align=recipe.unlabeled_da, temperature=recipe.unlabeled_temperature,
                                       prior=prior, views=recipe.unlabeled_guess_views,
-                                      rampup=recipe.unlabeled_rampup, mixup=recipe.unlabeled_mixup)
+                                      rampup=recipe.unlabeled_rampup, mixup=recipe.unlabeled_mixup,
+                                      da_momentum=recipe.unlabeled_da_momentum, da_debias=recipe.unlabeled_da_debias)
         else:
             ctx.print("note: unlabeled_weight > 0 but the training table has no undefined rows with weight > 0;"
                       " training on labeled rows only")
+    pool_loader = pool_prior = None
+    if recipe.unlabeled_prior_match != "none":
+        pool = data.train.subset((data.train.labels < 0) & (data.train.weights > 0))
+        if len(pool):
+            pool_loader = make_loader(pool, plan, image_size=recipe.image_size,
+                                      batch_size=recipe.val_batch_size or 2 * per_rank, cache=caches[0],
+                                      sampler=ShardSampler(len(pool), num_replicas=ctx.world_size, rank=ctx.rank),
+                                      pin_memory=cuda)
+            pool_prior = alignment_prior(train_set.labels, train_set.weights, len(data.classes),
+                                         recipe.unlabeled_prior_match)
+        else:
+            ctx.print("note: unlabeled_prior_match is set but the training table has no undefined rows with"
+                      " weight > 0; the classifier is left as trained")
     optimizer = build_optimizer(raw, recipe.optimizer, lr=recipe.effective_lr, momentum=recipe.momentum,
                                 nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
     schedule = Schedule(recipe.scheduler, optimizer, lr=recipe.effective_lr, epochs=recipe.epochs,
@@ -168,7 +184,8 @@ def build_setup(project: Project, data: TrainData, recipe: Recipe, ctx: DistCont
     return Setup(model, raw, optimizer, schedule, train_loader, val_loader, sampler,
                  mix_transform(aug, len(data.classes)), opts, small, len(train_set), consistency,
                  weights=weights, normalisation=norm_source,
-                 ema=WeightEMA(raw, recipe.ema_decay) if recipe.ema_decay > 0 else None)
+                 ema=WeightEMA(raw, recipe.ema_decay, recipe.ema_warmup, recipe.ema_buffers == 'average') if recipe.ema_decay > 0 else None,
+                 pool_loader=pool_loader, pool_prior=pool_prior)
 
 
 def _open_pixels(project: Project, data: TrainData, recipe: Recipe, plan, ctx: DistContext, *,
@@ -328,6 +345,12 @@ def _one_epoch(s: Setup, ctx: DistContext, recipe: Recipe, data: TrainData, writ
                          num_samples=s.num_train, label_smoothing=recipe.label_smoothing, mix=s.mix,
                          grad_clip=recipe.grad_clip, progress=bar, consistency=s.consistency,
                          unlabeled=s.unlabeled_batches, ema=s.ema)
+    if epoch == recipe.epochs and s.pool_loader is not None:  # before the last evaluation and checkpoint
+        bias = prior_bias(s.saved_model, s.pool_loader, opts=s.opts, prior=s.pool_prior, reduce_sum=ctx.all_reduce_sum)
+        with torch.no_grad():
+            s.saved_model.head.bias += bias.to(s.saved_model.head.bias)
+        ctx.print("matched the mean prediction on the undefined rows to the "
+                  f"{recipe.unlabeled_prior_match} prior: logit offsets {[round(float(b), 3) for b in bias]}")
     evaluated = epoch % recipe.eval_every == 0 or epoch == recipe.epochs
     ev = evaluate(s.eval_model, s.val_loader, opts=s.opts, num_classes=k) if evaluated else None
     stats = EpochStats.reduce(ctx, tr, ev)

@@ -7,6 +7,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -79,15 +80,20 @@ class WeightEMA:
     """Exponential moving average of a model's weights (Polyak averaging; the Mean Teacher and
     FixMatch teacher). Buffers (BatchNorm statistics) are copied, not averaged.
 
-    The decay warms up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so a short run
-    is not dominated by its random initial weights. Written here (a dozen lines) rather than
+    The decay warms up as ``min(decay, (1 + n) / (warmup + n))`` after ``n`` updates, so a short run
+    is not dominated by its random initial weights. ``warmup`` 10 (TensorFlow's ``num_updates``
+    form) reaches 0.995 only after ~1,800 updates; 2 is close to Mean Teacher's ``1 - 1 / (n + 1)``:
+    about the plain mean of every update so far (the initial weights count twice) until it
+    reaches ``decay`` (0.995: after ~200). Written here (a dozen lines) rather than
     taken from timm's ``ModelEmaV3``, which has the same warm-up, because timm is optional;
     torch's ``AveragedModel`` has no warm-up.
     """
 
-    def __init__(self, source: nn.Module, decay: float):
+    def __init__(self, source: nn.Module, decay: float, warmup: float = 10.0, average_buffers: bool = False):
         self.source = source
         self.decay = decay
+        self.warmup = warmup
+        self.average_buffers = average_buffers
         self.updates = 0
         self.module = copy.deepcopy(source).eval()
         for p in self.module.parameters():
@@ -96,11 +102,14 @@ class WeightEMA:
     @torch.no_grad()
     def update(self) -> None:
         self.updates += 1
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        d = min(self.decay, (1 + self.updates) / (self.warmup + self.updates))
         for e, m in zip(self.module.parameters(), self.source.parameters()):
             e.lerp_(m.detach(), 1.0 - d)
         for e, m in zip(self.module.buffers(), self.source.buffers()):
-            e.copy_(m)
+            if self.average_buffers and e.is_floating_point():  # BatchNorm statistics follow the averaged weights
+                e.lerp_(m, 1.0 - d)
+            else:
+                e.copy_(m)
 
     def state_dict(self) -> dict:
         return {"module": self.module.state_dict(), "updates": self.updates}
@@ -159,6 +168,9 @@ class Consistency:
     rampup: float = 0.0  # share of training over which the weight rises to ``weight`` (0: from the start)
     mixup: float = 0.0  # > 0: strong views and their targets mixed pairwise, lambda ~ Beta(mixup, mixup) (ICT)
     prior: torch.Tensor | None = None  # (K,) class prior for alignment (labeled rows); None: uniform
+    da_momentum: float = 0.999  # the running mean of the guesses: m <- momentum m + (1 - momentum) batch mean
+    da_debias: bool = False  # m starts at 0 and is divided by 1 - momentum^t; False: m starts at the first batch's mean
+    _da_steps: int = 0
     _guess_mean: torch.Tensor | None = None
     _decided: torch.Tensor | None = None  # (num_rows,) class each pool row was last confidently given, -1: none
     _conf_mean: torch.Tensor | None = None  # softmatch: running mean / variance of the guesses' confidence
@@ -182,10 +194,17 @@ class Consistency:
         indices ``(B,)`` or, with a temperature, probabilities ``(B, K)``."""
         k = guess.shape[1]
         if self.align:
-            mean = guess.mean(0)
-            self._guess_mean = mean if self._guess_mean is None else 0.999 * self._guess_mean.to(mean) + 0.001 * mean
+            mean, m = guess.mean(0), self.da_momentum
+            self._da_steps += 1
+            if self.da_debias:  # Adam's bias correction: the first batches weigh no more than later ones
+                prev = self._guess_mean.to(mean) if self._guess_mean is not None else torch.zeros_like(mean)
+                self._guess_mean = m * prev + (1.0 - m) * mean
+                running = self._guess_mean / (1.0 - m ** self._da_steps)
+            else:
+                self._guess_mean = mean if self._guess_mean is None else m * self._guess_mean.to(mean) + (1.0 - m) * mean
+                running = self._guess_mean
             prior = self.prior.to(guess) if self.prior is not None else torch.full((k,), 1.0 / k, device=guess.device)
-            guess = guess * (prior / self._guess_mean.clamp_min(1e-6))
+            guess = guess * (prior / running.clamp_min(1e-6))
             guess = guess / guess.sum(1, keepdim=True)
         conf, pseudo = guess.max(1)
         thr = torch.full_like(conf, self.threshold)
@@ -362,6 +381,42 @@ def evaluate(model: nn.Module, loader, *, opts: StepOptions, num_classes: int) -
         count += len(y)
     loss_sum, top1, top5 = sums.tolist()
     return {"loss_sum": loss_sum, "top1": int(top1), "top5": int(top5), "count": count}
+
+
+@torch.no_grad()
+def prior_bias(model: nn.Module, loader, *, opts: StepOptions, prior: torch.Tensor,
+               reduce_sum: Callable[[torch.Tensor], torch.Tensor] = lambda t: t.double().cpu(),
+               iters: int = 500, tol: float = 1e-4) -> torch.Tensor:
+    """``(K,)`` logit offsets under which the model's mean predicted class probabilities over
+    ``loader``'s (unlabeled) images equal ``prior``.
+
+    A label-shift correction in the spirit of Saerens et al. (2002) and logit adjustment (Menon
+    et al., 2021), with the prior given rather than estimated: a model trained on few, skewed
+    labels under-predicts some classes on the pool (Fashion-MNIST's shirts) even with
+    distribution alignment on the teacher's guesses. The fixed point ``b += log prior - log
+    mean softmax(logits + b)`` (damped) is solved on the pool's logits, each view's offset before
+    the mirror-average as the evaluation will see them; ``reduce_sum`` sums the per-class means over processes (DDP shards the pool).
+    Written here: a dozen lines, and no library solves for the offsets given the prior.
+    """
+    model.eval()
+    views = []  # (N, K) logits per view: the offsets are added to each before the mirror-average
+    for images, _, _ in loader:
+        x = opts.inputs(images)
+        with opts.autocast():
+            views.append([model(x).float().cpu()] + ([model(x.flip(3)).float().cpu()] if opts.tta_hflip else []))
+    logits = [torch.cat(v).double() for v in zip(*views)] if views else [torch.zeros(0, len(prior), dtype=torch.float64)]
+    n = reduce_sum(torch.tensor([float(len(logits[0]))]))[0]
+    target = prior.double().clamp_min(1e-6)
+    target = (target / target.sum()).log()
+    bias = torch.zeros(len(prior), dtype=torch.float64)
+    for _ in range(iters):
+        probs = sum(torch.softmax(lg + bias, 1) for lg in logits) / len(logits)
+        mean = reduce_sum(probs.sum(0)) / n.clamp_min(1.0)
+        step = target - mean.clamp_min(1e-12).log()
+        bias += 0.5 * step
+        if float(step.abs().max()) < tol:
+            break
+    return (bias - bias.mean()).float()
 
 
 @torch.no_grad()

@@ -98,6 +98,11 @@ class Recipe:
     #                                   | softmatch: no threshold, guesses weighted by a Gaussian of their confidence
     unlabeled_da: bool = False  # distribution alignment: the guesses' running class mean is pulled to the labeled prior
     unlabeled_da_prior: str = "labeled"  # labeled: the labeled rows' class shares | uniform (labels known to be skewed)
+    unlabeled_da_momentum: float = 0.999  # momentum of the guesses' running class mean
+    unlabeled_da_debias: bool = False  # the running mean starts at zero and is bias-corrected (as Adam's moments),
+    #                                    so the random network's first guesses fade; False: it starts at the first batch
+    unlabeled_prior_match: str = "none"  # none | uniform | labeled: after the last epoch, the classifier's biases are
+    #   offset so that its mean prediction over the undefined rows equals this prior (label-shift correction)
     unlabeled_temperature: float = 0.0  # > 0: soft targets (guesses sharpened with this temperature); 0: hard
     unlabeled_rampup: float = 0.0  # share of training over which the consistency weight ramps up from 0
     unlabeled_mixup: float = 0.0  # > 0: ICT - strong views and their targets mixed, Beta(a, a); 0: off
@@ -106,6 +111,9 @@ class Recipe:
     unlabeled_weak_scale: Optional[list] = None  # crop area of the teacher's (weak) view; None: [0.7, 1]
     # --- weight averaging
     ema_decay: float = 0.0  # EMA of the weights (e.g. 0.999); evaluation, checkpoints and the consistency teacher use it; 0: off
+    ema_warmup: float = 10.0  # the decay is min(ema_decay, (1 + n) / (ema_warmup + n)) after n steps; 10: reaches 0.995
+    #                           only after ~1,800 steps; 2: about Mean Teacher's (the mean of all steps so far, until ema_decay)
+    ema_buffers: str = "copy"  # copy: BatchNorm statistics are the trained model's | average: averaged like the weights
     augment: str = "auto"  # v2: per-image v2 transforms in the loader | batched: on the device | auto
     # normalisation (RGB, 0..1); left at these defaults, the loaded weights' own mean/std are used instead
     mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])
@@ -254,6 +262,14 @@ def _check(r: Recipe) -> None:
     if r.eval_every < 1 or (r.eval_every > 1 and r.scheduler == "plateau"):
         raise DataloupeError(f"eval_every must be >= 1 (and 1 with scheduler plateau, which reads val loss every"
                              f" epoch); got {r.eval_every}")
+    if r.unlabeled_prior_match not in ("none", "uniform", "labeled"):
+        raise DataloupeError(f"recipe key 'unlabeled_prior_match': none, uniform or labeled, got {r.unlabeled_prior_match!r}")
+    if r.ema_buffers not in ("copy", "average"):
+        raise DataloupeError(f"recipe key 'ema_buffers': copy or average, got {r.ema_buffers!r}")
+    if r.ema_warmup < 1.0:
+        raise DataloupeError(f"recipe key 'ema_warmup' must be >= 1, got {r.ema_warmup}")
+    if not 0.0 <= r.unlabeled_da_momentum < 1.0:
+        raise DataloupeError(f"recipe key 'unlabeled_da_momentum' must be in [0, 1), got {r.unlabeled_da_momentum}")
     if r.unlabeled_da_prior not in ("labeled", "uniform"):
         raise DataloupeError(f"recipe key 'unlabeled_da_prior': labeled or uniform, got {r.unlabeled_da_prior!r}")
     if r.unlabeled_adaptive not in ("none", "flexmatch", "softmatch"):
