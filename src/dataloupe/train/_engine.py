@@ -138,8 +138,8 @@ def build_setup(project: Project, data: TrainData, recipe: Recipe, ctx: DistCont
                              sampler=ShardSampler(len(val_set), num_replicas=ctx.world_size, rank=ctx.rank),
                              pin_memory=cuda)
     consistency = None
+    pool = data.train.subset((data.train.labels < 0) & (data.train.weights > 0))  # the undefined rows
     if recipe.unlabeled_weight > 0:
-        pool = data.train.subset((data.train.labels < 0) & (data.train.weights > 0))
         if len(pool):
             draw = torch.utils.data.RandomSampler(range(len(pool)), replacement=True, num_samples=len(pool),
                                                   generator=torch.Generator().manual_seed(recipe.seed + 7 + ctx.rank))
@@ -161,7 +161,6 @@ def build_setup(project: Project, data: TrainData, recipe: Recipe, ctx: DistCont
                       " training on labeled rows only")
     pool_loader = pool_prior = None
     if recipe.unlabeled_prior_match != "none":
-        pool = data.train.subset((data.train.labels < 0) & (data.train.weights > 0))
         if len(pool):
             pool_loader = make_loader(pool, plan, image_size=recipe.image_size,
                                       batch_size=recipe.val_batch_size or 2 * per_rank, cache=caches[0],
@@ -184,7 +183,8 @@ def build_setup(project: Project, data: TrainData, recipe: Recipe, ctx: DistCont
     return Setup(model, raw, optimizer, schedule, train_loader, val_loader, sampler,
                  mix_transform(aug, len(data.classes)), opts, small, len(train_set), consistency,
                  weights=weights, normalisation=norm_source,
-                 ema=WeightEMA(raw, recipe.ema_decay, recipe.ema_warmup, recipe.ema_buffers == 'average') if recipe.ema_decay > 0 else None,
+                 ema=(WeightEMA(raw, recipe.ema_decay, recipe.ema_warmup, recipe.ema_buffers == "average")
+                      if recipe.ema_decay > 0 else None),
                  pool_loader=pool_loader, pool_prior=pool_prior)
 
 
@@ -346,7 +346,8 @@ def _one_epoch(s: Setup, ctx: DistContext, recipe: Recipe, data: TrainData, writ
                          grad_clip=recipe.grad_clip, progress=bar, consistency=s.consistency,
                          unlabeled=s.unlabeled_batches, ema=s.ema)
     if epoch == recipe.epochs and s.pool_loader is not None:  # before the last evaluation and checkpoint
-        bias = prior_bias(s.saved_model, s.pool_loader, opts=s.opts, prior=s.pool_prior, reduce_sum=ctx.all_reduce_sum)
+        bias = prior_bias(s.saved_model, s.pool_loader, opts=s.opts, prior=s.pool_prior,
+                          reduce_sum=ctx.all_reduce_sum)
         with torch.no_grad():
             s.saved_model.head.bias += bias.to(s.saved_model.head.bias)
         ctx.print("matched the mean prediction on the undefined rows to the "

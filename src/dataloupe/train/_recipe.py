@@ -111,8 +111,8 @@ class Recipe:
     unlabeled_weak_scale: Optional[list] = None  # crop area of the teacher's (weak) view; None: [0.7, 1]
     # --- weight averaging
     ema_decay: float = 0.0  # EMA of the weights (e.g. 0.999); evaluation, checkpoints and the consistency teacher use it; 0: off
-    ema_warmup: float = 10.0  # the decay is min(ema_decay, (1 + n) / (ema_warmup + n)) after n steps; 10: reaches 0.995
-    #                           only after ~1,800 steps; 2: about Mean Teacher's (the mean of all steps so far, until ema_decay)
+    ema_warmup: float = 10.0  # the decay is min(ema_decay, (1 + n) / (ema_warmup + n)) after n steps; 10: 0.995
+    #                           only after ~1,800 steps; 2: about Mean Teacher's (the mean of the steps so far)
     ema_buffers: str = "copy"  # copy: BatchNorm statistics are the trained model's | average: averaged like the weights
     augment: str = "auto"  # v2: per-image v2 transforms in the loader | batched: on the device | auto
     # normalisation (RGB, 0..1); left at these defaults, the loaded weights' own mean/std are used instead
@@ -263,7 +263,8 @@ def _check(r: Recipe) -> None:
         raise DataloupeError(f"eval_every must be >= 1 (and 1 with scheduler plateau, which reads val loss every"
                              f" epoch); got {r.eval_every}")
     if r.unlabeled_prior_match not in ("none", "uniform", "labeled"):
-        raise DataloupeError(f"recipe key 'unlabeled_prior_match': none, uniform or labeled, got {r.unlabeled_prior_match!r}")
+        raise DataloupeError("recipe key 'unlabeled_prior_match': none, uniform or labeled, got "
+                             f"{r.unlabeled_prior_match!r}")
     if r.ema_buffers not in ("copy", "average"):
         raise DataloupeError(f"recipe key 'ema_buffers': copy or average, got {r.ema_buffers!r}")
     if r.ema_warmup < 1.0:
