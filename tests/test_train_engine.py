@@ -505,3 +505,15 @@ def test_interpolation_consistency_mixes_images_targets_and_masks_alike():
     assert T.allclose(mixed_soft.sum(1), T.ones(6), atol=1e-5)
     with pytest.raises(DataloupeError, match="unlabeled_mixup"):
         _recipe("unlabeled_mixup=-1")
+
+
+def test_training_stops_its_loader_workers_before_returning(project):
+    """Persistent loader workers left to interpreter exit can hold the exit for seconds per
+    worker (with pinned memory on a GPU); a finished run has stopped them itself."""
+    import multiprocessing
+
+    r = _recipe("epochs=2", "num_workers=2", "unlabeled_weight=1.0", "unlabeled_threshold=0.0", "epoch_samples=64",
+                "unlabeled_prior_match=uniform")
+    info = train(project, "dig-train", "dig-val", r, run="workers", tty=False)
+    assert info["status"] == "completed"
+    assert multiprocessing.active_children() == []

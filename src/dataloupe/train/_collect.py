@@ -177,6 +177,7 @@ def _loader(project: Project, samples, ckpt, ctx: DistContext, batch_size: int):
     cache = (open_cache(samples, size, project.cache_dir, primary=ctx.is_primary(), barrier=ctx.barrier)
              if plan.mode == "cache" else None)
     return make_loader(samples, plan, image_size=size, batch_size=batch_size, cache=cache, pin_memory=cuda,
+                       persistent=False,
                        sampler=ShardSampler(len(samples), num_replicas=ctx.world_size, rank=ctx.rank))
 
 

@@ -88,7 +88,8 @@ def _predict_rows(project: Project, folder, samples) -> np.ndarray:
     opts = StepOptions(device, tuple(ckpt["mean"]), tuple(ckpt["std"]), tta_hflip=bool(ckpt.get("tta_hflip")))
     plan = plan_loader(len(samples), size, cuda=device.type == "cuda")
     cache = open_cache(samples, size, project.cache_dir) if plan.mode == "cache" else None
-    loader = make_loader(samples, plan, image_size=size, batch_size=256, cache=cache, sampler=ShardSampler(len(samples)))
+    loader = make_loader(samples, plan, image_size=size, batch_size=256, cache=cache, sampler=ShardSampler(len(samples)),
+                         persistent=False)
     probs, _ = predict(model, loader, opts=opts, num_rows=len(samples), num_classes=len(ckpt["classes"]),
                        emb_dim=model.num_features)
     return probs

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from dataloupe.data import (AugmentConfig, ShardSampler, WeightedEpochSampler, check_readable, fragment_blocks,
-                            make_loader, missing_files, mix_transform, open_cache, open_store, plan_loader,
-                            sample_transform)
+from dataloupe.data import (AugmentConfig, ShardSampler, WeightedEpochSampler, check_readable, close_loaders,
+                            fragment_blocks, make_loader, missing_files, mix_transform, open_cache, open_store,
+                            plan_loader, sample_transform)
 from dataloupe.models import create_model
 from dataloupe.project import DataloupeError, Project
 from dataloupe import runs
@@ -69,6 +69,13 @@ class Setup:
     @property
     def saved_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.raw
+
+    def close(self) -> None:
+        """Stop every loader's workers (the run is over, or failed)."""
+        if self.unlabeled_batches is not None:
+            self.unlabeled_batches.close()
+        close_loaders(self.train_loader, self.val_loader, self.pool_loader,
+                      self.consistency.loader if self.consistency is not None else None)
     weights: dict = field(default_factory=dict)  # recipe key ("pretrained", "continue_from") -> WeightsReport
     normalisation: str = "recipe"  # where opts.mean/std come from: "recipe" or a key of weights
 
@@ -328,9 +335,12 @@ def _train_claimed(project: Project, data: TrainData, recipe: Recipe, *, run: st
     if resume:
         writer.save_recipe(recipe)
     k = len(data.classes)
-    with writer.marking_status():
-        for epoch in range(start_epoch, recipe.epochs + 1):
-            best = _one_epoch(s, ctx, recipe, data, writer, epoch, best, dyn, k, tty)
+    try:
+        with writer.marking_status():
+            for epoch in range(start_epoch, recipe.epochs + 1):
+                best = _one_epoch(s, ctx, recipe, data, writer, epoch, best, dyn, k, tty)
+    finally:
+        s.close()
     ctx.barrier()
     return runs.read_run_at(folder)
 

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dataloupe.data import (AugmentConfig, WeightedEpochSampler, make_loader, open_cache, open_store, plan_loader,
-                            sample_transform)
+from dataloupe.data import (AugmentConfig, WeightedEpochSampler, close_loaders, make_loader, open_cache, open_store,
+                            plan_loader, sample_transform)
 from dataloupe.data import sample_set_from_table
 from dataloupe.models import create_model
 from dataloupe.project import DataloupeError, Project
@@ -103,7 +103,10 @@ def lr_find(project: Project, table: str, recipe: Recipe, *, start_lr: float = 1
     model.to(device)
     amp = torch.bfloat16 if (recipe.amp == "bf16" or (recipe.amp == "auto" and cuda)) else None
     opts = StepOptions(device, tuple(recipe.mean), tuple(recipe.std), amp)
-    lrs, losses = lr_range_test(model, loader, opts, optimizer, start_lr=start_lr, end_lr=end_lr, steps=steps)
+    try:
+        lrs, losses = lr_range_test(model, loader, opts, optimizer, start_lr=start_lr, end_lr=end_lr, steps=steps)
+    finally:
+        close_loaders(loader)
     suggested = suggest_lr(lrs, losses)
     plot = plot or project.root / "lr-find" / f"{recipe.name}-{t.name}@{t.revision}.png"
     plot_lr_find(lrs.tolist(), losses.tolist(), suggested, Path(plot))

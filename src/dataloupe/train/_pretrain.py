@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dataloupe.data import (SampleSet, ShardSampler, WeightedEpochSampler, check_readable, make_loader, missing_files,
-                            open_cache, plan_loader)
+from dataloupe.data import (SampleSet, ShardSampler, WeightedEpochSampler, check_readable, close_loaders, make_loader,
+                            missing_files, open_cache, plan_loader)
 from dataloupe.models import create_model
 from dataloupe.project import DataloupeError, Project
 from dataloupe import runs
@@ -318,9 +318,12 @@ def _pretrain_claimed(project: Project, data: PretrainData, config: PretrainConf
         extra = {"knn_top1_start": start_knn} if start_epoch == 1 else {}
         runs.update_run(folder, status="running", epochs=config.epochs, resumed=runs.now() if resume else None,
                          num_knn_rows=0 if s.knn_labels is None else len(s.knn_labels), **extra)
-    with _runs.marking_status(folder, primary):
-        for epoch in range(start_epoch, config.epochs + 1):
-            _one_epoch(s, ctx, config, folder, epoch, tty)
+    try:
+        with _runs.marking_status(folder, primary):
+            for epoch in range(start_epoch, config.epochs + 1):
+                _one_epoch(s, ctx, config, folder, epoch, tty)
+    finally:
+        close_loaders(s.loader, s.knn_loader)  # not left to interpreter exit (see close_loaders)
     ctx.barrier()
     return runs.read_run_at(folder)
 
