@@ -336,9 +336,9 @@ def close_loaders(*loaders) -> None:
     """
     for loader in loaders:
         it = getattr(loader, "_iterator", None)
-        if it is not None and hasattr(it, "_shutdown_workers"):
-            it._shutdown_workers()
-        if loader is not None and hasattr(loader, "_iterator"):
+        if it is not None:
+            if hasattr(it, "_shutdown_workers"):  # single-process iterators have no workers
+                it._shutdown_workers()
             loader._iterator = None
 
 

@@ -60,6 +60,8 @@ class Setup:
     ema: WeightEMA | None = None  # weight average: evaluated, checkpointed and the consistency teacher
     pool_loader: object = None  # the undefined rows in order, sharded (unlabeled_prior_match)
     pool_prior: torch.Tensor | None = None  # (K,) what the model's mean prediction on them is matched to
+    weights: dict = field(default_factory=dict)  # recipe key ("pretrained", "continue_from") -> WeightsReport
+    normalisation: str = "recipe"  # where opts.mean/std come from: "recipe" or a key of weights
 
     @property
     def eval_model(self) -> nn.Module:
@@ -70,18 +72,16 @@ class Setup:
     def saved_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.raw
 
+    def __post_init__(self) -> None:
+        if self.consistency is not None:
+            self.unlabeled_batches = self.consistency.batches()
+
     def close(self) -> None:
         """Stop every loader's workers (the run is over, or failed)."""
         if self.unlabeled_batches is not None:
             self.unlabeled_batches.close()
         close_loaders(self.train_loader, self.val_loader, self.pool_loader,
                       self.consistency.loader if self.consistency is not None else None)
-    weights: dict = field(default_factory=dict)  # recipe key ("pretrained", "continue_from") -> WeightsReport
-    normalisation: str = "recipe"  # where opts.mean/std come from: "recipe" or a key of weights
-
-    def __post_init__(self) -> None:
-        if self.consistency is not None:
-            self.unlabeled_batches = self.consistency.batches()
 
 
 def balanced_weights(labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
