@@ -517,3 +517,44 @@ def test_training_stops_its_loader_workers_before_returning(project):
     info = train(project, "dig-train", "dig-val", r, run="workers", tty=False)
     assert info["status"] == "completed"
     assert multiprocessing.active_children() == []
+
+
+def test_swa_averages_the_last_epochs_recomputes_batchnorm_and_resumes(project, monkeypatch):
+    """The final model is the mean of the trained weights at the end of each SWA epoch (run at
+    the constant swa_lr), with BatchNorm statistics of its own; a run stopped inside the SWA
+    phase and resumed ends with the same model as one that ran through."""
+    from dataloupe.train import _engine
+
+    r = _recipe("epochs=4", "swa_epochs=2", "swa_lr=0.005", "optimizer=sgd", "scheduler=onecycle")
+    info = train(project, "dig-train", "dig-val", r, run="swa", tty=False)
+    assert [h["lr"] for h in show_run(project, "swa")["history"][2:]] == [0.005, 0.005]
+    last = _checkpoint.load_checkpoint(project.runs_dir / "swa" / "checkpoints" / "last.pt")
+    assert int(last["swa"]["n_averaged"]) == 2
+    model, trained = last["model"], last["trained_model"]
+    for key, value in model.items():
+        if key.endswith("running_mean"):  # recomputed for the average, not the last trained model's
+            assert not torch.allclose(value, trained[key])
+        elif value.is_floating_point() and not key.endswith("running_var"):
+            assert torch.equal(value, last["swa"][f"module.{key}"])
+    assert info["best_val_top1"] > 0.3
+
+    calls = []
+    original = _engine._one_epoch
+
+    def stop_after_three(s, ctx, recipe, data, writer, epoch, *rest):
+        if epoch == 4:
+            raise KeyboardInterrupt
+        calls.append(epoch)
+        return original(s, ctx, recipe, data, writer, epoch, *rest)
+
+    monkeypatch.setattr(_engine, "_one_epoch", stop_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        train(project, "dig-train", "dig-val", r, run="swa-resumed", tty=False)
+    monkeypatch.setattr(_engine, "_one_epoch", original)
+    train(project, "dig-train", "dig-val", r, run="swa-resumed", resume=True, tty=False)
+    resumed = _checkpoint.load_checkpoint(project.runs_dir / "swa-resumed" / "checkpoints" / "last.pt")
+    assert calls == [1, 2, 3] and int(resumed["swa"]["n_averaged"]) == 2
+    for key, value in model.items():
+        assert torch.allclose(resumed["model"][key].float(), value.float(), atol=1e-5), key
+    with pytest.raises(DataloupeError, match="swa_epochs"):
+        _recipe("epochs=4", "swa_epochs=4")

@@ -47,3 +47,20 @@ def test_weight_decay_skips_norms_and_biases():
                           weight_decay=0.05)
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.05 and len(decay["params"]) == 1 and len(no_decay["params"]) == 3
+
+
+def test_hold_lr_runs_constant_after_the_schedule_and_resumes_there():
+    opt = build_optimizer(torch.nn.Linear(2, 2), "sgd", lr=0.1)
+    s = Schedule("onecycle", opt, lr=0.1, epochs=6, steps_per_epoch=10, hold_lr=0.01)
+    lrs = []
+    for _ in range(100):
+        opt.step()
+        s.step()
+        lrs.append(current_lr(opt))
+    plain, _, _ = _lrs("onecycle", steps=60)  # the same schedule over 6 epochs without the hold
+    assert lrs[:59] == pytest.approx(plain[:59], rel=1e-6)
+    assert all(lr == 0.01 for lr in lrs[59:]) and s.holding and s.progress() == 1.0
+    opt2 = build_optimizer(torch.nn.Linear(2, 2), "sgd", lr=0.1)
+    s2 = Schedule("onecycle", opt2, lr=0.1, epochs=6, steps_per_epoch=10, hold_lr=0.01)
+    s2.resume({}, 80)
+    assert current_lr(opt2) == 0.01 and s2.holding

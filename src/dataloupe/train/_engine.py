@@ -30,7 +30,7 @@ from dataloupe.train._checkpoint import atomic_save, load_checkpoint, model_chec
 from dataloupe.train._distributed import DistContext, init_distributed, shutdown_distributed
 from dataloupe.train._dynamics import Dynamics
 from dataloupe.train._epoch import (Consistency, StepOptions, WeightEMA, consistency_configs, evaluate,
-                                    prior_bias, train_one_epoch)
+                                    prior_bias, recompute_batchnorm, train_one_epoch)
 from dataloupe.train._inputs import TrainData, load_train_data
 from dataloupe.train._model_init import check_weight_sources, choose_normalisation, init_weights, small_input_for
 from dataloupe.train._plots import plot_history
@@ -60,16 +60,23 @@ class Setup:
     ema: WeightEMA | None = None  # weight average: evaluated, checkpointed and the consistency teacher
     pool_loader: object = None  # the undefined rows in order, sharded (unlabeled_prior_match)
     pool_prior: torch.Tensor | None = None  # (K,) what the model's mean prediction on them is matched to
+    swa: torch.optim.swa_utils.AveragedModel | None = None  # SWA: the trained weights at each SWA epoch's end
+    bn_loader: object = None  # SWA: every training row in order (labeled and undefined), for its BatchNorm statistics
+    swa_final: bool = False  # the SWA average is complete: it is the model from now on
     weights: dict = field(default_factory=dict)  # recipe key ("pretrained", "continue_from") -> WeightsReport
     normalisation: str = "recipe"  # where opts.mean/std come from: "recipe" or a key of weights
 
     @property
     def eval_model(self) -> nn.Module:
         """What is evaluated and saved: the weight average when the recipe keeps one."""
+        if self.swa_final:
+            return self.swa.module
         return self.ema.module if self.ema is not None else self.model
 
     @property
     def saved_model(self) -> nn.Module:
+        if self.swa_final:
+            return self.swa.module
         return self.ema.module if self.ema is not None else self.raw
 
     def __post_init__(self) -> None:
@@ -80,7 +87,7 @@ class Setup:
         """Stop every loader's workers (the run is over, or failed)."""
         if self.unlabeled_batches is not None:
             self.unlabeled_batches.close()
-        close_loaders(self.train_loader, self.val_loader, self.pool_loader,
+        close_loaders(self.train_loader, self.val_loader, self.pool_loader, self.bn_loader,
                       self.consistency.loader if self.consistency is not None else None)
 
 
@@ -178,12 +185,21 @@ def build_setup(project: Project, data: TrainData, recipe: Recipe, ctx: DistCont
         else:
             ctx.print("note: unlabeled_prior_match is set but the training table has no undefined rows with"
                       " weight > 0; the classifier is left as trained")
+    swa = bn_loader = None
+    if recipe.swa_epochs:
+        swa = torch.optim.swa_utils.AveragedModel(raw)
+        seen = data.train.subset(data.train.weights > 0)  # labeled and undefined: the images the model trains on
+        bn_loader = make_loader(seen, plan, image_size=recipe.image_size,
+                                batch_size=recipe.val_batch_size or 2 * per_rank, cache=caches[0],
+                                sampler=ShardSampler(len(seen), num_replicas=ctx.world_size, rank=ctx.rank),
+                                pin_memory=cuda)
     optimizer = build_optimizer(raw, recipe.optimizer, lr=recipe.effective_lr, momentum=recipe.momentum,
                                 nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
-    schedule = Schedule(recipe.scheduler, optimizer, lr=recipe.effective_lr, epochs=recipe.epochs,
-                        steps_per_epoch=len(train_loader), warmup_fraction=recipe.warmup_fraction,
-                        min_lr=recipe.min_lr, plateau_factor=recipe.plateau_factor,
-                        plateau_patience=recipe.plateau_patience)
+    schedule = Schedule(recipe.scheduler, optimizer, lr=recipe.effective_lr,
+                        epochs=recipe.epochs - recipe.swa_epochs, steps_per_epoch=len(train_loader),
+                        warmup_fraction=recipe.warmup_fraction, min_lr=recipe.min_lr,
+                        plateau_factor=recipe.plateau_factor, plateau_patience=recipe.plateau_patience,
+                        hold_lr=recipe.effective_swa_lr if recipe.swa_epochs else None)
     amp = torch.bfloat16 if (recipe.amp == "bf16" or (recipe.amp == "auto" and cuda)) else None
     opts = StepOptions(ctx.device, tuple(recipe.mean), tuple(recipe.std), amp, channels_last,
                        augment=aug if batched else None, tta_hflip=recipe.tta_hflip)
@@ -192,7 +208,7 @@ def build_setup(project: Project, data: TrainData, recipe: Recipe, ctx: DistCont
                  weights=weights, normalisation=norm_source,
                  ema=(WeightEMA(raw, recipe.ema_decay, recipe.ema_warmup, recipe.ema_buffers == "average")
                       if recipe.ema_decay > 0 else None),
-                 pool_loader=pool_loader, pool_prior=pool_prior)
+                 pool_loader=pool_loader, pool_prior=pool_prior, swa=swa, bn_loader=bn_loader)
 
 
 def _open_pixels(project: Project, data: TrainData, recipe: Recipe, plan, ctx: DistContext, *,
@@ -324,6 +340,8 @@ def _train_claimed(project: Project, data: TrainData, recipe: Recipe, *, run: st
         s.raw.load_state_dict(last.get("trained_model", last["model"]))
         if s.ema is not None and "ema" in last:
             s.ema.load_state_dict(last["ema"])
+        if s.swa is not None and "swa" in last:
+            s.swa.load_state_dict(last["swa"])
         s.optimizer.load_state_dict(last["optimizer"])
         s.schedule.resume(last["scheduler"], int(last["epoch"]) * len(s.train_loader))
         start_epoch, best = int(last["epoch"]) + 1, float(last.get("best_val_top1", -1.0))
@@ -355,6 +373,14 @@ def _one_epoch(s: Setup, ctx: DistContext, recipe: Recipe, data: TrainData, writ
                          num_samples=s.num_train, label_smoothing=recipe.label_smoothing, mix=s.mix,
                          grad_clip=recipe.grad_clip, progress=bar, consistency=s.consistency,
                          unlabeled=s.unlabeled_batches, ema=s.ema)
+    if s.swa is not None and epoch > recipe.epochs - recipe.swa_epochs:
+        s.swa.update_parameters(s.raw)
+        if epoch == recipe.epochs:
+            recompute_batchnorm(s.swa.module, s.bn_loader, opts=s.opts, reduce_sum=ctx.all_reduce_sum,
+                                world_size=ctx.world_size)
+            s.swa_final = True
+            ctx.print(f"SWA: the final model is the average of the last {recipe.swa_epochs} epochs' weights"
+                      f" (learning rate {recipe.effective_swa_lr:g}), BatchNorm statistics recomputed")
     if epoch == recipe.epochs and s.pool_loader is not None:  # before the last evaluation and checkpoint
         bias = prior_bias(s.saved_model, s.pool_loader, opts=s.opts, prior=s.pool_prior,
                           reduce_sum=ctx.all_reduce_sum)
@@ -407,6 +433,8 @@ def _write_epoch(s, recipe, data, folder, epoch, record, best, improved, dyn, *,
                 rng_torch=torch.get_rng_state())
     if s.ema is not None:  # "model" is the average (what collect and serve load); resume needs both
         last.update(trained_model=s.raw.state_dict(), ema=s.ema.state_dict())
+    if s.swa is not None:
+        last.update(trained_model=s.raw.state_dict(), swa=s.swa.state_dict())
     atomic_save(last, folder / "checkpoints" / "last.pt")
     best_epoch = epoch if improved else runs.read_run_at(folder).get("best_epoch")
     runs.update_run(folder, epochs_done=epoch, best_val_top1=best, best_epoch=best_epoch)

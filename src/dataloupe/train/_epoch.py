@@ -424,6 +424,21 @@ def prior_bias(model: nn.Module, loader, *, opts: StepOptions, prior: torch.Tens
 
 
 @torch.no_grad()
+def recompute_batchnorm(model: nn.Module, loader, *, opts: StepOptions,
+                        reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None, world_size: int = 1) -> None:
+    """Recompute ``model``'s BatchNorm running statistics over ``loader``'s images (as the
+    evaluation sees them): an average of weights (SWA) has no statistics of its own. torch's
+    ``update_bn`` does the pass; under DDP each process saw its shard, so the statistics are then
+    averaged over the processes (``reduce_sum``) and every copy of the model stays the same."""
+    torch.optim.swa_utils.update_bn((opts.inputs(images) for images, _, _ in loader), model)
+    if reduce_sum is not None and world_size > 1:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+                m.running_mean.copy_(reduce_sum(m.running_mean.double()).to(m.running_mean) / world_size)
+                m.running_var.copy_(reduce_sum(m.running_var.double()).to(m.running_var) / world_size)
+
+
+@torch.no_grad()
 def predict_batches(model: nn.Module, loader, *, opts: StepOptions):
     """Yield ``(positions (B,) int64, probs (B, K) float32, embeddings (B, D) float32)`` numpy per batch.
 

@@ -114,6 +114,10 @@ class Recipe:
     ema_warmup: float = 10.0  # the decay is min(ema_decay, (1 + n) / (ema_warmup + n)) after n steps; 10: 0.995
     #                           only after ~1,800 steps; 2: about Mean Teacher's (the mean of the steps so far)
     ema_buffers: str = "copy"  # copy: BatchNorm statistics are the trained model's | average: averaged like the weights
+    swa_epochs: int = 0  # the last N epochs run at the constant swa_lr and the trained weights are averaged at the
+    #                      end of each (SWA); the average, its BatchNorm statistics recomputed on the training
+    #                      images, is the final model; 0: off
+    swa_lr: float = 0.0  # learning rate of the SWA epochs; 0: a tenth of lr
     augment: str = "auto"  # v2: per-image v2 transforms in the loader | batched: on the device | auto
     # normalisation (RGB, 0..1); left at these defaults, the loaded weights' own mean/std are used instead
     mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])
@@ -137,6 +141,11 @@ class Recipe:
         if self.lr_reference_batch:
             return self.lr * self.batch_size / self.lr_reference_batch
         return self.lr
+
+    @property
+    def effective_swa_lr(self) -> float:
+        """Learning rate of the SWA epochs (``swa_lr``, or a tenth of the peak)."""
+        return self.swa_lr or self.effective_lr / 10
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -267,6 +276,9 @@ def _check(r: Recipe) -> None:
                              f"{r.unlabeled_prior_match!r}")
     if r.ema_buffers not in ("copy", "average"):
         raise DataloupeError(f"recipe key 'ema_buffers': copy or average, got {r.ema_buffers!r}")
+    if not 0 <= r.swa_epochs < r.epochs or r.swa_lr < 0:
+        raise DataloupeError(f"recipe keys swa_epochs in [0, epochs) and swa_lr >= 0 are needed (epochs {r.epochs});"
+                             f" got {r.swa_epochs}, {r.swa_lr}")
     if r.ema_warmup < 1.0:
         raise DataloupeError(f"recipe key 'ema_warmup' must be >= 1, got {r.ema_warmup}")
     if not 0.0 <= r.unlabeled_da_momentum < 1.0:

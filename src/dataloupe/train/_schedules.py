@@ -32,15 +32,19 @@ class Schedule:
     """A learning-rate schedule stepped per batch (``step``) or per epoch (``epoch_end``).
 
     Wraps the torch scheduler so the engine calls the same two methods for all of them.
+    With ``hold_lr``, the schedule spans ``epochs`` and every step after them runs at the
+    constant ``hold_lr`` (SWA's phase).
     """
 
     def __init__(self, name: str, optimizer: torch.optim.Optimizer, *, lr: float, epochs: int,
                  steps_per_epoch: int, warmup_fraction: float = 0.3, min_lr: float = 0.0,
-                 plateau_factor: float = 0.1, plateau_patience: int = 3):
+                 plateau_factor: float = 0.1, plateau_patience: int = 3, hold_lr: float | None = None):
         self.name = name
         total = max(1, epochs * steps_per_epoch)
         self.total = total
         self._steps = 0
+        self.optimizer = optimizer
+        self.hold_lr = hold_lr
         if name == "onecycle":
             # OneCycleLR divides by each phase's length in steps: each needs more than one step
             # (a tiny run, e.g. 3 steps, would otherwise die of ZeroDivisionError).
@@ -66,18 +70,31 @@ class Schedule:
 
     def progress(self) -> float:
         """Share of the planned optimizer steps taken so far (0..1; resumes with the schedule)."""
+        if self.holding:
+            return 1.0
         done = getattr(self.sched, "last_epoch", 0) if self.name in ("onecycle", "cosine") else self._steps
         return min(1.0, max(0, done) / self.total)
+
+    @property
+    def holding(self) -> bool:
+        """Past the schedule, at the constant ``hold_lr``."""
+        return self.hold_lr is not None and self._steps >= self.total
+
+    def _hold(self) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.hold_lr
 
     def step(self) -> None:
         """After each optimizer step."""
         self._steps += 1
-        if self.name in ("onecycle", "cosine"):
+        if self.holding:
+            self._hold()
+        elif self.name in ("onecycle", "cosine"):
             self.sched.step()
 
     def epoch_end(self, val_loss: float) -> None:
         """After each epoch's evaluation."""
-        if self.name == "plateau" and math.isfinite(val_loss):
+        if self.name == "plateau" and math.isfinite(val_loss) and not self.holding:
             self.sched.step(val_loss)
 
     def state_dict(self) -> dict:
@@ -96,6 +113,9 @@ class Schedule:
                 warnings.simplefilter("ignore")
                 for _ in range(min(steps_done, self.total)):
                     self.sched.step()
+        self._steps = steps_done
+        if self.holding:
+            self._hold()
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:
