@@ -147,10 +147,13 @@ def build_setup(project: Project, data: TrainData, recipe: Recipe, ctx: DistCont
     train_loader = make_loader(train_set, plan, image_size=recipe.image_size, batch_size=per_rank, cache=caches[0],
                                transform=train_tf, sampler=sampler,
                                drop_last=drop_last, seed=recipe.seed + ctx.rank, pin_memory=cuda)
-    val_loader = make_loader(val_set, plan, image_size=recipe.image_size,
-                             batch_size=recipe.val_batch_size or 2 * per_rank, cache=caches[1],
-                             sampler=ShardSampler(len(val_set), num_replicas=ctx.world_size, rank=ctx.rank),
-                             pin_memory=cuda)
+
+    def in_order(rows, cache):  # every row once, sharded over processes: evaluation, prior match, SWA statistics
+        return make_loader(rows, plan, image_size=recipe.image_size, batch_size=recipe.val_batch_size or 2 * per_rank,
+                           cache=cache, sampler=ShardSampler(len(rows), num_replicas=ctx.world_size, rank=ctx.rank),
+                           pin_memory=cuda)
+
+    val_loader = in_order(val_set, caches[1])
     consistency = None
     pool = data.train.subset((data.train.labels < 0) & (data.train.weights > 0))  # the undefined rows
     if recipe.unlabeled_weight > 0:
@@ -176,10 +179,7 @@ def build_setup(project: Project, data: TrainData, recipe: Recipe, ctx: DistCont
     pool_loader = pool_prior = None
     if recipe.unlabeled_prior_match != "none":
         if len(pool):
-            pool_loader = make_loader(pool, plan, image_size=recipe.image_size,
-                                      batch_size=recipe.val_batch_size or 2 * per_rank, cache=caches[0],
-                                      sampler=ShardSampler(len(pool), num_replicas=ctx.world_size, rank=ctx.rank),
-                                      pin_memory=cuda)
+            pool_loader = in_order(pool, caches[0])
             pool_prior = alignment_prior(train_set.labels, train_set.weights, len(data.classes),
                                          recipe.unlabeled_prior_match)
         else:
@@ -188,11 +188,8 @@ def build_setup(project: Project, data: TrainData, recipe: Recipe, ctx: DistCont
     swa = bn_loader = None
     if recipe.swa_epochs:
         swa = torch.optim.swa_utils.AveragedModel(raw)
-        seen = data.train.subset(data.train.weights > 0)  # labeled and undefined: the images the model trains on
-        bn_loader = make_loader(seen, plan, image_size=recipe.image_size,
-                                batch_size=recipe.val_batch_size or 2 * per_rank, cache=caches[0],
-                                sampler=ShardSampler(len(seen), num_replicas=ctx.world_size, rank=ctx.rank),
-                                pin_memory=cuda)
+        # labeled and undefined rows: the images the model trains on
+        bn_loader = in_order(data.train.subset(data.train.weights > 0), caches[0])
     optimizer = build_optimizer(raw, recipe.optimizer, lr=recipe.effective_lr, momentum=recipe.momentum,
                                 nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
     schedule = Schedule(recipe.scheduler, optimizer, lr=recipe.effective_lr,
@@ -431,10 +428,12 @@ def _write_epoch(s, recipe, data, folder, epoch, record, best, improved, dyn, *,
     last = model_checkpoint(s.saved_model, val_top1=record.get("val_top1"), **meta)
     last.update(optimizer=s.optimizer.state_dict(), scheduler=s.schedule.state_dict(), best_val_top1=best,
                 rng_torch=torch.get_rng_state())
-    if s.ema is not None:  # "model" is the average (what collect and serve load); resume needs both
-        last.update(trained_model=s.raw.state_dict(), ema=s.ema.state_dict())
+    if s.ema is not None or s.swa is not None:  # "model" is an average (what collect and serve load); resume needs
+        last["trained_model"] = s.raw.state_dict()  # the trained weights and the average(s) as well
+    if s.ema is not None:
+        last["ema"] = s.ema.state_dict()
     if s.swa is not None:
-        last.update(trained_model=s.raw.state_dict(), swa=s.swa.state_dict())
+        last["swa"] = s.swa.state_dict()
     atomic_save(last, folder / "checkpoints" / "last.pt")
     best_epoch = epoch if improved else runs.read_run_at(folder).get("best_epoch")
     runs.update_run(folder, epochs_done=epoch, best_val_top1=best, best_epoch=best_epoch)
