@@ -245,7 +245,14 @@ def test_rules_can_start_at_a_later_iteration_and_crossfit_keys_are_checked(tmp_
     assert ops == [] and per_rule == [("auto_label", 0)]  # iteration 1: not yet
     ops, _, _ = plan_edits(pol, replace(_ctx(PSEUDO), iteration=2))
     assert ops
-    for bad in ("crossfit: {folds: 1}", "crossfit: {foldz: 3}", "crossfit: {iterations: 2}",
+    f.write_text("recipe: fashion-mnist\ncrossfit:\n  - {folds: 3}\n  - {folds: 2, overrides: {epochs: 4}}\n")
+    from dataloupe.loop._policy import crossfit_judges
+
+    assert crossfit_judges(load_policy(str(f))) == ({"folds": 3, "iterations": [1], "overrides": {}},
+                                                    {"folds": 2, "iterations": [1], "overrides": {"epochs": 4}})
+    assert crossfit_judges(pol) == (pol.crossfit,)
+    for bad in ("crossfit: {folds: 1}", "crossfit: {foldz: 3}", "crossfit: {iterations: 2}", "crossfit: []",
+                "crossfit: [{folds: 3}, {folds: 1}]", "crossfit: [[{folds: 3}]]",
                 "rules:\n  - {rule: auto_label, from_iteration: 0}"):
         f.write_text(f"recipe: fashion-mnist\n{bad}\n")
         with pytest.raises(DataloupeError):

@@ -171,6 +171,50 @@ def test_loop_cross_fits_the_labeled_rows_and_returns_implausible_labels_to_the_
     assert len(back) <= 0.2 * 320
 
 
+def test_loop_asks_several_cross_fitted_judges_and_rules_see_their_mean(project, tmp_path, monkeypatch):
+    import numpy as np
+
+    from dataloupe.loop import RuleSpec
+    from dataloupe.loop import _rules
+    from dataloupe.tables import edit_table
+    from dataloupe.train import load_recipe
+    from dataloupe.train._crossfit import crossfit_labeled
+
+    make_digit_tables(project, tmp_path)
+    t = open_table(project, "dig-train").to_arrow(columns=["id", "label"])
+    ids = [i for i, lab in zip(t["id"].to_pylist(), t["label"].to_pylist()) if lab == "d1"][:6]
+    edit_table(project, "dig-train", action="set_label", label="d7", ids=ids, message="six wrong labels")
+    pol = replace(_policy(tmp_path, iterations=1), schedule=({"epochs": 15},),
+                  crossfit=({"folds": 2, "iterations": [1], "overrides": {}},
+                            {"folds": 2, "iterations": [1], "overrides": {"epochs": 8, "seed": 1}}),
+                  rules=(RuleSpec("crossfit_label_issues", {"max_label_prob": 0.5, "max_fraction": 0.2}),))
+    seen = {}
+    real = _rules.crossfit_label_issues
+
+    def spy(ctx, **kw):
+        seen.update(ctx.crossfit)
+        return real(ctx, **kw)
+
+    monkeypatch.setitem(_rules._RULES, "crossfit_label_issues", spy)
+    res = run_loop(project, train="dig-train", val="dig-val", policy=pol, name="cj")
+    for run, epochs in (("cj-it1-cf1", 15), ("cj-it1-cf2", 15), ("cj-it1-j2-cf1", 8), ("cj-it1-j2-cf2", 8)):
+        info = json.loads((project.runs_dir / run / "run.json").read_text())
+        assert info["status"] == "completed" and info["epochs"] == epochs
+    ref = f"dig-train@{res.iterations[0]['revision']}"
+    each = []
+    for cf, prefix in zip(pol.crossfit, ("cj-it1", "cj-it1-j2")):  # finished fold runs are reused, not retrained
+        recipe = load_recipe(pol.recipe, {**pol.overrides_for(0), **cf["overrides"]})
+        got_ids, probs = crossfit_labeled(project, ref, "dig-val", recipe, folds=2, run_prefix=prefix,
+                                          log=lambda _: None)
+        each.append(dict(zip(got_ids.tolist(), probs)))
+    assert sorted(seen) == sorted(each[0]) and len(seen) == 320
+    assert all(np.allclose(seen[i], (each[0][i] + each[1][i]) / 2, atol=1e-6) for i in seen)  # the judges' mean
+    assert any(not np.allclose(each[0][i], each[1][i], atol=1e-3) for i in seen)  # two different judges
+    d = diff_revisions(project, "dig-train", res.iterations[0]["revision"], res.iterations[0]["next_revision"])
+    back = {c["id"] for c in d.changed.to_pylist() if c["label_a"] is not None and c["label_b"] is None}
+    assert len(back & set(ids)) >= 4
+
+
 def test_validation_labels_never_reach_the_loops_edits(project, tmp_path):
     """Shuffle the validation labels: with `checkpoint: last` (validation picks nothing) and no
     patience, the loop makes exactly the same edits: validation labels only report."""

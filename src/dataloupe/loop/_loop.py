@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from dataloupe._fileio import atomic_path, write_bytes_atomic, write_json_atomic
-from dataloupe.loop._policy import Policy, load_policy
+from dataloupe.loop._policy import Policy, crossfit_judges, load_policy
 from dataloupe.loop._rules import RuleContext, get_rule
 from dataloupe.project import DataloupeError, Project
 from dataloupe.runs import read_history, read_run_at, run_dir
@@ -290,17 +290,24 @@ def run_loop(
 
 def _crossfit(project: Project, pol: Policy, k: int, overrides: dict, train_ref: str, val: str, run: str,
               log: Callable[[str], None]) -> dict | None:
-    """id -> out-of-sample probabilities of the labeled rows iteration ``k`` trained on (policy ``crossfit``)."""
-    if not pol.crossfit or k not in pol.crossfit["iterations"]:
+    """id -> out-of-sample probabilities of the labeled rows iteration ``k`` trained on (policy
+    ``crossfit``): with several judges, the mean of theirs (an ensemble of cross-fitted models)."""
+    judges = [(j, cf) for j, cf in enumerate(crossfit_judges(pol), 1) if k in cf["iterations"]]
+    if not judges:
         return None
     from dataloupe.train._crossfit import crossfit_labeled  # noqa: PLC0415 (loop sits above train)
     from dataloupe.train._recipe import load_recipe  # noqa: PLC0415
 
-    recipe = load_recipe(pol.recipe, {**overrides, **pol.crossfit["overrides"]})
-    log(f"[loop {run}] cross-fitting {pol.crossfit['folds']} folds of the labeled rows of {train_ref}")
-    ids, probs = crossfit_labeled(project, train_ref, val, recipe, folds=pol.crossfit["folds"], run_prefix=run,
-                                  log=log)
-    return dict(zip(ids.tolist(), probs))
+    total: dict = {}
+    for j, cf in judges:
+        recipe = load_recipe(pol.recipe, {**overrides, **cf["overrides"]})
+        prefix = run if j == 1 else f"{run}-j{j}"  # runs <prefix>-cf<fold>
+        log(f"[loop {run}] cross-fitting {cf['folds']} folds of the labeled rows of {train_ref}"
+            + (f" (judge {j})" if len(crossfit_judges(pol)) > 1 else ""))
+        ids, probs = crossfit_labeled(project, train_ref, val, recipe, folds=cf["folds"], run_prefix=prefix, log=log)
+        for i, p in zip(ids.tolist(), probs):
+            total[i] = total.get(i, 0.0) + p / len(judges)
+    return total
 
 
 def _pretrain_backbone(project: Project, pol: Policy, train: str, name: str, state: dict,

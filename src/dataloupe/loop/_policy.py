@@ -45,7 +45,9 @@ class Policy:
         crossfit: ``{folds, iterations, overrides}``: after training the listed iterations
             (1-based; default ``[1]``), train ``folds`` more models each without one fold of the
             labeled rows, so rules (``crossfit_label_issues``) judge every labeled row by a model
-            that never saw it; ``overrides`` apply to those fold models.
+            that never saw it; ``overrides`` apply to those fold models. A list of such maps
+            asks several judges (e.g. the labels-only recipe and a consistency recipe); rules see
+            the mean of their out-of-sample probabilities.
     """
 
     name: str
@@ -58,7 +60,7 @@ class Policy:
     patience: int = 0
     analyze_folds: int = 0
     pretrain: dict | None = None
-    crossfit: dict | None = None
+    crossfit: dict | tuple | None = None  # one judge, or several (see crossfit_judges)
 
     def overrides_for(self, iteration: int) -> dict:
         """Recipe overrides of iteration ``iteration`` (0-based)."""
@@ -121,15 +123,27 @@ def load_policy(name_or_path: str) -> Policy:
                   crossfit=_crossfit_keys(name, raw.get("crossfit")))
 
 
-def _crossfit_keys(name: str, value) -> dict | None:
+def _crossfit_keys(name: str, value) -> dict | tuple[dict, ...] | None:
+    """One judge (a map) or several (a list of maps: their out-of-sample probabilities are averaged)."""
     if value is None:
         return None
+    if isinstance(value, list):
+        if not value or not all(isinstance(v, dict) for v in value):
+            raise DataloupeError(f"policy {name}: 'crossfit' as a list needs one or more maps (judges)")
+        return tuple(_crossfit_keys(name, v) for v in value)
     if not isinstance(value, dict) or set(value) - {"folds", "iterations", "overrides"}:
-        raise DataloupeError(f"policy {name}: 'crossfit' takes folds, iterations and overrides")
+        raise DataloupeError(f"policy {name}: 'crossfit' takes folds, iterations and overrides (or a list of them)")
     folds, its = int(value.get("folds", 5)), value.get("iterations", [1])
     if folds < 2 or not isinstance(its, list) or not all(isinstance(i, int) and i >= 1 for i in its):
         raise DataloupeError(f"policy {name}: crossfit needs folds >= 2 and iterations as a list of numbers >= 1")
     return {"folds": folds, "iterations": its, "overrides": dict(value.get("overrides") or {})}
+
+
+def crossfit_judges(policy: Policy) -> tuple[dict, ...]:
+    """The policy's cross-fitting judges (``crossfit`` as one map or a list of them)."""
+    if not policy.crossfit:
+        return ()
+    return tuple(policy.crossfit) if isinstance(policy.crossfit, (list, tuple)) else (policy.crossfit,)
 
 
 def _pretrain_keys(name: str, value) -> dict | None:
