@@ -61,13 +61,19 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
     ap.add_argument("--variant", action="append", default=[], help='extra keys, e.g. "amp=bf16" (repeatable)')
     ap.add_argument("--json", type=Path, help="also write the rows here")
+    ap.add_argument("--prefix", default="variant", help="runs are named PREFIX<i>-s<seed>; use a new one to keep "
+                    "earlier runs of the project")
     args = ap.parse_args()
     recipe, shipped = iteration_keys(args.policy, args.iteration)
+    taken = [f"{args.prefix}{i}-s{s}" for i in range(len(args.variant) + 1) for s in args.seeds
+             if (args.project / "runs" / f"{args.prefix}{i}-s{s}" / "run.json").is_file()]
+    if taken:
+        sys.exit(f"runs {', '.join(taken)} exist in {args.project}: pass another --prefix")
     variants = [("shipped", [])] + [(v, shlex.split(v)) for v in args.variant]
     rows = {name: [] for name, _ in variants}
     for seed in args.seeds:
         for i, (name, extra) in enumerate(variants):
-            r = train_once(args, recipe, shipped + extra + [f"seed={seed}"], f"variant{i}-s{seed}")
+            r = train_once(args, recipe, shipped + extra + [f"seed={seed}"], f"{args.prefix}{i}-s{seed}")
             rows[name].append(r)
             print(f"seed {seed} {name}: {100 * r['val_top1']:.2f}% in {r['seconds']:.0f} s", file=sys.stderr)
     base = rows["shipped"]
