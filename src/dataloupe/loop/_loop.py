@@ -292,7 +292,8 @@ def _crossfit(project: Project, pol: Policy, k: int, overrides: dict, train_ref:
               log: Callable[[str], None]) -> dict | None:
     """id -> out-of-sample probabilities of the labeled rows iteration ``k`` trained on (policy
     ``crossfit``): with several judges, the mean of theirs (an ensemble of cross-fitted models)."""
-    judges = [(j, cf) for j, cf in enumerate(crossfit_judges(pol), 1) if k in cf["iterations"]]
+    every = crossfit_judges(pol)
+    judges = [(j, cf) for j, cf in enumerate(every, 1) if k in cf["iterations"]]
     if not judges:
         return None
     from dataloupe.train._crossfit import crossfit_labeled  # noqa: PLC0415 (loop sits above train)
@@ -303,7 +304,7 @@ def _crossfit(project: Project, pol: Policy, k: int, overrides: dict, train_ref:
         recipe = load_recipe(pol.recipe, {**overrides, **cf["overrides"]})
         prefix = run if j == 1 else f"{run}-j{j}"  # runs <prefix>-cf<fold>
         log(f"[loop {run}] cross-fitting {cf['folds']} folds of the labeled rows of {train_ref}"
-            + (f" (judge {j})" if len(crossfit_judges(pol)) > 1 else ""))
+            + (f" (judge {j})" if len(every) > 1 else ""))
         ids, probs = crossfit_labeled(project, train_ref, val, recipe, folds=cf["folds"], run_prefix=prefix, log=log)
         for i, p in zip(ids.tolist(), probs):
             total[i] = total.get(i, 0.0) + p / len(judges)
