@@ -51,6 +51,21 @@ def train_once(args, recipe: str, keys: list[str], run: str) -> dict:
     return {"val_top1": info["best_val_top1"], "seconds": time.perf_counter() - t0}
 
 
+def earlier_run(args, run: str) -> dict:
+    """A finished run's val top-1 and wall seconds (from its run.json)."""
+    from datetime import datetime
+
+    path = args.project / "runs" / run / "run.json"
+    if not path.is_file():
+        sys.exit(f"--shipped-from: no run {run} in {args.project}")
+    info = json.loads(path.read_text())
+    trained_on = f"{info.get('train_table')}@{info.get('train_revision')}"
+    if trained_on != args.train if "@" in args.train else info.get("train_table") != args.train:
+        sys.exit(f"--shipped-from: {run} trained on {trained_on}, not {args.train}")
+    seconds = (datetime.fromisoformat(info["finished"]) - datetime.fromisoformat(info["created"])).total_seconds()
+    return {"val_top1": info["best_val_top1"], "seconds": seconds}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--project", type=Path, required=True, help="a project made by `dataloupe demo`")
@@ -61,6 +76,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
     ap.add_argument("--variant", action="append", default=[], help='extra keys, e.g. "amp=bf16" (repeatable)')
     ap.add_argument("--json", type=Path, help="also write the rows here")
+    ap.add_argument("--shipped-from", metavar="PREFIX", help="reuse the shipped runs PREFIX0-s<seed> of an earlier "
+                    "run of this script on the same revision (training is deterministic for a revision, code and "
+                    "seed) instead of training them again")
     ap.add_argument("--prefix", default="variant", help="runs are named PREFIX<i>-s<seed>; use a new one to keep "
                     "earlier runs of the project")
     args = ap.parse_args()
@@ -73,6 +91,10 @@ def main() -> None:
     rows = {name: [] for name, _ in variants}
     for seed in args.seeds:
         for i, (name, extra) in enumerate(variants):
+            if i == 0 and args.shipped_from:
+                r = earlier_run(args, f"{args.shipped_from}0-s{seed}")
+                rows[name].append(r)
+                continue
             r = train_once(args, recipe, shipped + extra + [f"seed={seed}"], f"{args.prefix}{i}-s{seed}")
             rows[name].append(r)
             print(f"seed {seed} {name}: {100 * r['val_top1']:.2f}% in {r['seconds']:.0f} s", file=sys.stderr)

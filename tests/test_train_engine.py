@@ -226,6 +226,33 @@ def test_consistency_on_undefined_rows_trains_and_logs_its_usage(project):
         _recipe("epoch_samples=0")
 
 
+def test_mixup_with_consistency_mixes_the_labeled_batch_only(project, monkeypatch):
+    """MixUp (``mixup_alpha``) with consistency training: the labeled images and their labels
+    are mixed; the undefined images (the soft targets' inputs) never pass through it."""
+    from dataloupe.train import _engine
+
+    seen = []
+    real = _engine.mix_transform
+
+    def spy(cfg, k):
+        mix = real(cfg, k)
+
+        def wrapped(x, y):
+            out = mix(x, y)
+            seen.append((len(x), out[1]))
+            return out
+        return wrapped
+
+    monkeypatch.setattr(_engine, "mix_transform", spy)
+    r = _recipe("epochs=1", "batch_size=16", "unlabeled_weight=1.0", "unlabeled_ratio=3", "unlabeled_threshold=0.0",
+                "epoch_samples=64", "mixup_alpha=0.3", "ema_decay=0.99", "unlabeled_temperature=0.5")
+    assert train(project, "dig-train", "dig-val", r, run="mx", tty=False)["status"] == "completed"
+    assert len(seen) == 4 and all(n == 16 for n, _ in seen)  # 64 draws / 16 labeled; pool batches are 48
+    targets = torch.cat([t for _, t in seen])
+    assert targets.shape[1] == 10 and torch.allclose(targets.sum(1), torch.ones(len(targets)))
+    assert (targets.max(1).values < 0.999).any()  # mixed: soft targets, not one-hot labels
+
+
 def test_ema_teacher_alignment_adaptive_thresholds_and_soft_targets_train_and_resume(project):
     r = _recipe("epochs=2", "unlabeled_weight=1.0", "unlabeled_ratio=2", "unlabeled_threshold=0.9", "epoch_samples=96",
                 "ema_decay=0.99", "unlabeled_da=true", "unlabeled_adaptive=flexmatch", "unlabeled_temperature=0.5")
