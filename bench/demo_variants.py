@@ -60,7 +60,8 @@ def earlier_run(args, run: str) -> dict:
         sys.exit(f"--shipped-from: no run {run} in {args.project}")
     info = json.loads(path.read_text())
     trained_on = f"{info.get('train_table')}@{info.get('train_revision')}"
-    if trained_on != args.train if "@" in args.train else info.get("train_table") != args.train:
+    wanted = trained_on if "@" in args.train else info.get("train_table")  # "TABLE" names any revision
+    if wanted != args.train:
         sys.exit(f"--shipped-from: {run} trained on {trained_on}, not {args.train}")
     seconds = (datetime.fromisoformat(info["finished"]) - datetime.fromisoformat(info["created"])).total_seconds()
     return {"val_top1": info["best_val_top1"], "seconds": seconds}
