@@ -226,9 +226,12 @@ def test_consistency_on_undefined_rows_trains_and_logs_its_usage(project):
         _recipe("epoch_samples=0")
 
 
-def test_mixup_with_consistency_mixes_the_labeled_batch_only(project, monkeypatch):
-    """MixUp (``mixup_alpha``) with consistency training: the labeled images and their labels
-    are mixed; the undefined images (the soft targets' inputs) never pass through it."""
+@pytest.mark.parametrize("mixing", [("mixup_alpha=0.3",), ("mixup_alpha=0.3", "cutmix_alpha=1.0")],
+                         ids=["mixup", "mixup-or-cutmix"])
+def test_mixup_with_consistency_mixes_the_labeled_batch_only(project, monkeypatch, mixing):
+    """MixUp (``mixup_alpha``), or MixUp or CutMix per batch as the demo policy ships, with
+    consistency training: the labeled images and their labels are mixed; the undefined images
+    (the soft targets' inputs) never pass through it."""
     from dataloupe.train import _engine
 
     seen = []
@@ -245,8 +248,8 @@ def test_mixup_with_consistency_mixes_the_labeled_batch_only(project, monkeypatc
 
     monkeypatch.setattr(_engine, "mix_transform", spy)
     r = _recipe("epochs=1", "batch_size=16", "unlabeled_weight=1.0", "unlabeled_ratio=3", "unlabeled_threshold=0.0",
-                "epoch_samples=64", "mixup_alpha=0.3", "ema_decay=0.99", "unlabeled_temperature=0.5")
-    assert train(project, "dig-train", "dig-val", r, run="mx", tty=False)["status"] == "completed"
+                "epoch_samples=64", *mixing, "ema_decay=0.99", "unlabeled_temperature=0.5")
+    assert train(project, "dig-train", "dig-val", r, run=f"mx-{len(mixing)}", tty=False)["status"] == "completed"
     assert len(seen) == 4 and all(n == 16 for n, _ in seen)  # 64 draws / 16 labeled; pool batches are 48
     targets = torch.cat([t for _, t in seen])
     assert targets.shape[1] == 10 and torch.allclose(targets.sum(1), torch.ones(len(targets)))
