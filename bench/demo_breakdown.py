@@ -28,7 +28,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from dataloupe.analysis._runio import load_metrics  # noqa: E402
-from dataloupe.loop._rules import RuleContext, propagated_labels  # noqa: E402
+from dataloupe.loop import RuleContext  # noqa: E402
+from dataloupe.loop._rules import propagated_labels  # noqa: E402
 from dataloupe.project import Project  # noqa: E402
 from dataloupe.tables import open_table  # noqa: E402
 
