@@ -8,7 +8,8 @@ stage is recorded and the rest still run):
                the 200 labeled rows, 20 epochs;
   ssl          ``dataloupe pretrain --method simclr`` on every train128 row (undefined
                included, labels only for the kNN monitor), as many epochs as fit the
-               ``--ssl-seconds`` budget (a one-epoch calibration run measures the rate);
+               ``--ssl-seconds`` budget (a one-epoch calibration run measures the rate;
+               on CUDA the views are drawn on the GPU, ``augment: auto``);
   ft           the baseline recipe started from ``pretrained=run:ssl``;
   ft-fixmatch  the same plus consistency training on the undefined rows (FixMatch: hard
                guesses above 0.95 from an EMA teacher, strong crops), ``--fixmatch-epochs``;

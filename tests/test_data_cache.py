@@ -126,6 +126,40 @@ def test_batched_augmentation_identity_flip_and_own_draws():
     assert len({o.numpy().tobytes() for o in out}) == 6  # every image its own draw
 
 
+def test_batched_self_supervised_steps_greyscale_solarise_blur_and_crop_size():
+    from dataloupe.data import batch_augment, normalize_batch
+
+    unit = dict(mean=(0.0, 0.0, 0.0), std=(1 / 255, 1 / 255, 1 / 255))  # "normalised" = the 0..255 pixels
+    plain = dict(image_size=16, rrc_scale=None, hflip=0.0, **unit)
+    x = torch.randint(0, 255, (4, 3, 16, 16), dtype=torch.uint8)
+    grey = batch_augment(x, AugmentConfig(grayscale=1.0, **plain))
+    assert torch.allclose(grey[:, 0], grey[:, 1]) and torch.allclose(grey[:, 1], grey[:, 2])
+    weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    assert torch.allclose(grey[:, :1], (x.float() * weights).sum(1, keepdim=True), atol=1e-3)
+    solar = batch_augment(x, AugmentConfig(solarize=1.0, **plain))
+    bright = x.float() >= 127.5
+    assert torch.allclose(solar[bright], 255.0 - x.float()[bright], atol=1e-3)
+    assert torch.allclose(solar[~bright], x.float()[~bright], atol=1e-3)
+    # blur: a constant image stays constant, an impulse spreads and keeps (nearly) its mass
+    flat = torch.full((2, 3, 16, 16), 77, dtype=torch.uint8)
+    assert torch.allclose(batch_augment(flat, AugmentConfig(blur=1.0, blur_sigma=(1.0, 2.0), **plain)),
+                          torch.full((2, 3, 16, 16), 77.0), atol=1e-3)
+    dot = torch.zeros(2, 3, 16, 16, dtype=torch.uint8)
+    dot[:, :, 8, 8] = 255
+    spread = batch_augment(dot, AugmentConfig(blur=1.0, blur_sigma=(1.0, 1.0), **plain))
+    assert spread[:, :, 8, 8].max() < 255 * 0.25 and spread[:, :, 8, 9].min() > 0
+    assert torch.allclose(spread.sum((2, 3)), torch.full((2, 3), 255.0), rtol=1e-3)
+    # probability 0 (or no jitter) leaves every image as it was; the crop can have its own size
+    off = AugmentConfig(color_jitter=(0.8, 0.8, 0.8, 0.2), color_jitter_p=0.0, grayscale=0.0, blur=0.0, **plain)
+    assert torch.allclose(batch_augment(x, off), normalize_batch(x, unit["mean"], unit["std"]), atol=1e-3)
+    small = batch_augment(x, AugmentConfig(image_size=16, rrc_scale=(0.05, 0.4), output_size=6))
+    assert small.shape == (4, 3, 6, 6)
+    half = AugmentConfig(grayscale=0.5, **plain)
+    greyed = [bool(torch.allclose(o[0], o[1]) and torch.allclose(o[1], o[2]))
+              for o in batch_augment(x.repeat(16, 1, 1, 1), half)]
+    assert 0 < sum(greyed) < 64  # each image its own draw
+
+
 def test_excluded_rows_are_not_trainable_and_unknown_labels_are_refused(project):
     from dataloupe.project import DataloupeError
 

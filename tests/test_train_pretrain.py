@@ -166,6 +166,54 @@ def test_pretrain_run_feeds_collect_and_maps_but_not_analysis(project):
         train(project, "dig-train", "dig-val", load_recipe("fashion-mnist", FAST), run="ssl", resume=True)
 
 
+@pytest.mark.parametrize("method", ["simclr", "moco", "byol", "simsiam", "dino", "barlowtwins", "vicreg"])
+def test_batched_views_take_lightlys_parameters(method):
+    from dataloupe.train._ssl_methods import METHODS, batched_views, build_method
+
+    clf = create_model("convnet-xxs", 1, small_input=True)
+    m = build_method(method, clf.backbone, clf.num_features, **dict(METHODS[method].defaults, local_views=2))
+    tf = m.views_transform(input_size=32, mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.2), min_scale=0.3)
+    views = batched_views(tf.transform)
+    assert len(views) == len(tf.transform.transforms)  # one per lightly view (dino: 2 global + 2 local)
+    for cfg in views:
+        assert cfg.mean == (0.5, 0.4, 0.3) and cfg.std == (0.2, 0.2, 0.2) and cfg.hflip == 0.5
+        assert cfg.color_jitter_p == 0.8 and cfg.grayscale == 0.2 and cfg.blur_sigma == (0.1, 2.0)
+    assert views[0].output_size == 32 and views[0].rrc_scale == (0.3, 1.0)
+    if method == "simclr":
+        assert views[0].color_jitter == pytest.approx((0.8, 0.8, 0.8, 0.2)) and views[0].blur == 0.5
+    if method in ("byol", "barlowtwins"):
+        assert (views[0].blur, views[0].solarize, views[1].blur, views[1].solarize) == (1.0, 0.0, 0.1, 0.2)
+    if method == "dino":
+        assert views[-1].output_size == 14 and views[-1].rrc_scale == (0.05, 0.4)  # round(32 * 96 / 224)
+
+
+def test_batched_views_refuse_a_step_they_cannot_draw():
+    from lightly.transforms import SimCLRTransform
+
+    from dataloupe.train._ssl_methods import batched_views
+
+    with pytest.raises(DataloupeError, match="no on-device form of lightly's RandomVerticalFlip.*augment=lightly"):
+        batched_views(SimCLRTransform(input_size=16, vf_prob=0.5))
+
+
+def test_batched_pretraining_trains_repeats_and_says_so(project):
+    for run in ("b1", "b2"):
+        info = pretrain(project, ["dig-train"], dict(TINY, method="simclr", augment="batched", collect=False), run=run,
+                        tty=False)
+        assert info["status"] == "completed" and info["augment"] == "batched"
+        assert all(math.isfinite(h["loss"]) and 0 <= h["knn_top1"] <= 1 for h in _history(project, run))
+    one, two = (load_checkpoint(project.runs_dir / r / "checkpoints" / "best.pt")["model"] for r in ("b1", "b2"))
+    assert all(torch.equal(one[k], two[k]) for k in one)  # the views are drawn from the seeded generator
+    info = pretrain(project, ["dig-train"], dict(TINY, method="dino", local_views=2, epochs=1, augment="batched",
+                                                 collect=False), run="dino", tty=False)
+    assert info["status"] == "completed" and math.isfinite(_history(project, "dino")[0]["loss"])
+    lightly = pretrain(project, ["dig-train"], dict(TINY, method="simclr", epochs=1, collect=False), run="pil",
+                       tty=False)
+    assert lightly["augment"] == "lightly"  # auto on a CPU
+    with pytest.raises(DataloupeError, match=r"key 'augment': bad value 'gpu' \(one of: auto, lightly, batched\)"):
+        pretrain(project, ["dig-train"], dict(TINY, method="simclr", augment="gpu"), run="x")
+
+
 def test_knn_top1_is_leave_one_out():
     emb = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
     assert knn_top1(emb, torch.tensor([0, 0, 1, 1]), k=1) == 1.0

@@ -36,6 +36,14 @@ class AugmentConfig:
     cutmix_alpha: float = 0.0
     mean: tuple = (0.485, 0.456, 0.406)
     std: tuple = (0.229, 0.224, 0.225)
+    # The self-supervised views' photometric steps (lightly's SimCLR/BYOL view transforms); only
+    # the batched path (dataloupe.data.batch_augment) reads these, training recipes leave them off.
+    color_jitter_p: float = 1.0  # share of images colour-jittered (RandomApply's p)
+    grayscale: float = 0.0  # share of images made grey
+    blur: float = 0.0  # share of images Gaussian-blurred, sigma in px drawn from blur_sigma
+    blur_sigma: tuple = (0.1, 2.0)
+    solarize: float = 0.0  # share of images solarised (values >= 0.5 inverted)
+    output_size: int | None = None  # side of the crops the batched path returns (DINO's local views); None: the input's
 
     @classmethod
     def from_recipe(cls, r) -> "AugmentConfig":

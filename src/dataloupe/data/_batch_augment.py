@@ -9,7 +9,10 @@ image's parameters as tensors and applies them to the whole ``(B, 3, S, S)`` bat
   outside the image are black, like RandomRotation's corners);
 * ColorJitter: per-image brightness, contrast, saturation factors and a hue rotation in
   YIQ space (fixed order b, c, s, h rather than torchvision's random order);
-* RandomErasing: per-image rectangles set to 0 after normalisation (the mean colour).
+* RandomErasing: per-image rectangles set to 0 after normalisation (the mean colour);
+* for self-supervised views (``dataloupe pretrain`` with ``augment: batched``): colour jitter
+  on a share of the images, random greyscale, Gaussian blur with a per-image sigma (one
+  separable grouped convolution) and solarisation, in the order of lightly's view transforms.
 
 AutoAugment has no batched form here: when a recipe asks for it, it still runs per
 image (v2) in the loader workers before this step.
@@ -50,7 +53,8 @@ def _geometry(x: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
     cos, sin = torch.cos(ang), torch.sin(ang)
     theta = torch.stack([torch.stack([cos * w * flip, -sin * h, cx], 1),
                          torch.stack([sin * w * flip, cos * h, cy], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    size = (cfg.output_size, cfg.output_size) if cfg.output_size else tuple(x.shape[-2:])
+    grid = F.affine_grid(theta, [b, x.shape[1], *size], align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
@@ -77,6 +81,36 @@ def _color(x: torch.Tensor, jitter) -> torch.Tensor:
         m = torch.linalg.inv(yiq) @ rot @ yiq  # (B, 3, 3) RGB -> RGB
         x = torch.einsum("bij,bjhw->bihw", m, x).clamp_(0, 1)
     return x
+
+
+def _chosen(p: float, b: int, dev) -> torch.Tensor:
+    """``(B, 1, 1, 1)`` bool: which images a step with probability ``p`` applies to."""
+    return (torch.rand(b, device=dev) < p).view(b, 1, 1, 1)
+
+
+def _grayscale(x: torch.Tensor, p: float) -> torch.Tensor:
+    gray_w = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return torch.where(_chosen(p, x.shape[0], x.device), (x * gray_w).sum(1, keepdim=True).expand_as(x), x)
+
+
+def _blur(x: torch.Tensor, p: float, sigmas: tuple) -> torch.Tensor:
+    """Gaussian blur, sigma in pixels per image (PIL's ``GaussianBlur(radius=sigma)`` as lightly
+    uses it), the kernel wide enough for the largest sigma, edges reflected."""
+    b, c, h, w = x.shape
+    dev = x.device
+    sigma = _uniform(sigmas[0], sigmas[1], b, dev)
+    half = max(1, min(int(math.ceil(3 * sigmas[1])), (min(h, w) - 1) // 2))
+    t = torch.arange(-half, half + 1, device=dev, dtype=x.dtype)
+    k = torch.exp(-(t.view(1, -1) ** 2) / (2 * sigma.view(-1, 1).to(x.dtype) ** 2))
+    k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (B*C, K): one kernel per image and channel
+    y = F.pad(x.reshape(1, b * c, h, w), (half, half, half, half), mode="reflect")
+    y = F.conv2d(y, k.view(b * c, 1, 1, -1), groups=b * c)
+    y = F.conv2d(y, k.view(b * c, 1, -1, 1), groups=b * c).view(b, c, h, w)
+    return torch.where(_chosen(p, b, dev), y, x)
+
+
+def _solarize(x: torch.Tensor, p: float) -> torch.Tensor:
+    return torch.where(_chosen(p, x.shape[0], x.device) & (x >= 0.5), 1.0 - x, x)
 
 
 def _erase(x: torch.Tensor, p: float) -> torch.Tensor:
@@ -108,10 +142,18 @@ def batch_augment(images: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
         torch.Size([8, 3, 32, 32])
     """
     x = images.float().div_(255.0)
-    if cfg.rrc_scale is not None or cfg.hflip > 0 or cfg.rotation > 0:
+    if cfg.rrc_scale is not None or cfg.hflip > 0 or cfg.rotation > 0 or cfg.output_size:
         x = _geometry(x, cfg)
-    if cfg.color_jitter is not None:
-        x = _color(x, cfg.color_jitter)
+    if cfg.color_jitter is not None and cfg.color_jitter_p > 0:
+        jittered = _color(x, cfg.color_jitter)
+        x = jittered if cfg.color_jitter_p >= 1 else torch.where(_chosen(cfg.color_jitter_p, len(x), x.device),
+                                                                 jittered, x)
+    if cfg.grayscale > 0:
+        x = _grayscale(x, cfg.grayscale)
+    if cfg.blur > 0:
+        x = _blur(x, cfg.blur, cfg.blur_sigma)
+    if cfg.solarize > 0:
+        x = _solarize(x, cfg.solarize)
     x = normalize_batch(x.mul_(255.0), cfg.mean, cfg.std)
     if cfg.random_erasing > 0:
         x = _erase(x, cfg.random_erasing)

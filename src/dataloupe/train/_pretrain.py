@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dataloupe.data import (SampleSet, ShardSampler, WeightedEpochSampler, check_readable, close_loaders, make_loader,
-                            missing_files, open_cache, plan_loader)
+from dataloupe.data import (SampleSet, ShardSampler, WeightedEpochSampler, batch_augment, check_readable, close_loaders,
+                            make_loader, missing_files, open_cache, plan_loader)
 from dataloupe.models import create_model
 from dataloupe.project import DataloupeError, Project
 from dataloupe import runs
@@ -44,7 +44,7 @@ from dataloupe.train._pretrain_config import PretrainConfig, build_pretrain_conf
     save_pretrain_config
 from dataloupe.train._progress import Progress
 from dataloupe.train._schedules import Schedule, build_optimizer, current_lr
-from dataloupe.train._ssl_methods import SSLMethod, build_method
+from dataloupe.train._ssl_methods import SSLMethod, batched_views, build_method
 
 
 def knn_top1(emb: torch.Tensor, labels: torch.Tensor, *, k: int = 20, temperature: float = 0.07,
@@ -89,6 +89,7 @@ class PretrainSetup:
     dim: int
     knn_loader: object = None
     knn_labels: np.ndarray | None = None
+    views: list | None = None  # augment=batched: one AugmentConfig per view, applied on the device
 
 
 def _knn_sets(data: PretrainData, config: PretrainConfig) -> list[SampleSet]:
@@ -101,6 +102,12 @@ def _knn_sets(data: PretrainData, config: PretrainConfig) -> list[SampleSet]:
         offsets = np.cumsum([0] + [len(s) for s in sets])
         sets = [s.subset(keep[offsets[i]:offsets[i + 1]]) for i, s in enumerate(sets)]
     return sets
+
+
+def _batched(config: PretrainConfig, cuda: bool) -> bool:
+    """Whether the views are drawn on the device (``augment``; ``auto``: on CUDA, where the
+    per-image PIL steps would leave the GPU waiting)."""
+    return config.augment == "batched" or (config.augment == "auto" and cuda)
 
 
 def build_pretrain_setup(project: Project, data: PretrainData, config: PretrainConfig, ctx: DistContext,
@@ -137,15 +144,19 @@ def build_pretrain_setup(project: Project, data: PretrainData, config: PretrainC
     sampler = WeightedEpochSampler(np.ones(n), num_replicas=ctx.world_size, rank=ctx.rank, seed=config.seed)
     transform = raw.views_transform(input_size=config.image_size, mean=config.mean, std=config.std,
                                     min_scale=config.min_scale, cj_strength=config.cj_strength)
+    views = None
+    if _batched(config, cuda):
+        views = batched_views(transform.transform)  # the loader then yields uint8 batches
     loader = make_loader(learn, plan, image_size=config.image_size, batch_size=per_rank, cache=caches,
-                         transform=transform, sampler=sampler, seed=config.seed + ctx.rank, pin_memory=cuda,
+                         transform=None if views else transform, sampler=sampler, seed=config.seed + ctx.rank,
+                         pin_memory=cuda,
                          drop_last=len(sampler) % per_rank == 1)  # a lone last image cannot be compared or batch-normed
     amp = torch.bfloat16 if (config.amp == "bf16" or (config.amp == "auto" and cuda)) else None
     opts = StepOptions(ctx.device, tuple(config.mean), tuple(config.std), amp, channels_last)
     optimizer = build_optimizer(raw, config.optimizer, lr=config.lr, weight_decay=config.weight_decay)
     schedule = Schedule(config.scheduler, optimizer, lr=config.lr, epochs=config.epochs,
                         steps_per_epoch=len(loader), warmup_fraction=config.warmup_fraction, min_lr=config.min_lr)
-    s = PretrainSetup(model, raw, optimizer, schedule, loader, sampler, opts, small, clf.num_features)
+    s = PretrainSetup(model, raw, optimizer, schedule, loader, sampler, opts, small, clf.num_features, views=views)
     labeled = _knn_sets(data, config) if config.knn_max_rows else []
     m = sum(len(x) for x in labeled)
     labels = np.concatenate([x.labels for x in labeled]) if labeled else np.zeros(0, dtype=np.int64)
@@ -233,8 +244,12 @@ def _one_epoch(s: PretrainSetup, ctx: DistContext, config: PretrainConfig, folde
     loss_acc = torch.zeros((), device=ctx.device, dtype=torch.float64)
     count, step, total = 0, (epoch - 1) * steps, config.epochs * steps
     start = time.perf_counter()
-    for views, _labels, _ in s.loader:  # labels are never read for learning
-        views = [v.to(ctx.device, non_blocking=True) for v in views]
+    for batch, _labels, _ in s.loader:  # labels are never read for learning
+        if s.views is not None:  # augment=batched: every view drawn from the uint8 batch on the device
+            pixels = s.opts.pixels(batch)
+            views = [batch_augment(pixels, cfg) for cfg in s.views]
+        else:
+            views = [v.to(ctx.device, non_blocking=True) for v in batch]
         if s.opts.channels_last:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         with s.opts.autocast():
@@ -317,7 +332,8 @@ def _pretrain_claimed(project: Project, data: PretrainData, config: PretrainConf
             runs.truncate_history(folder, start_epoch - 1)
         extra = {"knn_top1_start": start_knn} if start_epoch == 1 else {}
         runs.update_run(folder, status="running", epochs=config.epochs, resumed=runs.now() if resume else None,
-                         num_knn_rows=0 if s.knn_labels is None else len(s.knn_labels), **extra)
+                         num_knn_rows=0 if s.knn_labels is None else len(s.knn_labels),
+                         augment="lightly" if s.views is None else "batched", **extra)
     try:
         with _runs.marking_status(folder, primary):
             for epoch in range(start_epoch, config.epochs + 1):

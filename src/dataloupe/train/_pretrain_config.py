@@ -29,6 +29,7 @@ _CHOICES: dict[str, tuple] = {
     "optimizer": ("sgd", "adam", "adamw"),
     "scheduler": ("none", "onecycle", "cosine"),
     "loader": ("auto", "cache", "stream"),
+    "augment": ("auto", "lightly", "batched"),
     "amp": ("auto", "bf16", "none"),
     "device": ("auto", "cpu", "cuda"),
 }
@@ -53,6 +54,8 @@ class PretrainConfig:
     num_workers: Optional[int] = None  # DataLoader workers per process; None: automatic
     min_scale: Optional[float] = None  # smallest RandomResizedCrop area; None: the method's lightly default
     cj_strength: Optional[float] = None  # colour-jitter strength; None: the method's lightly default
+    augment: str = "auto"  # lightly: lightly's per-image (PIL) view transforms in the loader | batched: the same
+    #                        views drawn on the training device, a whole batch at once | auto: batched on CUDA
     mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])  # normalisation (RGB, 0..1)
     std: list = field(default_factory=lambda: [0.229, 0.224, 0.225])
     # --- optimisation
