@@ -1,23 +1,13 @@
 """``bench/demo_breakdown.py``'s ranking arithmetic (no training): precision of the best-ranked
 share of the pool, eligible rows (network and propagation agree) before any other."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("demo_breakdown", ROOT / "bench" / "demo_breakdown.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from _bench import load_bench
 
 
 def test_precision_at_ranks_eligible_rows_first_then_by_score():
-    db = _bench()
+    db = load_bench("demo_breakdown")
     # 10 rows; the five highest scores are wrong but not eligible; the eligible ones are right
     right = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1], bool)
     score = np.array([.9, .9, .9, .9, .9, .5, .4, .3, .2, .1])

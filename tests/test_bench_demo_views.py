@@ -1,23 +1,13 @@
 """``bench/demo_views.py``'s test-time views (no training): shifts move the image the way they say
 and keep its edge, and the views' mean is a probability distribution."""
 
-import importlib.util
-from pathlib import Path
-
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("demo_views", ROOT / "bench" / "demo_views.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from _bench import load_bench
 
 
 def test_shifted_moves_right_and_down_and_replicates_the_edge():
-    dv = _bench()
+    dv = load_bench("demo_views")
     x = torch.arange(9.0).reshape(1, 1, 3, 3)  # rows 0 1 2 / 3 4 5 / 6 7 8
     right = dv.shifted(x, 1, 0)
     assert right[0, 0].tolist() == [[0, 0, 1], [3, 3, 4], [6, 6, 7]]
@@ -28,7 +18,7 @@ def test_shifted_moves_right_and_down_and_replicates_the_edge():
 
 
 def test_mean_probs_averages_the_named_views():
-    dv = _bench()
+    dv = load_bench("demo_views")
     model = lambda x: x.flatten(1)[:, :2] * 10.0  # noqa: E731 - "logits" = the first two pixels
     x = torch.zeros(1, 1, 2, 2)
     x[0, 0, 0, 0] = 1.0  # top-left: class 0 wins on the image, class 1 on its mirror

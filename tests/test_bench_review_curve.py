@@ -2,21 +2,11 @@
 table's target check (the queue reaches random order's largest-budget accuracy at half the
 labels)."""
 
-import importlib.util
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("review_curve", ROOT / "bench" / "review_curve.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from _bench import load_bench
 
 
 def test_split_half_is_stratified_disjoint_and_seeded():
-    rc = _bench()
+    rc = load_bench("review_curve")
     labels = ["a"] * 11 + ["b"] * 6
     pool, val = rc.split_half(labels, 3)
     assert sorted(pool.tolist() + val.tolist()) == list(range(17))
@@ -25,7 +15,7 @@ def test_split_half_is_stratified_disjoint_and_seeded():
 
 
 def test_table_states_whether_the_queue_reaches_random_at_half_the_labels():
-    rc = _bench()
+    rc = load_bench("review_curve")
 
     def seed(margin, random):
         return {"first": {"top1": 0.5}, "margin": {str(n): {"top1": v} for n, v in zip((50, 100, 200, 400), margin)},
