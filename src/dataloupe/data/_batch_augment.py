@@ -58,18 +58,23 @@ def _geometry(x: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def _luma(x: torch.Tensor) -> torch.Tensor:
+    """``(B, 1, H, W)`` grey level (ITU-R 601 weights, as torchvision's grayscale)."""
+    weights = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x * weights).sum(1, keepdim=True)
+
+
 def _color(x: torch.Tensor, jitter) -> torch.Tensor:
     b, dev = x.shape[0], x.device
     br, co, sa, hu = jitter
-    gray_w = torch.tensor([0.299, 0.587, 0.114], device=dev, dtype=x.dtype).view(1, 3, 1, 1)
     if br > 0:
         x = (x * _uniform(max(0, 1 - br), 1 + br, b, dev).view(b, 1, 1, 1)).clamp_(0, 1)
     if co > 0:
-        mean = (x * gray_w).sum(1, keepdim=True).mean((2, 3), keepdim=True)
+        mean = _luma(x).mean((2, 3), keepdim=True)
         f = _uniform(max(0, 1 - co), 1 + co, b, dev).view(b, 1, 1, 1)
         x = (mean + (x - mean) * f).clamp_(0, 1)
     if sa > 0:
-        gray = (x * gray_w).sum(1, keepdim=True)
+        gray = _luma(x)
         f = _uniform(max(0, 1 - sa), 1 + sa, b, dev).view(b, 1, 1, 1)
         x = (gray + (x - gray) * f).clamp_(0, 1)
     if hu > 0:
@@ -89,8 +94,7 @@ def _chosen(p: float, b: int, dev) -> torch.Tensor:
 
 
 def _grayscale(x: torch.Tensor, p: float) -> torch.Tensor:
-    gray_w = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return torch.where(_chosen(p, x.shape[0], x.device), (x * gray_w).sum(1, keepdim=True).expand_as(x), x)
+    return torch.where(_chosen(p, x.shape[0], x.device), _luma(x).expand_as(x), x)
 
 
 def _blur(x: torch.Tensor, p: float, sigmas: tuple) -> torch.Tensor:
