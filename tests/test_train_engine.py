@@ -588,3 +588,52 @@ def test_swa_averages_the_last_epochs_recomputes_batchnorm_and_resumes(project, 
         assert torch.allclose(resumed["model"][key].float(), value.float(), atol=1e-5), key
     with pytest.raises(DataloupeError, match="swa_epochs"):
         _recipe("epochs=4", "swa_epochs=4")
+
+
+def test_rotation_task_turns_the_first_strong_views_by_their_targets():
+    from dataloupe.train._epoch import Consistency
+
+    torch.manual_seed(0)
+    c = Consistency(None, None, None, 1.0, 0.0, num_classes=10, rotation=0.5, rotation_images=12)
+    views = torch.randn(20, 3, 8, 8)  # no symmetric image: every turn gives another tensor
+    rotated, turns = c.rotated(views)
+    assert rotated.shape == (12, 3, 8, 8) and turns.shape == (12,)
+    assert set(turns.tolist()) == {0, 1, 2, 3}  # 12 draws of four: every turn occurs with this seed
+    for img, src, k in zip(rotated, views[:12], turns.tolist()):
+        assert torch.equal(img, torch.rot90(src, k, dims=(-2, -1)))
+        assert k == 0 or not torch.equal(img, src)
+    with pytest.raises(DataloupeError, match="unlabeled_rotation"):
+        _recipe("unlabeled_rotation=-0.5")
+
+
+def test_rotation_task_trains_a_head_that_is_resumed_but_never_part_of_the_model(project, monkeypatch):
+    """ReMixMatch's / S4L's self-supervised task on the pool: a 4-way head on the embedding
+    learns how far each strong view was turned. It is trained alongside, resumed with the run,
+    and left out of the model that collect and serve load."""
+    keys = ("unlabeled_weight=1.0", "unlabeled_ratio=2", "unlabeled_threshold=0.0", "epoch_samples=96",
+            "ema_decay=0.99", "unlabeled_temperature=0.5", "unlabeled_rotation=0.5")
+    plain = train(project, "dig-train", "dig-val", _recipe("epochs=1", *keys[:-1]), run="norot", tty=False)
+    info = train(project, "dig-train", "dig-val", _recipe("epochs=1", *keys), run="rot", tty=False)
+    assert plain["status"] == info["status"] == "completed"
+    folder = project.runs_dir / "rot" / "checkpoints"
+    last = _checkpoint.load_checkpoint(folder / "last.pt")
+    ref = _checkpoint.load_checkpoint(project.runs_dir / "norot" / "checkpoints" / "last.pt")
+    assert set(last["model"]) == set(ref["model"])  # no extra tensors in the model
+    head = last["rotation_head"]
+    assert head["weight"].shape == (4, ref["model"]["head.weight"].shape[1])
+    assert len(last["optimizer"]["param_groups"]) == len(ref["optimizer"]["param_groups"]) + 2
+    # the rotation loss moved the shared weights: the same seed without it ends elsewhere
+    assert any(not torch.equal(last["model"][k], ref["model"][k]) for k in ref["model"]
+               if ref["model"][k].is_floating_point())
+    loaded = []
+    real = torch.nn.Linear.load_state_dict
+
+    def spy(self, state, *a, **kw):
+        loaded.append({k: v.clone() for k, v in state.items()})
+        return real(self, state, *a, **kw)
+
+    monkeypatch.setattr(torch.nn.Linear, "load_state_dict", spy)
+    train(project, "dig-train", "dig-val", _recipe("epochs=2", *keys), run="rot", resume=True, tty=False)
+    assert any(torch.equal(s["weight"], head["weight"]) for s in loaded if "weight" in s)  # resumed, not redrawn
+    again = _checkpoint.load_checkpoint(folder / "last.pt")
+    assert again["epoch"] == 2 and not torch.equal(again["rotation_head"]["weight"], head["weight"])

@@ -172,7 +172,11 @@ def build_setup(project: Project, data: TrainData, recipe: Recipe, ctx: DistCont
                                       align=recipe.unlabeled_da, temperature=recipe.unlabeled_temperature,
                                       prior=prior, views=recipe.unlabeled_guess_views,
                                       rampup=recipe.unlabeled_rampup, mixup=recipe.unlabeled_mixup,
-                                      da_momentum=recipe.unlabeled_da_momentum, da_debias=recipe.unlabeled_da_debias)
+                                      da_momentum=recipe.unlabeled_da_momentum, da_debias=recipe.unlabeled_da_debias,
+                                      rotation=recipe.unlabeled_rotation,
+                                      rotation_images=recipe.unlabeled_rotation_images or per_rank)
+            if recipe.unlabeled_rotation > 0:
+                consistency.rotation_head = nn.Linear(raw.num_features, 4).to(ctx.device)
         else:
             ctx.print("note: unlabeled_weight > 0 but the training table has no undefined rows with weight > 0;"
                       " training on labeled rows only")
@@ -192,6 +196,10 @@ def build_setup(project: Project, data: TrainData, recipe: Recipe, ctx: DistCont
         bn_loader = in_order(data.train.subset(data.train.weights > 0), caches[0])
     optimizer = build_optimizer(raw, recipe.optimizer, lr=recipe.effective_lr, momentum=recipe.momentum,
                                 nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
+    if consistency is not None and consistency.rotation_head is not None:  # trained alongside, not in the model
+        head = consistency.rotation_head
+        optimizer.add_param_group({"params": [head.weight], "weight_decay": recipe.weight_decay})
+        optimizer.add_param_group({"params": [head.bias], "weight_decay": 0.0})
     schedule = Schedule(recipe.scheduler, optimizer, lr=recipe.effective_lr,
                         epochs=recipe.epochs - recipe.swa_epochs, steps_per_epoch=len(train_loader),
                         warmup_fraction=recipe.warmup_fraction, min_lr=recipe.min_lr,
@@ -339,6 +347,8 @@ def _train_claimed(project: Project, data: TrainData, recipe: Recipe, *, run: st
             s.ema.load_state_dict(last["ema"])
         if s.swa is not None and "swa" in last:
             s.swa.load_state_dict(last["swa"])
+        if s.consistency is not None and s.consistency.rotation_head is not None and "rotation_head" in last:
+            s.consistency.rotation_head.load_state_dict(last["rotation_head"])
         s.optimizer.load_state_dict(last["optimizer"])
         s.schedule.resume(last["scheduler"], int(last["epoch"]) * len(s.train_loader))
         start_epoch, best = int(last["epoch"]) + 1, float(last.get("best_val_top1", -1.0))
@@ -434,6 +444,8 @@ def _write_epoch(s, recipe, data, folder, epoch, record, best, improved, dyn, *,
         last["ema"] = s.ema.state_dict()
     if s.swa is not None:
         last["swa"] = s.swa.state_dict()
+    if s.consistency is not None and s.consistency.rotation_head is not None:
+        last["rotation_head"] = s.consistency.rotation_head.state_dict()  # resume only: collect and serve never read it
     atomic_save(last, folder / "checkpoints" / "last.pt")
     best_epoch = epoch if improved else runs.read_run_at(folder).get("best_epoch")
     runs.update_run(folder, epochs_done=epoch, best_val_top1=best, best_epoch=best_epoch)

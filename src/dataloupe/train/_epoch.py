@@ -148,6 +148,10 @@ class Consistency:
       strong views are mixed pairwise within the batch, ``lam x_i + (1 - lam) x_j`` with
       ``lam ~ Beta(mixup, mixup)`` folded to ``>= 0.5`` per image, and so are their targets
       and masks: the student must be linear between the pool's images, not only on them.
+    * ``rotation > 0``: a self-supervised task beside it (ReMixMatch's rotation loss, Berthelot
+      et al., 2020; S4L, Zhai et al., 2019): the first ``rotation_images`` strong views of each
+      step are turned by 0-3 quarter turns and ``rotation_head`` (a 4-way linear layer on the
+      embedding, outside the model) predicts the turn, with this loss weight.
 
     Written here rather than taken from a library: the step shares the engine's model,
     optimizer, autocast, on-device augmentation (``batch_augment``) and DDP wrapping, which
@@ -170,6 +174,9 @@ class Consistency:
     prior: torch.Tensor | None = None  # (K,) class prior for alignment (labeled rows); None: uniform
     da_momentum: float = 0.999  # the running mean of the guesses: m <- momentum m + (1 - momentum) batch mean
     da_debias: bool = False  # m starts at 0 and is divided by 1 - momentum^t; False: m starts at the first batch's mean
+    rotation: float = 0.0  # > 0: weight of the rotation-prediction loss on the pool (ReMixMatch / S4L)
+    rotation_images: int = 0  # pool images per step given that task
+    rotation_head: nn.Module | None = None  # Linear(embedding, 4), set by the engine when rotation > 0
     _da_steps: int = 0
     _guess_mean: torch.Tensor | None = None
     _decided: torch.Tensor | None = None  # (num_rows,) class each pool row was last confidently given, -1: none
@@ -243,6 +250,30 @@ class Consistency:
         mixed = li * images + (1.0 - li) * images[perm]
         lt = lam[:, None].to(targets.dtype)
         return mixed, lt * targets + (1.0 - lt) * targets[perm], lam * mask + (1.0 - lam) * mask[perm]
+
+    def sync_rotation_grads(self) -> None:
+        """Average the rotation head's gradients over the processes: the head sits outside the
+        DDP-wrapped model, so DDP does not do it (a no-op in one process)."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        world = torch.distributed.get_world_size()
+        for p in self.rotation_head.parameters():
+            if p.grad is not None:
+                torch.distributed.all_reduce(p.grad)
+                p.grad /= world
+
+    @torch.no_grad()
+    def rotated(self, strong: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``rotation_images`` strong views, each turned by a random number of quarter
+        turns: ``(images, turns)``; the rotation task's input and targets."""
+        views = strong[: self.rotation_images]
+        turns = torch.randint(0, 4, (len(views),), device=views.device)
+        out = views.clone()
+        for k in (1, 2, 3):
+            sel = turns == k
+            if sel.any():
+                out[sel] = torch.rot90(views[sel], k, dims=(-2, -1))
+        return out, turns
 
     @torch.no_grad()
     def _soft_weights(self, conf: torch.Tensor, k: int) -> torch.Tensor:
@@ -325,18 +356,31 @@ def train_one_epoch(model: nn.Module, loader, *, optimizer, schedule, opts: Step
             strong = batch_augment(u, consistency.strong)
             if consistency.mixup > 0:
                 strong, pseudo, mask = consistency.mix(strong, pseudo, mask)
+            parts = [x, strong]
+            if consistency.rotation > 0:
+                rotated, turns = consistency.rotated(strong)
+                parts.append(rotated)
+            inputs = torch.cat(parts)
             if opts.channels_last:
-                strong = strong.contiguous(memory_format=torch.channels_last)
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
             with opts.autocast():
-                both = model(torch.cat([x, strong]))
-                logits, u_logits = both[: len(x)], both[len(x):]
+                if consistency.rotation > 0:
+                    out, emb = model(inputs, return_embedding=True)
+                    r_logits = consistency.rotation_head(emb[len(x) + len(strong):])
+                else:
+                    out = model(inputs)
+                logits, u_logits = out[: len(x)], out[len(x): len(x) + len(strong)]
                 sup = F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
                 u_loss = (F.cross_entropy(u_logits.float(), pseudo, reduction="none") * mask).mean()  # soft or hard
                 loss = sup + consistency.weight_at(schedule.progress()) * u_loss
+                if consistency.rotation > 0:
+                    loss = loss + consistency.rotation * F.cross_entropy(r_logits.float(), turns)
             u_used += mask.sum().double()
             u_seen += len(u)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if consistency is not None and consistency.rotation_head is not None:
+            consistency.sync_rotation_grads()
         if grad_clip:
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()

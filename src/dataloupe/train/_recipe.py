@@ -107,6 +107,9 @@ class Recipe:
     unlabeled_rampup: float = 0.0  # share of training over which the consistency weight ramps up from 0
     unlabeled_mixup: float = 0.0  # > 0: ICT - strong views and their targets mixed, Beta(a, a); 0: off
     unlabeled_guess_views: int = 1  # weak views whose teacher guesses are averaged (MixMatch's K = 2)
+    unlabeled_rotation: float = 0.0  # > 0: weight of a self-supervised loss on the pool: predict by how many
+    #   quarter turns a strong view was rotated (ReMixMatch / S4L); 0: off
+    unlabeled_rotation_images: int = 0  # pool images per step given the rotation task; 0: as many as labeled ones
     unlabeled_strong_scale: Optional[list] = None  # crop area of the strong view; None: the recipe's rrc_scale (or [0.35, 1])
     unlabeled_weak_scale: Optional[list] = None  # crop area of the teacher's (weak) view; None: [0.7, 1]
     # --- weight averaging
@@ -294,6 +297,9 @@ def _check(r: Recipe) -> None:
         raise DataloupeError(f"recipe key 'unlabeled_rampup' must be in [0, 1], got {r.unlabeled_rampup}")
     if r.unlabeled_mixup < 0:
         raise DataloupeError(f"recipe key 'unlabeled_mixup' must be >= 0 (0: off), got {r.unlabeled_mixup}")
+    if r.unlabeled_rotation < 0 or r.unlabeled_rotation_images < 0:
+        raise DataloupeError("recipe keys 'unlabeled_rotation' and 'unlabeled_rotation_images' must be >= 0 (0: off"
+                             f" / as many as the labeled batch), got {r.unlabeled_rotation}, {r.unlabeled_rotation_images}")
     if r.unlabeled_guess_views < 1:
         raise DataloupeError(f"recipe key 'unlabeled_guess_views' must be >= 1, got {r.unlabeled_guess_views}")
     if r.unlabeled_weight < 0 or r.unlabeled_ratio < 1 or not 0.0 <= r.unlabeled_threshold <= 1.0:
