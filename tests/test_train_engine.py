@@ -606,7 +606,7 @@ def test_rotation_task_turns_the_first_strong_views_by_their_targets():
         _recipe("unlabeled_rotation=-0.5")
 
 
-def test_rotation_task_trains_a_head_that_is_resumed_but_never_part_of_the_model(project, monkeypatch):
+def test_rotation_task_trains_a_head_that_is_resumed_but_never_part_of_the_model(project, monkeypatch, capsys):
     """ReMixMatch's / S4L's self-supervised task on the pool: a 4-way head on the embedding
     learns how far each strong view was turned. It is trained alongside, resumed with the run,
     and left out of the model that collect and serve load."""
@@ -637,3 +637,7 @@ def test_rotation_task_trains_a_head_that_is_resumed_but_never_part_of_the_model
     assert any(torch.equal(s["weight"], head["weight"]) for s in loaded if "weight" in s)  # resumed, not redrawn
     again = _checkpoint.load_checkpoint(folder / "last.pt")
     assert again["epoch"] == 2 and not torch.equal(again["rotation_head"]["weight"], head["weight"])
+    # without consistency training there is no pool batch to turn: said, and nothing extra is trained
+    train(project, "dig-train", "dig-val", _recipe("epochs=1", "unlabeled_rotation=0.5"), run="rot0", tty=False)
+    assert "no rotation task" in capsys.readouterr().out
+    assert "rotation_head" not in _checkpoint.load_checkpoint(project.runs_dir / "rot0" / "checkpoints" / "last.pt")

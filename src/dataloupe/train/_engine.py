@@ -180,6 +180,9 @@ def build_setup(project: Project, data: TrainData, recipe: Recipe, ctx: DistCont
         else:
             ctx.print("note: unlabeled_weight > 0 but the training table has no undefined rows with weight > 0;"
                       " training on labeled rows only")
+    if recipe.unlabeled_rotation > 0 and consistency is None:
+        ctx.print("note: unlabeled_rotation rides on consistency training (unlabeled_weight > 0 and undefined rows"
+                  " with weight > 0); no rotation task in this run")
     pool_loader = pool_prior = None
     if recipe.unlabeled_prior_match != "none":
         if len(pool):
