@@ -637,6 +637,12 @@ def test_rotation_task_trains_a_head_that_is_resumed_but_never_part_of_the_model
     assert any(torch.equal(s["weight"], head["weight"]) for s in loaded if "weight" in s)  # resumed, not redrawn
     again = _checkpoint.load_checkpoint(folder / "last.pt")
     assert again["epoch"] == 2 and not torch.equal(again["rotation_head"]["weight"], head["weight"])
+    # switching the task on or off on resume is refused by name (the optimizer's groups differ), nothing lost
+    with pytest.raises(DataloupeError, match="rotation task"):
+        train(project, "dig-train", "dig-val", _recipe("epochs=3", *keys[:-1]), run="rot", resume=True, tty=False)
+    with pytest.raises(DataloupeError, match="without the rotation task"):
+        train(project, "dig-train", "dig-val", _recipe("epochs=2", *keys), run="norot", resume=True, tty=False)
+    assert _checkpoint.load_checkpoint(folder / "last.pt")["epoch"] == 2
     # without consistency training there is no pool batch to turn: said, and nothing extra is trained
     train(project, "dig-train", "dig-val", _recipe("epochs=1", "unlabeled_rotation=0.5"), run="rot0", tty=False)
     assert "no rotation task" in capsys.readouterr().out

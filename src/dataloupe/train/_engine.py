@@ -345,12 +345,17 @@ def _train_claimed(project: Project, data: TrainData, recipe: Recipe, *, run: st
     dyn = Dynamics(train_set.ids, recipe.epochs)
     if resume and (folder / "checkpoints" / "last.pt").is_file():
         last = load_checkpoint(folder / "checkpoints" / "last.pt")
+        rotating = s.consistency is not None and s.consistency.rotation_head is not None
+        if rotating != ("rotation_head" in last):  # the optimizer's parameter groups would not match
+            raise DataloupeError(f"run {folder.name!r} was trained {'without' if rotating else 'with'} the rotation task"
+                                 f" (unlabeled_rotation); resume it with the setting it started with, or start a new"
+                                 f" run (--run NAME)")
         s.raw.load_state_dict(last.get("trained_model", last["model"]))
         if s.ema is not None and "ema" in last:
             s.ema.load_state_dict(last["ema"])
         if s.swa is not None and "swa" in last:
             s.swa.load_state_dict(last["swa"])
-        if s.consistency is not None and s.consistency.rotation_head is not None and "rotation_head" in last:
+        if rotating:
             s.consistency.rotation_head.load_state_dict(last["rotation_head"])
         s.optimizer.load_state_dict(last["optimizer"])
         s.schedule.resume(last["scheduler"], int(last["epoch"]) * len(s.train_loader))
