@@ -67,6 +67,12 @@ class Setup:
     normalisation: str = "recipe"  # where opts.mean/std come from: "recipe" or a key of weights
 
     @property
+    def rotation_head(self) -> nn.Module | None:
+        """The rotation task's head (``unlabeled_rotation``): trained and resumed with the run,
+        never part of the saved model."""
+        return self.consistency.rotation_head if self.consistency is not None else None
+
+    @property
     def eval_model(self) -> nn.Module:
         """What is evaluated and saved: the weight average when the recipe keeps one."""
         if self.swa_final:
@@ -199,8 +205,8 @@ def build_setup(project: Project, data: TrainData, recipe: Recipe, ctx: DistCont
         bn_loader = in_order(data.train.subset(data.train.weights > 0), caches[0])
     optimizer = build_optimizer(raw, recipe.optimizer, lr=recipe.effective_lr, momentum=recipe.momentum,
                                 nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
-    if consistency is not None and consistency.rotation_head is not None:  # trained alongside, not in the model
-        head = consistency.rotation_head
+    head = consistency.rotation_head if consistency is not None else None
+    if head is not None:  # trained alongside, not in the model
         optimizer.add_param_group({"params": [head.weight], "weight_decay": recipe.weight_decay})
         optimizer.add_param_group({"params": [head.bias], "weight_decay": 0.0})
     schedule = Schedule(recipe.scheduler, optimizer, lr=recipe.effective_lr,
@@ -345,18 +351,18 @@ def _train_claimed(project: Project, data: TrainData, recipe: Recipe, *, run: st
     dyn = Dynamics(train_set.ids, recipe.epochs)
     if resume and (folder / "checkpoints" / "last.pt").is_file():
         last = load_checkpoint(folder / "checkpoints" / "last.pt")
-        rotating = s.consistency is not None and s.consistency.rotation_head is not None
+        rotating = s.rotation_head is not None
         if rotating != ("rotation_head" in last):  # the optimizer's parameter groups would not match
-            raise DataloupeError(f"run {folder.name!r} was trained {'without' if rotating else 'with'} the rotation task"
-                                 f" (unlabeled_rotation); resume it with the setting it started with, or start a new"
-                                 f" run (--run NAME)")
+            was = "without" if rotating else "with"
+            raise DataloupeError(f"run {folder.name!r} was trained {was} the rotation task (unlabeled_rotation);"
+                                 " resume it with the setting it started with, or start a new run (--run NAME)")
         s.raw.load_state_dict(last.get("trained_model", last["model"]))
         if s.ema is not None and "ema" in last:
             s.ema.load_state_dict(last["ema"])
         if s.swa is not None and "swa" in last:
             s.swa.load_state_dict(last["swa"])
         if rotating:
-            s.consistency.rotation_head.load_state_dict(last["rotation_head"])
+            s.rotation_head.load_state_dict(last["rotation_head"])
         s.optimizer.load_state_dict(last["optimizer"])
         s.schedule.resume(last["scheduler"], int(last["epoch"]) * len(s.train_loader))
         start_epoch, best = int(last["epoch"]) + 1, float(last.get("best_val_top1", -1.0))
@@ -452,8 +458,8 @@ def _write_epoch(s, recipe, data, folder, epoch, record, best, improved, dyn, *,
         last["ema"] = s.ema.state_dict()
     if s.swa is not None:
         last["swa"] = s.swa.state_dict()
-    if s.consistency is not None and s.consistency.rotation_head is not None:
-        last["rotation_head"] = s.consistency.rotation_head.state_dict()  # resume only: collect and serve never read it
+    if s.rotation_head is not None:
+        last["rotation_head"] = s.rotation_head.state_dict()  # resume only: collect and serve never read it
     atomic_save(last, folder / "checkpoints" / "last.pt")
     best_epoch = epoch if improved else runs.read_run_at(folder).get("best_epoch")
     runs.update_run(folder, epochs_done=epoch, best_val_top1=best, best_epoch=best_epoch)

@@ -298,8 +298,9 @@ def _check(r: Recipe) -> None:
     if r.unlabeled_mixup < 0:
         raise DataloupeError(f"recipe key 'unlabeled_mixup' must be >= 0 (0: off), got {r.unlabeled_mixup}")
     if r.unlabeled_rotation < 0 or r.unlabeled_rotation_images < 0:
-        raise DataloupeError("recipe keys 'unlabeled_rotation' and 'unlabeled_rotation_images' must be >= 0 (0: off"
-                             f" / as many as the labeled batch), got {r.unlabeled_rotation}, {r.unlabeled_rotation_images}")
+        raise DataloupeError("recipe keys 'unlabeled_rotation' and 'unlabeled_rotation_images' must be >= 0"
+                             " (0: off / as many as the labeled batch), got"
+                             f" {r.unlabeled_rotation}, {r.unlabeled_rotation_images}")
     if r.unlabeled_guess_views < 1:
         raise DataloupeError(f"recipe key 'unlabeled_guess_views' must be >= 1, got {r.unlabeled_guess_views}")
     if r.unlabeled_weight < 0 or r.unlabeled_ratio < 1 or not 0.0 <= r.unlabeled_threshold <= 1.0:
