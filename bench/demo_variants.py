@@ -51,18 +51,21 @@ def train_once(args, recipe: str, keys: list[str], run: str) -> dict:
     return {"val_top1": info["best_val_top1"], "seconds": time.perf_counter() - t0}
 
 
-def earlier_run(args, run: str) -> dict:
-    """A finished run's val top-1 and wall seconds (from its run.json)."""
+def earlier_run(args, run: str, seed: int) -> dict:
+    """A finished run's val top-1 and wall seconds (from its run.json); it must have trained
+    ``args.train`` with training seed ``seed``."""
     from datetime import datetime
 
     path = args.project / "runs" / run / "run.json"
     if not path.is_file():
-        sys.exit(f"--shipped-from: no run {run} in {args.project}")
+        sys.exit(f"--shipped-from/--shipped-run: no run {run} in {args.project}")
     info = json.loads(path.read_text())
     trained_on = f"{info.get('train_table')}@{info.get('train_revision')}"
     wanted = trained_on if "@" in args.train else info.get("train_table")  # "TABLE" names any revision
     if wanted != args.train:
-        sys.exit(f"--shipped-from: {run} trained on {trained_on}, not {args.train}")
+        sys.exit(f"--shipped-from/--shipped-run: {run} trained on {trained_on}, not {args.train}")
+    if info.get("seed") != seed:
+        sys.exit(f"--shipped-from/--shipped-run: {run} trained with seed {info.get('seed')}, not {seed}")
     seconds = (datetime.fromisoformat(info["finished"]) - datetime.fromisoformat(info["created"])).total_seconds()
     return {"val_top1": info["best_val_top1"], "seconds": seconds}
 
@@ -80,9 +83,13 @@ def main() -> None:
     ap.add_argument("--shipped-from", metavar="PREFIX", help="reuse the shipped runs PREFIX0-s<seed> of an earlier "
                     "run of this script on the same revision (training is deterministic for a revision, code and "
                     "seed) instead of training them again")
+    ap.add_argument("--shipped-run", metavar="RUN", help="with one training seed: the shipped row is the finished "
+                    "run RUN, e.g. the loop's own iteration (demo-s1-it2 trains the policy's keys with seed 0)")
     ap.add_argument("--prefix", default="variant", help="runs are named PREFIX<i>-s<seed>; use a new one to keep "
                     "earlier runs of the project")
     args = ap.parse_args()
+    if args.shipped_run and (args.shipped_from or len(args.seeds) != 1):
+        ap.error("--shipped-run names one run: use it with one --seeds value and without --shipped-from")
     recipe, shipped = iteration_keys(args.policy, args.iteration)
     taken = [f"{args.prefix}{i}-s{s}" for i in range(len(args.variant) + 1) for s in args.seeds
              if (args.project / "runs" / f"{args.prefix}{i}-s{s}" / "run.json").is_file()]
@@ -92,8 +99,8 @@ def main() -> None:
     rows = {name: [] for name, _ in variants}
     for seed in args.seeds:
         for i, (name, extra) in enumerate(variants):
-            if i == 0 and args.shipped_from:
-                r = earlier_run(args, f"{args.shipped_from}0-s{seed}")
+            if i == 0 and (args.shipped_from or args.shipped_run):
+                r = earlier_run(args, args.shipped_run or f"{args.shipped_from}0-s{seed}", seed)
                 rows[name].append(r)
                 continue
             r = train_once(args, recipe, shipped + extra + [f"seed={seed}"], f"{args.prefix}{i}-s{seed}")
