@@ -606,7 +606,7 @@ def test_rotation_task_turns_the_first_strong_views_by_their_targets():
         _recipe("unlabeled_rotation=-0.5")
 
 
-def test_rotation_task_trains_a_head_that_is_resumed_but_never_part_of_the_model(project, monkeypatch, capsys):
+def test_rotation_task_trains_a_head_that_is_resumed_but_never_part_of_the_model(project, monkeypatch):
     """ReMixMatch's / S4L's self-supervised task on the pool: a 4-way head on the embedding
     learns how far each strong view was turned. It is trained alongside, resumed with the run,
     and left out of the model that collect and serve load."""
@@ -643,7 +643,24 @@ def test_rotation_task_trains_a_head_that_is_resumed_but_never_part_of_the_model
     with pytest.raises(DataloupeError, match="without the rotation task"):
         train(project, "dig-train", "dig-val", _recipe("epochs=2", *keys), run="norot", resume=True, tty=False)
     assert _checkpoint.load_checkpoint(folder / "last.pt")["epoch"] == 2
-    # without consistency training there is no pool batch to turn: said, and nothing extra is trained
-    train(project, "dig-train", "dig-val", _recipe("epochs=1", "unlabeled_rotation=0.5"), run="rot0", tty=False)
-    assert "no rotation task" in capsys.readouterr().out
-    assert "rotation_head" not in _checkpoint.load_checkpoint(project.runs_dir / "rot0" / "checkpoints" / "last.pt")
+
+
+def test_rotation_task_alone_learns_from_the_pool_without_a_teacher(project, monkeypatch):
+    """S4L-Rotation: with ``unlabeled_weight`` 0 the pool's turned strong views are its only use;
+    no teacher is asked for guesses, and the supervised loss is the same cross-entropy as without."""
+    from dataloupe.train import _epoch
+
+    plain = train(project, "dig-train", "dig-val", _recipe("epochs=1", "ema_decay=0.99"), run="sup", tty=False)
+    guesses = []
+    real_targets = _epoch.Consistency.targets
+    monkeypatch.setattr(_epoch.Consistency, "targets", lambda self, *a: guesses.append(1) or real_targets(self, *a))
+    info = train(project, "dig-train", "dig-val",
+                 _recipe("epochs=1", "ema_decay=0.99", "unlabeled_rotation=0.5", "unlabeled_rotation_images=24"),
+                 run="rot0", tty=False)
+    assert plain["status"] == info["status"] == "completed" and guesses == []  # no guess, no teacher forward
+    last = _checkpoint.load_checkpoint(project.runs_dir / "rot0" / "checkpoints" / "last.pt")
+    ref = _checkpoint.load_checkpoint(project.runs_dir / "sup" / "checkpoints" / "last.pt")
+    assert set(last["model"]) == set(ref["model"]) and last["rotation_head"]["weight"].shape[0] == 4
+    assert any(not torch.equal(last["model"][k], ref["model"][k]) for k in ref["model"]
+               if ref["model"][k].is_floating_point())  # the pool moved the shared weights
+    assert "unlabeled_used" not in show_run(project, "rot0")["history"][-1]  # nothing was guessed

@@ -162,13 +162,17 @@ def build_setup(project: Project, data: TrainData, recipe: Recipe, ctx: DistCont
     val_loader = in_order(val_set, caches[1])
     consistency = None
     pool = data.train.subset((data.train.labels < 0) & (data.train.weights > 0))  # the undefined rows
-    if recipe.unlabeled_weight > 0:
+    # The pool is drawn for consistency training, or for the rotation task alone (S4L-Rotation:
+    # a self-supervised loss on the pool that needs no guesses, so no teacher can lock in its mistakes).
+    if recipe.unlabeled_weight > 0 or recipe.unlabeled_rotation > 0:
         if len(pool):
             draw = torch.utils.data.RandomSampler(range(len(pool)), replacement=True, num_samples=len(pool),
                                                   generator=torch.Generator().manual_seed(recipe.seed + 7 + ctx.rank))
+            u_batch = (per_rank * recipe.unlabeled_ratio if recipe.unlabeled_weight > 0
+                       else recipe.unlabeled_rotation_images or per_rank)  # rotation alone: only the turned images
             u_loader = make_loader(pool, plan, image_size=recipe.image_size,
-                                   batch_size=per_rank * recipe.unlabeled_ratio, cache=caches[0], sampler=draw,
-                                   drop_last=len(pool) >= per_rank * recipe.unlabeled_ratio, pin_memory=cuda)
+                                   batch_size=u_batch, cache=caches[0], sampler=draw,
+                                   drop_last=len(pool) >= u_batch, pin_memory=cuda)
             weak, strong = consistency_configs(aug, recipe.unlabeled_strong_scale,
                                                recipe.unlabeled_weak_scale)
             k = len(data.classes)
@@ -184,11 +188,8 @@ def build_setup(project: Project, data: TrainData, recipe: Recipe, ctx: DistCont
             if recipe.unlabeled_rotation > 0:
                 consistency.rotation_head = nn.Linear(raw.num_features, 4).to(ctx.device)
         else:
-            ctx.print("note: unlabeled_weight > 0 but the training table has no undefined rows with weight > 0;"
-                      " training on labeled rows only")
-    if recipe.unlabeled_rotation > 0 and consistency is None:
-        ctx.print("note: unlabeled_rotation rides on consistency training (unlabeled_weight > 0 and undefined rows"
-                  " with weight > 0); no rotation task in this run")
+            ctx.print("note: unlabeled_weight or unlabeled_rotation > 0 but the training table has no undefined rows"
+                      " with weight > 0; training on labeled rows only")
     pool_loader = pool_prior = None
     if recipe.unlabeled_prior_match != "none":
         if len(pool):
@@ -416,7 +417,7 @@ def _one_epoch(s: Setup, ctx: DistContext, recipe: Recipe, data: TrainData, writ
     if evaluated:
         s.schedule.epoch_end(stats.val_loss)
     unlabeled_used = None
-    if s.consistency is not None:
+    if s.consistency is not None and s.consistency.weight > 0:  # (the rotation task alone guesses nothing)
         used = ctx.all_reduce_sum(torch.tensor([tr["unlabeled_used"], tr["unlabeled_seen"]], dtype=torch.float64))
         unlabeled_used = float(used[0] / max(1.0, float(used[1])))
     record = stats.record(epoch, num_classes=k, lr=current_lr(s.optimizer), unlabeled_used=unlabeled_used)

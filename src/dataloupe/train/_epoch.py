@@ -151,7 +151,9 @@ class Consistency:
     * ``rotation > 0``: a self-supervised task beside it (ReMixMatch's rotation loss, Berthelot
       et al., 2020; S4L, Zhai et al., 2019): the first ``rotation_images`` strong views of each
       step are turned by 0-3 quarter turns and ``rotation_head`` (a 4-way linear layer on the
-      embedding, outside the model) predicts the turn, with this loss weight.
+      embedding, outside the model) predicts the turn, with this loss weight. With ``weight``
+      0 the rotation task runs alone (S4L-Rotation): no teacher forward, no guesses, the pool's
+      turned strong views are its only use of the undefined rows.
 
     Written here rather than taken from a library: the step shares the engine's model,
     optimizer, autocast, on-device augmentation (``batch_augment``) and DDP wrapping, which
@@ -347,16 +349,19 @@ def train_one_epoch(model: nn.Module, loader, *, optimizer, schedule, opts: Step
         else:
             u_images, _, u_pos = next(unlabeled)
             u = opts.pixels(u_images)
-            teacher = ema.module if ema is not None else model
-            with torch.no_grad(), opts.autocast():
-                # MixMatch's guess: the mean over ``views`` weak draws (a flip and a crop apart).
-                guess = sum(torch.softmax(teacher(batch_augment(u, consistency.weak)).float(), 1)
-                            for _ in range(consistency.views)) / consistency.views
-            pseudo, mask = consistency.targets(guess, u_pos)
+            # weight 0: the rotation task alone (S4L-Rotation), no teacher and no guesses
+            guessing = consistency.weight > 0
+            if guessing:
+                teacher = ema.module if ema is not None else model
+                with torch.no_grad(), opts.autocast():
+                    # MixMatch's guess: the mean over ``views`` weak draws (a flip and a crop apart).
+                    guess = sum(torch.softmax(teacher(batch_augment(u, consistency.weak)).float(), 1)
+                                for _ in range(consistency.views)) / consistency.views
+                pseudo, mask = consistency.targets(guess, u_pos)
             strong = batch_augment(u, consistency.strong)
-            if consistency.mixup > 0:
+            if guessing and consistency.mixup > 0:
                 strong, pseudo, mask = consistency.mix(strong, pseudo, mask)
-            parts = [x, strong]
+            parts = [x, strong] if guessing else [x]
             if consistency.rotation > 0:
                 rotated, turns = consistency.rotated(strong)
                 parts.append(rotated)
@@ -366,16 +371,18 @@ def train_one_epoch(model: nn.Module, loader, *, optimizer, schedule, opts: Step
             with opts.autocast():
                 if consistency.rotation > 0:
                     out, emb = model(inputs, return_embedding=True)
-                    r_logits = consistency.rotation_head(emb[len(x) + len(strong):])
+                    r_logits = consistency.rotation_head(emb[len(inputs) - len(rotated):])
                 else:
                     out = model(inputs)
-                logits, u_logits = out[: len(x)], out[len(x): len(x) + len(strong)]
-                sup = F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
-                u_loss = (F.cross_entropy(u_logits.float(), pseudo, reduction="none") * mask).mean()  # soft or hard
-                loss = sup + consistency.weight_at(schedule.progress()) * u_loss
+                logits = out[: len(x)]
+                loss = sup = F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
+                if guessing:
+                    u_logits = out[len(x): len(x) + len(strong)]
+                    u_loss = (F.cross_entropy(u_logits.float(), pseudo, reduction="none") * mask).mean()  # soft or hard
+                    loss = loss + consistency.weight_at(schedule.progress()) * u_loss
+                    u_used += mask.sum().double()
                 if consistency.rotation > 0:
                     loss = loss + consistency.rotation * F.cross_entropy(r_logits.float(), turns)
-            u_used += mask.sum().double()
             u_seen += len(u)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -108,7 +108,8 @@ class Recipe:
     unlabeled_mixup: float = 0.0  # > 0: ICT - strong views and their targets mixed, Beta(a, a); 0: off
     unlabeled_guess_views: int = 1  # weak views whose teacher guesses are averaged (MixMatch's K = 2)
     unlabeled_rotation: float = 0.0  # > 0: weight of a self-supervised loss on the pool: predict by how many
-    #   quarter turns a strong view was rotated (ReMixMatch / S4L); 0: off
+    #   quarter turns a strong view was rotated (ReMixMatch / S4L); 0: off. With unlabeled_weight 0 it runs
+    #   alone (S4L-Rotation: the pool teaches through the rotation task only, no guesses)
     unlabeled_rotation_images: int = 0  # pool images per step given the rotation task; 0: as many as labeled ones
     unlabeled_strong_scale: Optional[list] = None  # crop area of the strong view; None: the recipe's rrc_scale (or [0.35, 1])
     unlabeled_weak_scale: Optional[list] = None  # crop area of the teacher's (weak) view; None: [0.7, 1]
