@@ -647,7 +647,7 @@ def test_rotation_task_trains_a_head_that_is_resumed_but_never_part_of_the_model
 
 def test_rotation_task_alone_learns_from_the_pool_without_a_teacher(project, monkeypatch):
     """S4L-Rotation: with ``unlabeled_weight`` 0 the pool's turned strong views are its only use;
-    no teacher is asked for guesses, and the supervised loss is the same cross-entropy as without."""
+    no teacher is asked for guesses."""
     from dataloupe.train import _epoch
 
     plain = train(project, "dig-train", "dig-val", _recipe("epochs=1", "ema_decay=0.99"), run="sup", tty=False)
@@ -664,3 +664,14 @@ def test_rotation_task_alone_learns_from_the_pool_without_a_teacher(project, mon
     assert any(not torch.equal(last["model"][k], ref["model"][k]) for k in ref["model"]
                if ref["model"][k].is_floating_point())  # the pool moved the shared weights
     assert "unlabeled_used" not in show_run(project, "rot0")["history"][-1]  # nothing was guessed
+
+
+def test_the_demos_labeled_only_overrides_switch_off_every_use_of_the_pool(project):
+    """The demo's baseline and oracle keep to the labeled rows even when the policy's recipe
+    trains on the pool (consistency and the rotation task)."""
+    from dataloupe.loop._demo import LABELED_ONLY
+
+    r = _recipe("epochs=1", "unlabeled_weight=1.0", "unlabeled_threshold=0.0", "unlabeled_rotation=0.5")
+    train(project, "dig-train", "dig-val", r, overrides=LABELED_ONLY, run="labeled", tty=False)
+    last = _checkpoint.load_checkpoint(project.runs_dir / "labeled" / "checkpoints" / "last.pt")
+    assert "rotation_head" not in last and "unlabeled_used" not in show_run(project, "labeled")["history"][-1]

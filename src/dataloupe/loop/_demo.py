@@ -119,6 +119,11 @@ def oracle_table(project: Project, train: str, source: str, *, revision: int, na
     return name
 
 
+# The baseline and the oracle learn from labeled rows only, whatever the policy's recipe sets:
+# no consistency loss, no rotation task on the pool, no pretrained start.
+LABELED_ONLY = {"unlabeled_weight": 0.0, "unlabeled_rotation": 0.0, "pretrained": None}
+
+
 def _measure(project: Project, run: str, train: str, val: str, policy: Policy, overrides: dict,
              log: Callable[[str], None]) -> float:
     """Train ``run`` (or reuse it when finished) and return its best val top-1."""
@@ -189,12 +194,11 @@ def fashion_mnist_demo(project: Project, *, fashion_dir: Path | None = None, per
         flipped = round(flip * per_class * len(FASHION_CLASSES))
         log(f"scenario tables {train}, {val} exist: reusing them")
     baseline = oracle = None
-    base_over = {**pol.overrides_for(0), "unlabeled_weight": 0.0, "unlabeled_rotation": 0.0, "pretrained": None}
+    base_over = {**pol.overrides_for(0), **LABELED_ONLY}
     if measure:
         # Measured on the scenario's first revision, so the loop's edits never reach them.
         orc = oracle_table(project, train, "fmnist-train", revision=1, name=f"{name}-oracle")
-        orc_over = {**pol.overrides, "unlabeled_weight": 0.0, "unlabeled_rotation": 0.0, "pretrained": None,
-                    "epochs": oracle_epochs}
+        orc_over = {**pol.overrides, **LABELED_ONLY, "epochs": oracle_epochs}
         oracle = _measure(project, f"{name}-oracle", orc, val, pol, orc_over, log)
     resume = (loops_dir(project) / name / "state.json").exists()
     res = run_loop(project, train=train, val=val, policy=pol, iterations=iterations, name=name,
