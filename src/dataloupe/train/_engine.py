@@ -129,7 +129,7 @@ def build_setup(project: Project, data: TrainData, recipe: Recipe, ctx: DistCont
     mean, std, norm_source = choose_normalisation(recipe, weights)
     recipe = dataclasses.replace(recipe, mean=mean, std=std)  # everything below normalises with these
     raw.to(ctx.device)
-    channels_last = recipe.channels_last and cuda
+    channels_last = recipe.channels_last
     if channels_last:
         raw = raw.to(memory_format=torch.channels_last)
     model: nn.Module = raw

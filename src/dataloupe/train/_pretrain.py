@@ -122,7 +122,7 @@ def build_pretrain_setup(project: Project, data: PretrainData, config: PretrainC
     clf = create_model(config.model, 1, small_input=small)  # the head is dropped: only .backbone is trained
     raw = build_method(config.method, clf.backbone, clf.num_features, distributed=ctx.distributed,
                        **config.method_keys()).to(ctx.device)
-    channels_last = config.channels_last and cuda
+    channels_last = config.channels_last
     if channels_last:
         raw = raw.to(memory_format=torch.channels_last)
     model: nn.Module = raw

@@ -81,7 +81,7 @@ class PretrainConfig:
     # --- hardware
     device: str = "auto"  # auto | cpu | cuda
     amp: str = "auto"  # bf16 autocast on CUDA when auto
-    channels_last: bool = True  # memory format on CUDA
+    channels_last: bool = True  # NHWC memory format, CPU and CUDA
     # --- run
     seed: int = 0  # seeds model init, sampling and augmentation
     collect: bool = True  # write the tables' embeddings at the end (runs/<run>/metrics, for maps)

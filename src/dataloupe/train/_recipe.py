@@ -129,7 +129,7 @@ class Recipe:
     # --- hardware
     device: str = "auto"  # auto | cpu | cuda
     amp: str = "auto"  # bf16 autocast on CUDA when auto
-    channels_last: bool = True  # memory format on CUDA
+    channels_last: bool = True  # NHWC memory format, CPU and CUDA (faster convs and pooling on both; bench/RESULTS.md)
     compile: bool = False  # torch.compile the model (CUDA)
     # --- run
     seed: int = 0  # seeds model init, sampling and augmentation
