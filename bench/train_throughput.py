@@ -13,6 +13,9 @@ All three in one run, same model (ResNet-18 by default), batch, optimizer and th
 
 CPU (the issue's table):
     PYTHONPATH=src python bench/train_throughput.py --sizes 64 128
+NHWC against NCHW, model-only, in the same run (the demo's ConvNet at 28 px):
+    PYTHONPATH=src python bench/train_throughput.py --model convnet-xs --sizes 28 --batch 320 --skip-seed \
+        --nchw --folder ../shared/datasets/chihuahua-muffin/train128 --epochs 1
 GPU (ResNet-50 224 px bf16 + channels_last; synthetic and cached-decoded path):
     PYTHONPATH=src python bench/train_throughput.py --device cuda --model resnet50 --sizes 224 \
         --batch 256 --all-rows --skip-seed --steps 50 --epochs 3 [--compile]
@@ -63,16 +66,17 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def model_only(model_name, size, batch, device, steps, small_input, compile_=False):
+def model_only(model_name, size, batch, device, steps, small_input, compile_=False, channels_last=True):
+    # NHWC on every device, as the engine does (recipe key ``channels_last``, default true)
     torch.manual_seed(0)
     m = create_model(model_name, 2, small_input=small_input).to(device)
-    if device.type == "cuda":
+    if channels_last:
         m = m.to(memory_format=torch.channels_last)
     if compile_:
         m = torch.compile(m)
     opt = torch.optim.Adam(m.parameters(), lr=1e-3)
     x = torch.randn(batch, 3, size, size, device=device)
-    if device.type == "cuda":
+    if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 2, (batch,), device=device)
     m.train()
@@ -172,6 +176,8 @@ def main():
     ap.add_argument("--all-rows", action="store_true",
                     help="train on all 4,733 rows with labels id %% 2 (throughput only; GPU needs more than 200)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (a) and (b)")
+    ap.add_argument("--nchw", action="store_true",
+                    help="also time (a) in the NCHW memory format (channels_last off), the ratio in the same run")
     ap.add_argument("--rounds", type=int, default=2, help="alternating repeats; the best of each is reported")
     ap.add_argument("--project", default=None, help="project folder (default: a temporary one)")
     ap.add_argument("--folder", default=None,
@@ -200,10 +206,13 @@ def main():
     rows = []
     for size in args.sizes:
         small = size <= 32
-        best = {k: (0.0, 0.0) for k in ("a", "v2", "batched", "c")}
+        best = {k: (0.0, 0.0) for k in ("a", "v2", "batched", "c", "nchw")}
         for _ in range(args.rounds):  # alternate, keep the best: a shared machine's noise only slows things
             best["a"] = max(best["a"], model_only(args.model, size, args.batch, device, args.steps, small,
                                                   args.compile))
+            if args.nchw:
+                best["nchw"] = max(best["nchw"], model_only(args.model, size, args.batch, device, args.steps, small,
+                                                            args.compile, channels_last=False))
             for aug in ("v2", "batched"):
                 best[aug] = max(best[aug], engine(project, data, args.model, size, args.batch, device, args.epochs,
                                                   small, aug, args.compile))
@@ -220,6 +229,10 @@ def main():
             c = r["c"][j] or float("nan")
             print(f"{size:>4} {a:10.1f} {v2:14.1f} {bt:12.1f} {c:9.1f} {v2 / a:7.2f} {bt / a:8.2f} {v2 / c:7.2f}"
                   f" {bt / c:8.2f}")
+        if args.nchw:
+            print(f"{'px':>4} {'(a) NHWC':>10} {'(a) NCHW':>10} {'NHWC/NCHW':>10}")
+            for size, r in rows:
+                print(f"{size:>4} {r['a'][j]:10.1f} {r['nchw'][j]:10.1f} {r['a'][j] / r['nchw'][j]:10.2f}")
 
 if __name__ == "__main__":
     main()
