@@ -143,6 +143,33 @@ def test_continue_from_previous_starts_an_iteration_from_the_last_model(project,
     assert not (project.runs_dir / "cp0-it1").exists()
 
 
+def test_continue_from_judge_starts_an_iteration_from_the_previous_judges_fold_model(project, tmp_path):
+    make_digit_tables(project, tmp_path, n_train=60, n_val=30, undefined=10)
+    judges = ({"folds": 2, "iterations": [1], "overrides": {}}, {"folds": 2, "iterations": [1], "overrides": {"epochs": 1}})
+    pol = _policy(tmp_path)
+    pol = replace(pol, schedule=(pol.schedule[0], {**pol.schedule[1], "continue_from": "judge"}), crossfit=judges)
+    run_loop(project, train="dig-train", val="dig-val", policy=pol, name="cj")
+    it2 = json.loads((project.runs_dir / "cj-it2" / "run.json").read_text())
+    report = it2["continue_from"]
+    assert "cj-it1-j2-cf1" in report["source"]  # the last judge's first fold model
+    assert report["loaded"] == report["total"] and not report["missing"] and report["head"] == "loaded"
+    one = replace(pol, schedule=(pol.schedule[0], {**pol.schedule[1], "continue_from": "judge:1"}))
+    run_loop(project, train="dig-train", val="dig-val", policy=one, name="cj1")
+    assert "cj1-it1-cf1" in json.loads((project.runs_dir / "cj1-it2" / "run.json").read_text())["continue_from"]["source"]
+    # refused before anything trains: no judge in the iteration before, an unknown judge, a judge told to
+    # continue from a judge, and an iteration past the schedule whose previous iteration has no judge
+    bad = {"first": (replace(pol, schedule=({**pol.schedule[0], "continue_from": "judge"},)), 1, "cross-fits no judge"),
+           "j3": (replace(pol, schedule=(pol.schedule[0], {**pol.schedule[1], "continue_from": "judge:3"})), 2,
+                  "judges are 1, 2"),
+           "inside": (replace(pol, crossfit=(judges[0], {**judges[1], "overrides": {"continue_from": "judge"}})), 2,
+                      "continue_from: null"),
+           "third": (pol, 3, "iteration 2 cross-fits no judge")}
+    for name, (p, n, message) in bad.items():
+        with pytest.raises(DataloupeError, match=message):
+            run_loop(project, train="dig-train", val="dig-val", policy=p, name=f"bad-{name}", iterations=n)
+        assert not (project.runs_dir / f"bad-{name}-it1").exists()
+
+
 def test_policy_pretrain_keys_are_checked_before_anything_runs(tmp_path):
     f = tmp_path / "bad.yaml"
     f.write_text("recipe: fashion-mnist\npretrain: {method: simclr, epohcs: 2}\n")
