@@ -29,13 +29,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def iteration_keys(policy_name: str, iteration: int) -> tuple[str, list[str]]:
-    """The policy's recipe and its ``key=value`` overrides for ``iteration`` (1-based)."""
+def iteration_keys(policy_name: str, iteration: int, loop: str = "demo") -> tuple[str, list[str]]:
+    """The policy's recipe and its ``key=value`` overrides for ``iteration`` (1-based) of the loop
+    named ``loop`` (``continue_from: judge`` names that loop's judge model, as the loop does)."""
     sys.path.insert(0, str(ROOT / "src"))
     from dataloupe.loop import load_policy
+    from dataloupe.loop._loop import _judge_model
 
     policy = load_policy(policy_name)
     keys = policy.overrides_for(iteration - 1)
+    judge = _judge_model(policy, loop, iteration)
+    if judge:
+        keys = {**keys, "continue_from": judge}
     return policy.recipe, [f"{k}={json.dumps(v) if isinstance(v, (list, bool)) else v}" for k, v in keys.items()]
 
 
@@ -90,7 +95,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.shipped_run and (args.shipped_from or len(args.seeds) != 1):
         ap.error("--shipped-run names one run: use it with one --seeds value and without --shipped-from")
-    recipe, shipped = iteration_keys(args.policy, args.iteration)
+    loop = args.train.split("@")[0].removesuffix("-train")  # the demo's tables are <loop>-train, <loop>-val
+    recipe, shipped = iteration_keys(args.policy, args.iteration, loop)
     taken = [f"{args.prefix}{i}-s{s}" for i in range(len(args.variant) + 1) for s in args.seeds
              if (args.project / "runs" / f"{args.prefix}{i}-s{s}" / "run.json").is_file()]
     if taken:
