@@ -31,16 +31,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def iteration_keys(policy_name: str, iteration: int, loop: str = "demo") -> tuple[str, list[str]]:
     """The policy's recipe and its ``key=value`` overrides for ``iteration`` (1-based) of the loop
-    named ``loop`` (``continue_from: judge`` names that loop's judge model, as the loop does)."""
+    named ``loop`` (``continue_from: previous`` / ``judge`` name that loop's runs, as the loop does)."""
     sys.path.insert(0, str(ROOT / "src"))
     from dataloupe.loop import load_policy
-    from dataloupe.loop._loop import _judge_model
+    from dataloupe.loop._loop import resolve_start
 
     policy = load_policy(policy_name)
     keys = policy.overrides_for(iteration - 1)
-    judge = _judge_model(policy, loop, iteration)
-    if judge:
-        keys = {**keys, "continue_from": judge}
+    start = resolve_start(policy, loop, iteration)  # continue_from: previous / judge, as the loop resolves it
+    if start:
+        keys = {**keys, "continue_from": start}
     return policy.recipe, [f"{k}={json.dumps(v) if isinstance(v, (list, bool)) else v}" for k, v in keys.items()]
 
 

@@ -76,35 +76,38 @@ def check_validation_use(policy: Policy) -> None:
                 "lowers the LR when validation loss stalls; in the loop validation labels only pick "
                 "checkpoints, stop the loop and report. Set scheduler: cosine (or onecycle, none) in "
                 "the policy's overrides")
-    if policy.overrides_for(0).get("continue_from") == "previous":
-        raise DataloupeError(f"policy {policy.name}: continue_from: previous in the first iteration (there is no "
-                             "previous model); put it in a later schedule step")
-    check_judge_starts(policy, max(1, len(policy.schedule), policy.max_iterations))
+    check_starts(policy, max(1, len(policy.schedule), policy.max_iterations))
 
 
 def _names_judge(value) -> bool:
     return isinstance(value, str) and (value == "judge" or value.startswith("judge:"))
 
 
-def check_judge_starts(policy: Policy, iterations: int) -> None:
-    """Refuse, before anything trains, a ``continue_from: judge`` that no judge of the previous
-    iteration backs in the first ``iterations``, or one inside a judge's own overrides (set
+def check_starts(policy: Policy, iterations: int) -> None:
+    """Refuse, before anything trains, a ``continue_from: previous`` or ``judge`` that the first
+    ``iterations`` cannot honour, or a loop-level value inside a judge's own overrides (set
     ``continue_from: null`` there when its keys come from the iteration's by a YAML merge)."""
     for j, cf in enumerate(crossfit_judges(policy), 1):
-        if _names_judge(cf.get("overrides", {}).get("continue_from")):
-            raise DataloupeError(f"policy {policy.name}: judge {j}'s overrides say continue_from: "
-                                 f"{cf['overrides']['continue_from']}; a judge starts from scratch or a named run "
-                                 "(set continue_from: null in its overrides)")
+        value = cf.get("overrides", {}).get("continue_from")
+        if value == "previous" or _names_judge(value):
+            raise DataloupeError(f"policy {policy.name}: judge {j}'s overrides say continue_from: {value}; a judge "
+                                 "starts from scratch or a named run (set continue_from: null in its overrides)")
     for k in range(1, iterations + 1):
-        _judge_model(policy, "loop", k)
+        resolve_start(policy, "loop", k)
 
 
-def _judge_model(policy: Policy, name: str, k: int) -> str | None:
-    """The run iteration ``k`` continues from under ``continue_from: judge`` (or ``judge:J``): the
-    first fold model of the previous iteration's judge ``J`` (default: its last judge), a model
-    that has already trained on all but one fold of the labels (and, for a consistency judge,
-    on the pool); ``None`` for any other ``continue_from``."""
+def resolve_start(policy: Policy, name: str, k: int) -> str | None:
+    """The run iteration ``k`` of loop ``name`` starts from, for the loop-level ``continue_from``
+    values: ``previous`` (iteration ``k - 1``'s model) and ``judge`` / ``judge:J`` (the first fold
+    model of the previous iteration's judge ``J``, default its last: a model that has already
+    trained on all but one fold of the labels and, for a consistency judge, on the pool).
+    ``None`` when the iteration's ``continue_from`` is unset or already names a run."""
     value = policy.overrides_for(k - 1).get("continue_from")
+    if value == "previous":
+        if k == 1:
+            raise DataloupeError(f"policy {policy.name}: continue_from: previous in the first iteration (there is "
+                                 "no previous model); put it in a later schedule step")
+        return f"{name}-it{k - 1}"
     if not _names_judge(value):
         return None
     every = crossfit_judges(policy)
@@ -239,7 +242,7 @@ def run_loop(
     if TableRef.parse(train).revision is not None:
         raise DataloupeError("the loop edits the latest revision: give the table name without @REV")
     n_iter = iterations or pol.max_iterations
-    check_judge_starts(pol, n_iter)
+    check_starts(pol, n_iter)
     name = name or f"{train}-{pol.name}"
     folder = loops_dir(project) / name
     if folder.exists() and (folder / "state.json").exists() and not resume:
@@ -267,13 +270,9 @@ def run_loop(
         run = f"{name}-it{k}"
         state.setdefault("start_revision", int(table.revision))
         overrides = pol.overrides_for(k - 1)
-        if overrides.get("continue_from") == "previous":  # start from the last iteration's model
-            if k == 1:
-                raise DataloupeError("policy: continue_from: previous needs an earlier iteration (not in the first)")
-            overrides = {**overrides, "continue_from": f"{name}-it{k - 1}"}
-        judge = _judge_model(pol, name, k)
-        if judge:  # start from the previous iteration's judge model (continue_from: judge)
-            overrides = {**overrides, "continue_from": judge}
+        start = resolve_start(pol, name, k)  # continue_from: previous / judge -> the run's name
+        if start:
+            overrides = {**overrides, "continue_from": start}
         if ssl:
             overrides = {"pretrained": f"run:{ssl}", **overrides}
         log(f"[loop {name}] iteration {k}/{n_iter}: training {run} on {train}@{table.revision} "
