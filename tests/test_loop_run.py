@@ -163,6 +163,8 @@ def test_continue_from_judge_starts_an_iteration_from_the_previous_judges_fold_m
                   "judges are 1, 2"),
            "inside": (replace(pol, crossfit=(judges[0], {**judges[1], "overrides": {"continue_from": "judge"}})), 2,
                       "continue_from: null"),
+           "inside-previous": (replace(pol, crossfit=(judges[0], {**judges[1], "overrides": {"continue_from": "previous"}})),
+                               2, "continue_from: null"),
            "third": (pol, 3, "iteration 2 cross-fits no judge")}
     for name, (p, n, message) in bad.items():
         with pytest.raises(DataloupeError, match=message):
