@@ -65,8 +65,9 @@ def val_probs(project: Project, run: str, val: str, ctx, shift: int = 0) -> tupl
         x = opts.inputs(images)
         views = [shifted(x, dx, dy) if dx or dy else x for dx, dy in moves]
         views += [v.flip(3) for v in views] if ckpt.get("tta_hflip") else []
-        out[pos.numpy()] = (sum(torch.softmax(model(v.contiguous(memory_format=torch.channels_last)).float(), 1)
-                                for v in views) / len(views)).numpy()
+        with opts.autocast():  # as the run evaluated (amp)
+            out[pos.numpy()] = (sum(torch.softmax(model(v.contiguous(memory_format=torch.channels_last)).float(), 1)
+                                    for v in views) / len(views)).numpy()
     return out, samples.labels
 
 

@@ -39,8 +39,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _make_project(folder: Path, image_size: int) -> tuple[Path, str]:
-    """A project with run ``bench``: an untrained resnet18 checkpoint per the run contract."""
+def _make_project(folder: Path, image_size: int, amp: str = "none") -> tuple[Path, str]:
+    """A project with run ``bench``: an untrained resnet18 checkpoint per the run contract, as if
+    trained with the recipe key ``amp`` (serving computes as the run evaluated)."""
     import torch
 
     sys.path.insert(0, str(ROOT / "src"))
@@ -51,7 +52,7 @@ def _make_project(folder: Path, image_size: int) -> tuple[Path, str]:
     model = create_model("resnet18", 2, small_input=False)
     torch.save({"model": model.state_dict(), "model_name": "resnet18", "num_classes": 2,
                 "classes": ["chihuahua", "muffin"], "image_size": image_size, "small_input": False,
-                "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "epoch": 0, "val_top1": 0.0},
+                "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "epoch": 0, "val_top1": 0.0, "amp": amp},
                run_dir / "best.pt")
     (folder / "runs" / "bench" / "run.json").write_text(json.dumps({"run": "bench", "status": "completed"}))
     return folder, "bench"
@@ -167,6 +168,8 @@ def main() -> None:
     ap.add_argument("--project", type=Path, help="project folder for a run id")
     ap.add_argument("--image", help="image to post (default: a chihuahua-muffin test JPEG, else a digit PNG)")
     ap.add_argument("--image-size", type=int, default=128, help="input size of the default model, px")
+    ap.add_argument("--amp", default="none", choices=("none", "native", "bf16"),
+                    help="the default model's recipe key amp (native: bf16 on a CPU with AMX)")
     ap.add_argument("--clients", type=int, default=16, help="concurrent clients")
     ap.add_argument("--duration", type=float, default=30.0, help="seconds per mode")
     ap.add_argument("--max-requests", type=int, default=100_000, help="stop a mode after this many requests")
@@ -179,12 +182,13 @@ def main() -> None:
     image = image_path.read_bytes()
     with tempfile.TemporaryDirectory(prefix="dataloupe-serve-bench-") as tmp:
         tmp = Path(tmp)
-        project, model = (args.project, args.model) if args.model else _make_project(tmp / "project", args.image_size)
+        project, model = ((args.project, args.model) if args.model
+                          else _make_project(tmp / "project", args.image_size, args.amp))
         rows = [run_mode("batched", model, project, image, args, args.max_batch, tmp),
                 run_mode("baseline (no batching)", model, project, image, args, 1, tmp)]
 
     print(f"# serve_load: {platform.node()} {os.cpu_count()} CPUs, python {platform.python_version()}, "
-          f"load avg {os.getloadavg()[0]:.1f}; model {model} ({args.image_size} px), image {image_path.name}, "
+          f"load avg {os.getloadavg()[0]:.1f}; model {model} ({args.image_size} px, amp {args.amp}), image {image_path.name}, "
           f"{args.clients} clients x {args.duration:.0f} s, max_wait {args.max_wait_ms} ms")
     head = f"{'mode':<24} {'max_batch':>9} {'requests':>9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'mean batch':>10}"
     print(head)

@@ -101,3 +101,28 @@ def test_cli_predict_bad_image_and_unknown_model(digits_run, tmp_path):
     r = subprocess.run(cli_cmd("predict", "nope", str(samples[0][0])), env=env, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 2 and "no checkpoint for run 'nope'" in r.stderr and "digits" in r.stderr
+
+
+def test_a_checkpoint_is_served_as_its_run_evaluated_amp_and_memory_format(digits_run, tmp_path):
+    import torch
+
+    from dataloupe.serve._bundle import load_checkpoint, model_from_checkpoint, run_checkpoint_path
+
+    root, samples = digits_run
+    ckpt = load_checkpoint(run_checkpoint_path(Project.open(root), "digits"))
+    plain = load_bundle("digits", Project.open(root))
+    assert plain.metadata["amp"] == "none"  # checkpoints without the key: float32, as before
+    batch = np.stack([plain.load_image(p) for p, _ in samples[:16]])
+    fp32 = plain.predict_proba(batch)
+    # the same weights in a plain NCHW float32 model: NHWC serving changes no prediction
+    model = model_from_checkpoint(ckpt)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(batch)).numpy()
+    ref = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(fp32, ref / ref.sum(1, keepdims=True), atol=1e-5)
+    torch.save({**ckpt, "amp": "bf16"}, tmp_path / "bf16.pt")  # a run trained with amp=bf16
+    bf16 = load_bundle(tmp_path / "bf16.pt")
+    assert bf16.metadata["amp"] == "bf16"
+    got = bf16.predict_proba(batch)
+    assert 1e-5 < np.abs(got - fp32).max() < 0.05  # computed in bf16: close, not the same numbers
+    assert (got.argmax(1) == fp32.argmax(1)).mean() >= 0.9

@@ -520,6 +520,35 @@ def test_channels_last_is_the_memory_format_on_the_cpu_too_and_its_checkpoints_l
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-4, atol=1e-5)
 
 
+def test_amp_native_is_bf16_where_the_hardware_computes_it_and_collect_evaluates_as_training_did(project, monkeypatch):
+    from dataloupe.models import amp_dtype, native_bf16
+
+    cpu = torch.device("cpu")
+    assert (amp_dtype("none", cpu), amp_dtype("auto", cpu), amp_dtype("bf16", cpu)) == (None, None, torch.bfloat16)
+    assert amp_dtype("native", cpu) == (torch.bfloat16 if native_bf16(cpu) else None)
+    for amx, want in ((False, None), (True, torch.bfloat16)):  # a CPU without AMX emulates bf16: stays float32
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx, raising=False)
+        assert amp_dtype("native", cpu) is want
+    monkeypatch.undo()
+    with pytest.raises(DataloupeError, match="amp"):
+        _recipe("amp=fp16")
+    # a bf16 run records its setting, and collect evaluates in it, predicting the validation rows as the
+    # last epoch did
+    from dataloupe.train import _collect
+
+    asked = []
+    monkeypatch.setattr(_collect, "amp_dtype", lambda setting, device: asked.append(setting) or amp_dtype(setting, device))
+    info = train(project, "dig-train", "dig-val", _recipe("epochs=2", "amp=bf16", "collect=true", "checkpoint=last"),
+                 run="bf", tty=False)
+    ck = torch.load(project.runs_dir / "bf" / "checkpoints" / "last.pt", weights_only=True)
+    assert ck["amp"] == "bf16" and asked and set(asked) == {"bf16"}
+    import lance
+
+    m = lance.dataset(str(project.runs_dir / "bf" / "metrics" / "dig-val.lance")).to_table(columns=["label", "predicted"])
+    labels, predicted = np.array(m["label"].to_pylist()), np.array(m["predicted"].to_pylist())
+    assert np.mean(labels == predicted) == pytest.approx(info["best_val_top1"], abs=1e-9)
+
+
 def test_eval_every_skips_validation_passes_but_always_evaluates_the_last_epoch(project):
     info = train(project, "dig-train", "dig-val", _recipe("epochs=5", "eval_every=2"), run="ev", tty=False)
     hist = [json.loads(line) for line in (project.runs_dir / "ev" / "history.jsonl").read_text().splitlines()]

@@ -10,7 +10,9 @@ from dataloupe.models._factory import (
     supports_small_input,
 )
 from dataloupe.models._infer import infer
+from dataloupe.models._precision import amp_dtype, native_bf16
 from dataloupe.models._weights import HUB_SOURCES, WeightsReport, load_pretrained
 
-__all__ = ["HUB_SOURCES", "BackboneEntry", "Classifier", "WeightsReport", "available_models", "backbone_entry",
-           "create_model", "infer", "load_pretrained", "register_backbone", "supports_small_input"]
+__all__ = ["HUB_SOURCES", "BackboneEntry", "Classifier", "WeightsReport", "amp_dtype", "available_models",
+           "backbone_entry", "create_model", "infer", "load_pretrained", "native_bf16", "register_backbone",
+           "supports_small_input"]

@@ -36,7 +36,7 @@ def atomic_save(obj, path: Path) -> None:
 # Keys every model checkpoint holds (a file without one of them is not a dataloupe checkpoint).
 REQUIRED_KEYS = ("model", "model_name", "num_classes", "classes", "image_size", "small_input", "mean", "std")
 # What an exported state dict keeps: the required keys plus what serving reads (no training state).
-SERVING_KEYS = REQUIRED_KEYS + ("epoch", "val_top1", "tta_hflip")
+SERVING_KEYS = REQUIRED_KEYS + ("epoch", "val_top1", "tta_hflip", "amp")
 
 
 def missing_keys(ckpt: dict) -> list[str]:
@@ -45,7 +45,8 @@ def missing_keys(ckpt: dict) -> list[str]:
 
 
 def model_checkpoint(model, *, model_name: str, classes: list[str], image_size: int, small_input: bool,
-                     mean, std, epoch: int, val_top1: float | None, tta_hflip: bool = False) -> dict:
+                     mean, std, epoch: int, val_top1: float | None, tta_hflip: bool = False,
+                     amp: str = "auto") -> dict:
     """The checkpoint dict of architecture.md (model = state dict of the unwrapped Classifier)."""
     return {
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -58,6 +59,7 @@ def model_checkpoint(model, *, model_name: str, classes: list[str], image_size: 
         "std": [float(v) for v in std],
         "epoch": int(epoch),
         "tta_hflip": bool(tta_hflip),
+        "amp": amp,  # the recipe's autocast setting: collect evaluates as training did
         "val_top1": None if val_top1 is None else float(val_top1),  # None: an epoch eval_every skipped
     }
 

@@ -29,7 +29,7 @@ import torch
 
 from dataloupe._fileio import publish_dir
 from dataloupe.data import ShardSampler, make_loader, open_cache, plan_loader, sample_set_from_table
-from dataloupe.models import create_model
+from dataloupe.models import amp_dtype, create_model
 from dataloupe.project import DataloupeError, Project
 from dataloupe.tables import open_ref
 from dataloupe import runs
@@ -165,9 +165,11 @@ def collect(project: Project, run: str, table: str | None = None, *, batch_size:
 
 
 def _options(model, ckpt, ctx: DistContext, *, tta: bool = False) -> StepOptions:
-    model.to(ctx.device)
-    amp = torch.bfloat16 if ctx.device.type == "cuda" else None
-    return StepOptions(ctx.device, tuple(ckpt["mean"]), tuple(ckpt["std"]), amp, tta_hflip=tta)
+    """Evaluate as training did: the run's autocast setting (checkpoints before it was saved: bf16 on
+    CUDA) and NHWC, which makes oneDNN's and cuDNN's convolutions faster (weights load into either)."""
+    model.to(ctx.device, memory_format=torch.channels_last)
+    amp = amp_dtype(ckpt.get("amp", "auto"), ctx.device)
+    return StepOptions(ctx.device, tuple(ckpt["mean"]), tuple(ckpt["std"]), amp, channels_last=True, tta_hflip=tta)
 
 
 def _loader(project: Project, samples, ckpt, ctx: DistContext, batch_size: int):

@@ -22,7 +22,7 @@ from torch import nn
 from dataloupe.data import (AugmentConfig, ShardSampler, WeightedEpochSampler, check_readable, close_loaders,
                             fragment_blocks, make_loader, missing_files, mix_transform, open_cache, open_store,
                             plan_loader, sample_transform)
-from dataloupe.models import create_model
+from dataloupe.models import amp_dtype, create_model
 from dataloupe.project import DataloupeError, Project
 from dataloupe import runs
 from dataloupe.train import _runs
@@ -215,8 +215,7 @@ def build_setup(project: Project, data: TrainData, recipe: Recipe, ctx: DistCont
                         warmup_fraction=recipe.warmup_fraction, min_lr=recipe.min_lr,
                         plateau_factor=recipe.plateau_factor, plateau_patience=recipe.plateau_patience,
                         hold_lr=recipe.effective_swa_lr if recipe.swa_epochs else None)
-    amp = torch.bfloat16 if (recipe.amp == "bf16" or (recipe.amp == "auto" and cuda)) else None
-    opts = StepOptions(ctx.device, tuple(recipe.mean), tuple(recipe.std), amp, channels_last,
+    opts = StepOptions(ctx.device, tuple(recipe.mean), tuple(recipe.std), amp_dtype(recipe.amp, ctx.device), channels_last,
                        augment=aug if batched else None, tta_hflip=recipe.tta_hflip)
     return Setup(model, raw, optimizer, schedule, train_loader, val_loader, sampler,
                  mix_transform(aug, len(data.classes)), opts, small, len(train_set), consistency,
@@ -446,7 +445,7 @@ def _write_epoch(s, recipe, data, folder, epoch, record, best, improved, dyn, *,
     dyn.save(folder / "dynamics.npz")
     meta = dict(model_name=recipe.model, classes=data.classes, image_size=recipe.image_size,
                 small_input=s.small_input, mean=list(s.opts.mean), std=list(s.opts.std), epoch=epoch,
-                tta_hflip=recipe.tta_hflip)
+                tta_hflip=recipe.tta_hflip, amp=recipe.amp)
     if improved:
         atomic_save(model_checkpoint(s.saved_model, val_top1=record["val_top1"], **meta),
                     folder / "checkpoints" / "best.pt")

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from dataloupe.data import (AugmentConfig, WeightedEpochSampler, close_loaders, make_loader, open_cache, open_store,
                             plan_loader, sample_transform)
 from dataloupe.data import sample_set_from_table
-from dataloupe.models import create_model
+from dataloupe.models import amp_dtype, create_model
 from dataloupe.project import DataloupeError, Project
 from dataloupe.tables import open_ref
 from dataloupe.train._epoch import StepOptions
@@ -101,8 +101,7 @@ def lr_find(project: Project, table: str, recipe: Recipe, *, start_lr: float = 1
     cuda = torch.cuda.is_available() and recipe.device != "cpu"
     device = torch.device("cuda" if cuda else "cpu")
     model.to(device)
-    amp = torch.bfloat16 if (recipe.amp == "bf16" or (recipe.amp == "auto" and cuda)) else None
-    opts = StepOptions(device, tuple(recipe.mean), tuple(recipe.std), amp)
+    opts = StepOptions(device, tuple(recipe.mean), tuple(recipe.std), amp_dtype(recipe.amp, device))
     try:
         lrs, losses = lr_range_test(model, loader, opts, optimizer, start_lr=start_lr, end_lr=end_lr, steps=steps)
     finally:

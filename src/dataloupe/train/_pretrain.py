@@ -29,7 +29,7 @@ from torch import nn
 
 from dataloupe.data import (SampleSet, ShardSampler, WeightedEpochSampler, batch_augment, check_readable, close_loaders,
                             make_loader, missing_files, open_cache, plan_loader)
-from dataloupe.models import create_model
+from dataloupe.models import amp_dtype, create_model
 from dataloupe.project import DataloupeError, Project
 from dataloupe import runs
 from dataloupe._fileio import write_json_atomic
@@ -151,8 +151,7 @@ def build_pretrain_setup(project: Project, data: PretrainData, config: PretrainC
                          transform=None if views else transform, sampler=sampler, seed=config.seed + ctx.rank,
                          pin_memory=cuda,
                          drop_last=len(sampler) % per_rank == 1)  # a lone last image cannot be compared or batch-normed
-    amp = torch.bfloat16 if (config.amp == "bf16" or (config.amp == "auto" and cuda)) else None
-    opts = StepOptions(ctx.device, tuple(config.mean), tuple(config.std), amp, channels_last)
+    opts = StepOptions(ctx.device, tuple(config.mean), tuple(config.std), amp_dtype(config.amp, ctx.device), channels_last)
     optimizer = build_optimizer(raw, config.optimizer, lr=config.lr, weight_decay=config.weight_decay)
     schedule = Schedule(config.scheduler, optimizer, lr=config.lr, epochs=config.epochs,
                         steps_per_epoch=len(loader), warmup_fraction=config.warmup_fraction, min_lr=config.min_lr)
@@ -214,6 +213,7 @@ def backbone_checkpoint(raw: SSLMethod, config: PretrainConfig, small_input: boo
         "std": [float(v) for v in config.std],
         "method": config.method,
         "epoch": int(epoch),
+        "amp": config.amp,
     }
 
 

@@ -22,7 +22,7 @@ from typing import Any, Optional
 import yaml
 
 from dataloupe.project import DataloupeError
-from dataloupe.train._recipe import _coerce, parse_overrides
+from dataloupe.train._recipe import AMP_SETTINGS, _coerce, parse_overrides
 from dataloupe.train._ssl_methods import METHODS, method_class
 
 _CHOICES: dict[str, tuple] = {
@@ -30,7 +30,7 @@ _CHOICES: dict[str, tuple] = {
     "scheduler": ("none", "onecycle", "cosine"),
     "loader": ("auto", "cache", "stream"),
     "augment": ("auto", "lightly", "batched"),
-    "amp": ("auto", "bf16", "none"),
+    "amp": AMP_SETTINGS,
     "device": ("auto", "cpu", "cuda"),
 }
 # Keys whose meaning depends on the method; None = the method's default (see _ssl_methods).
@@ -80,7 +80,7 @@ class PretrainConfig:
     knn_max_rows: int = 10000  # labeled rows embedded each epoch (a fixed random subset above this); 0: off
     # --- hardware
     device: str = "auto"  # auto | cpu | cuda
-    amp: str = "auto"  # bf16 autocast on CUDA when auto
+    amp: str = "auto"  # as a recipe's amp (auto: bf16 on CUDA; native: also on CPUs with AMX)
     channels_last: bool = True  # NHWC memory format, CPU and CUDA
     # --- run
     seed: int = 0  # seeds model init, sampling and augmentation

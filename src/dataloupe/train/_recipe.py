@@ -25,6 +25,8 @@ import yaml
 from dataloupe.project import DataloupeError
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
+# autocast: auto = bf16 on CUDA; native = bf16 where the hardware computes it (CUDA, CPUs with AMX)
+AMP_SETTINGS = ("auto", "native", "bf16", "none")
 
 _CHOICES: dict[str, tuple] = {
     "optimizer": ("sgd", "adam", "adamw"),
@@ -32,7 +34,7 @@ _CHOICES: dict[str, tuple] = {
     "autoaugment": (None, "imagenet", "cifar10", "svhn"),
     "loader": ("auto", "cache", "store", "stream"),
     "decode": ("auto", "cpu", "gpu"),
-    "amp": ("auto", "bf16", "none"),
+    "amp": AMP_SETTINGS,
     "device": ("auto", "cpu", "cuda"),
     "augment": ("auto", "v2", "batched"),
     "checkpoint": ("best", "last"),
@@ -128,7 +130,7 @@ class Recipe:
     std: list = field(default_factory=lambda: [0.229, 0.224, 0.225])
     # --- hardware
     device: str = "auto"  # auto | cpu | cuda
-    amp: str = "auto"  # bf16 autocast on CUDA when auto
+    amp: str = "auto"  # bf16 autocast: on CUDA (auto), wherever native (native), always (bf16), never (none)
     channels_last: bool = True  # NHWC memory format, CPU and CUDA (faster convs and pooling on both; bench/RESULTS.md)
     compile: bool = False  # torch.compile the model (CUDA)
     # --- run
