@@ -172,6 +172,37 @@ def test_continue_from_judge_starts_an_iteration_from_the_previous_judges_fold_m
         assert not (project.runs_dir / f"bad-{name}-it1").exists()
 
 
+def test_an_ensemble_iteration_trains_its_members_from_the_judges_fold_models_and_reports_their_ensemble(
+        project, tmp_path):
+    make_digit_tables(project, tmp_path, n_train=60, n_val=30, undefined=10)
+    judge = {"folds": 2, "iterations": [1], "overrides": {"epochs": 1}}
+    pol = _policy(tmp_path)
+    pol = replace(pol, schedule=(pol.schedule[0], {**pol.schedule[1], "continue_from": "judge"}), crossfit=judge,
+                  ensemble={"members": 2, "iterations": [2]})
+    res = run_loop(project, train="dig-train", val="dig-val", policy=pol, name="en")
+    runs = {m: json.loads((project.runs_dir / m / "run.json").read_text()) for m in ("en-it1", "en-it2-m1", "en-it2-m2",
+                                                                                     "en-it2")}
+    assert not (project.runs_dir / "en-it1-m1").exists() and runs["en-it1"].get("kind") is None  # iteration 1: one model
+    assert "en-it1-cf1" in runs["en-it2-m1"]["continue_from"]["source"]  # member i continues the judge's fold model i
+    assert "en-it1-cf2" in runs["en-it2-m2"]["continue_from"]["source"]
+    assert (runs["en-it2-m1"]["seed"], runs["en-it2-m2"]["seed"]) == (0, 1)
+    assert runs["en-it2"]["kind"] == "ensemble" and runs["en-it2"]["members"] == ["en-it2-m1", "en-it2-m2"]
+    assert res.iterations[-1]["run"] == "en-it2" and res.iterations[-1]["val_top1"] == runs["en-it2"]["best_val_top1"]
+    assert (project.runs_dir / "en-it2" / "analysis.json").is_file()  # rules read the ensemble's analysis
+    # refused before anything trains: more members than the judge has fold models, and continuing from an ensemble
+    three = replace(pol, ensemble={"members": 3, "iterations": [2]})
+    prev = replace(pol, schedule=(pol.schedule[0], {**pol.schedule[1], "continue_from": "previous"}),
+                   ensemble={"members": 2, "iterations": [1]})
+    for name, p, message in (("three", three, "has 2 folds"), ("prev", prev, "is an ensemble")):
+        with pytest.raises(DataloupeError, match=message):
+            run_loop(project, train="dig-train", val="dig-val", policy=p, name=name)
+        assert not (project.runs_dir / f"{name}-it1").exists() and not (project.runs_dir / f"{name}-it1-m1").exists()
+    f = tmp_path / "bad.yaml"
+    f.write_text("recipe: fashion-mnist\nensemble: {members: 1}\n")
+    with pytest.raises(DataloupeError, match="members must be a number >= 2"):
+        load_policy(str(f))
+
+
 def test_policy_pretrain_keys_are_checked_before_anything_runs(tmp_path):
     f = tmp_path / "bad.yaml"
     f.write_text("recipe: fashion-mnist\npretrain: {method: simclr, epohcs: 2}\n")

@@ -726,3 +726,47 @@ def test_the_demos_labeled_only_overrides_switch_off_every_use_of_the_pool(proje
     train(project, "dig-train", "dig-val", r, overrides=LABELED_ONLY, run="labeled", tty=False)
     last = _checkpoint.load_checkpoint(project.runs_dir / "labeled" / "checkpoints" / "last.pt")
     assert "rotation_head" not in last and "unlabeled_used" not in show_run(project, "labeled")["history"][-1]
+
+
+def test_an_ensemble_run_averages_its_members_logits_and_reads_as_any_run(project):
+    from dataloupe.models import create_model
+    from dataloupe.serve import load_bundle
+    from dataloupe.train import ensemble_runs
+
+    for seed in (0, 1):
+        train(project, "dig-train", "dig-val", _recipe("epochs=2", f"seed={seed}", "tta_hflip=true", "collect=false"),
+              run=f"m{seed}", tty=False)
+    info = ensemble_runs(project, "ens", ["m0", "m1"])
+    assert (info["kind"], info["status"], info["members"], info["model"]) == \
+        ("ensemble", "completed", ["m0", "m1"], "ensemble-2:convnet-xxs")
+    ck = torch.load(project.runs_dir / "ens" / "checkpoints" / "best.pt", weights_only=True)
+    members = []
+    for m in ("m0", "m1"):
+        net = create_model("convnet-xxs", 10, small_input=True).eval()
+        net.load_state_dict(torch.load(project.runs_dir / m / "checkpoints" / "best.pt", weights_only=True)["model"])
+        members.append(net)
+    ens = create_model(ck["model_name"], 10, small_input=True).eval()
+    ens.load_state_dict(ck["model"])  # strict: every member tensor is there
+    x = torch.rand(6, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(ens(x), (members[0](x) + members[1](x)) / 2, rtol=1e-4, atol=1e-5)
+    # its validation top-1 is measured as training measures it, and collect's metrics agree with it
+    import lance
+
+    m = lance.dataset(str(project.runs_dir / "ens" / "metrics" / "dig-val.lance")).to_table(
+        columns=["label", "predicted", "embedding"])
+    assert np.mean(np.array(m["label"].to_pylist()) == np.array(m["predicted"].to_pylist())) == \
+        pytest.approx(info["best_val_top1"], abs=1e-9)
+    assert m.schema.field("embedding").type.list_size == 2 * members[0].num_features
+    bundle = load_bundle("ens", project)  # serving reads it as any run
+    assert bundle.metadata["model_name"] == "ensemble-2:convnet-xxs"
+    # refused before anything is written
+    train(project, "dig-train", "dig-val", _recipe("epochs=1", "image_size=12", "collect=false"), run="small", tty=False)
+    for members, message in ((["m0"], "two or more"), (["m0", "m0"], "two or more"), (["m0", "nope"], "unknown run"),
+                             (["m0", "small"], "image_size"), (["ens", "m0"], "ensemble run")):
+        with pytest.raises(DataloupeError, match=message):
+            ensemble_runs(project, "bad", members)
+        assert not (project.runs_dir / "bad").exists()
+    with pytest.raises(DataloupeError, match="exists"):
+        ensemble_runs(project, "ens", ["m0", "m1"])
+    assert ensemble_runs(project, "ens", ["m1", "m0"], force=True)["best_val_top1"] == pytest.approx(info["best_val_top1"])

@@ -1,4 +1,4 @@
-"""``dataloupe train``, ``lr-find``, ``runs ls|show`` and ``collect``: parse, then call the train API."""
+"""``dataloupe train``, ``lr-find``, ``runs ls|show``, ``collect`` and ``ensemble``: parse, then call the train API."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ def register(app: typer.Typer) -> None:
     app.command("train")(train_cmd)
     app.command("lr-find")(lr_find_cmd)
     app.command("collect")(collect_cmd)
+    app.command("ensemble")(ensemble_cmd)
     app.add_typer(runs_app, name="runs")
 
 
@@ -99,6 +100,24 @@ def collect_cmd(
     for path in collect(project_from(project), run, table):  # under torchrun: every process collects its shard
         if os.environ.get("RANK", "0") == "0":
             typer.echo(f"wrote {path}")
+
+
+def ensemble_cmd(
+    members: Annotated[list[str], typer.Argument(help="Two or more completed runs of one model on the same tables.")],
+    run: Annotated[str, typer.Option("--run", help="Name of the ensemble run to write.")],
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing run of that name.")] = False,
+    project: ProjectOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Average the logits of finished runs into one run (evaluated, collected, servable)."""
+    from dataloupe.train import ensemble_runs
+
+    info = ensemble_runs(project_from(project), run, list(members), force=force)
+    if as_json:
+        print_json(info)
+        return
+    typer.echo(f"run {run}: ensemble of {', '.join(info['members'])} ({info['model']}); "
+               f"val top-1 {100 * info['best_val_top1']:.2f}%")
 
 
 @runs_app.command("ls")

@@ -93,7 +93,26 @@ def check_starts(policy: Policy, iterations: int) -> None:
             raise DataloupeError(f"policy {policy.name}: judge {j}'s overrides say continue_from: {value}; a judge "
                                  "starts from scratch or a named run (set continue_from: null in its overrides)")
     for k in range(1, iterations + 1):
-        resolve_start(policy, "loop", k)
+        member_starts(policy, "loop", k)
+
+
+def member_starts(policy: Policy, name: str, k: int) -> list[str | None]:
+    """What each model iteration ``k`` trains starts from: one entry, or one per ensemble member
+    (policy ``ensemble``): with ``continue_from: judge`` member ``i`` continues the judge's fold
+    model ``i`` (two models that trained on different labels: more diverse than two seeds from
+    one start), else every member starts where the iteration says."""
+    start, folds = _start_and_folds(policy, name, k)
+    value = policy.overrides_for(k - 1).get("continue_from")
+    if value == "previous" and policy.members_for(k - 1) > 1:
+        raise DataloupeError(f"policy {policy.name}: iteration {k} has continue_from: previous, but iteration {k - 1}"
+                             " is an ensemble (several networks); continue from a judge or start from scratch")
+    n = policy.members_for(k)
+    if n == 1 or not _names_judge(value):
+        return [start] * n
+    if n > folds:
+        raise DataloupeError(f"policy {policy.name}: iteration {k} ensembles {n} members from the judge's fold models,"
+                             f" but that judge has {folds} folds")
+    return [f"{start.removesuffix('-cf1')}-cf{i}" for i in range(1, n + 1)]
 
 
 def resolve_start(policy: Policy, name: str, k: int) -> str | None:
@@ -102,14 +121,19 @@ def resolve_start(policy: Policy, name: str, k: int) -> str | None:
     model of the previous iteration's judge ``J``, default its last: a model that has already
     trained on all but one fold of the labels and, for a consistency judge, on the pool).
     ``None`` when the iteration's ``continue_from`` is unset or already names a run."""
+    return _start_and_folds(policy, name, k)[0]
+
+
+def _start_and_folds(policy: Policy, name: str, k: int) -> tuple[str | None, int]:
+    """:func:`resolve_start`'s run, and the number of fold models of the judge it names (else 1)."""
     value = policy.overrides_for(k - 1).get("continue_from")
     if value == "previous":
         if k == 1:
             raise DataloupeError(f"policy {policy.name}: continue_from: previous in the first iteration (there is "
                                  "no previous model); put it in a later schedule step")
-        return f"{name}-it{k - 1}"
+        return f"{name}-it{k - 1}", 1
     if not _names_judge(value):
-        return None
+        return None, 1
     every = crossfit_judges(policy)
     ran = [j for j, cf in enumerate(every, 1) if k - 1 in cf["iterations"]]
     try:
@@ -123,7 +147,7 @@ def resolve_start(policy: Policy, name: str, k: int) -> str | None:
                f"iteration {k - 1}'s judges are {', '.join(map(str, ran))} (continue_from: judge:J)")
             + ": a judge's fold model is what it would start from")
     prefix = f"{name}-it{k - 1}" + ("" if wanted == 1 else f"-j{wanted}")
-    return f"{prefix}-cf1"
+    return f"{prefix}-cf1", every[wanted - 1]["folds"]
 
 
 def plan_edits(policy: Policy, ctx: RuleContext) -> tuple[list, list[tuple[str, int]], list[int]]:
@@ -270,15 +294,20 @@ def run_loop(
         run = f"{name}-it{k}"
         state.setdefault("start_revision", int(table.revision))
         overrides = pol.overrides_for(k - 1)
-        start = resolve_start(pol, name, k)  # continue_from: previous / judge -> the run's name
-        if start:
-            overrides = {**overrides, "continue_from": start}
+        starts = member_starts(pol, name, k)  # continue_from: previous / judge -> the run's name, per member
+        if starts[0]:
+            overrides = {**overrides, "continue_from": starts[0]}
         if ssl:
             overrides = {"pretrained": f"run:{ssl}", **overrides}
         log(f"[loop {name}] iteration {k}/{n_iter}: training {run} on {train}@{table.revision} "
-            f"({', '.join(f'{a}={b}' for a, b in overrides.items())})")
-        info = train_fn(project, f"{train}@{table.revision}", val, pol.recipe, overrides=overrides,
-                        run=run, resume=(project.runs_dir / run).exists())
+            f"({', '.join(f'{a}={b}' for a, b in overrides.items())})"
+            + (f", {len(starts)} members ensembled" if len(starts) > 1 else ""))
+        if len(starts) == 1:
+            info = train_fn(project, f"{train}@{table.revision}", val, pol.recipe, overrides=overrides,
+                            run=run, resume=(project.runs_dir / run).exists())
+        else:
+            info = _train_ensemble(project, pol, f"{train}@{table.revision}", val, overrides, run, starts, train_fn,
+                                   log)
         log(f"[loop {name}] analysing {run}")
         findings, metrics = analyze_fn(project, run, folds=pol.analyze_folds or None)
         latest = open_table(project, train)
@@ -331,6 +360,30 @@ def run_loop(
     result = LoopResult(name, state["iterations"], stopped, folder)
     write_outputs(result)
     return result
+
+
+def _train_ensemble(project: Project, pol: Policy, train_ref: str, val: str, overrides: dict, run: str,
+                    starts: list, train_fn: Callable, log: Callable[[str], None]) -> dict:
+    """Train the members ``<run>-m1`` ... (seeds ``seed``, ``seed + 1``, ...; member ``i`` from
+    ``starts[i]``), then write run ``<run>``: their ensemble."""
+    from dataloupe.train import ensemble_runs, load_recipe  # noqa: PLC0415 (loop sits above train)
+
+    seed = load_recipe(pol.recipe, overrides).seed
+    members = []
+    for i, start in enumerate(starts, 1):
+        member = f"{run}-m{i}"
+        keys = {**overrides, "seed": seed + i - 1, **({"continue_from": start} if start else {})}
+        if i > 1:
+            log(f"[loop {run}] training ensemble member {member} (seed {seed + i - 1}"
+                + (f", from {start})" if start else ")"))
+        done = (project.runs_dir / member / "run.json").is_file() and \
+            read_run_at(project.runs_dir / member).get("status") == "completed"
+        if not done:  # a resumed loop keeps the members it finished
+            train_fn(project, train_ref, val, pol.recipe, overrides=keys, run=member,
+                     resume=(project.runs_dir / member).exists())
+        members.append(member)
+    log(f"[loop {run}] ensembling {', '.join(members)}")
+    return ensemble_runs(project, run, members, force=True)
 
 
 def _crossfit(project: Project, pol: Policy, k: int, overrides: dict, train_ref: str, val: str, run: str,

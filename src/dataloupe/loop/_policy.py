@@ -48,6 +48,11 @@ class Policy:
             that never saw it; ``overrides`` apply to those fold models. A list of such maps
             asks several judges (e.g. the labels-only recipe and a consistency recipe); rules see
             the mean of their out-of-sample probabilities.
+        ensemble: ``{members, iterations}``: in the listed iterations (1-based; default every
+            one) the loop trains ``members`` models, ``<run>-m1`` ... (training seeds ``seed``,
+            ``seed + 1``, ...; with ``continue_from: judge`` member ``i`` starts from the judge's
+            fold model ``i``), and the iteration's run ``<run>`` is their ensemble (the members'
+            logits averaged; ``dataloupe ensemble``): what rules, the report and serving read.
     """
 
     name: str
@@ -61,11 +66,18 @@ class Policy:
     analyze_folds: int = 0
     pretrain: dict | None = None
     crossfit: dict | tuple | None = None  # one judge, or several (see crossfit_judges)
+    ensemble: dict | None = None  # {members: K, iterations: [..] or None (every iteration)}
 
     def overrides_for(self, iteration: int) -> dict:
         """Recipe overrides of iteration ``iteration`` (0-based)."""
         step = self.schedule[min(iteration, len(self.schedule) - 1)] if self.schedule else {}
         return {**self.overrides, **step}
+
+    def members_for(self, k: int) -> int:
+        """How many models iteration ``k`` (1-based) trains and ensembles (1: one model, no ensemble)."""
+        if not self.ensemble or (self.ensemble["iterations"] is not None and k not in self.ensemble["iterations"]):
+            return 1
+        return self.ensemble["members"]
 
 
 def list_policies() -> list[str]:
@@ -120,7 +132,8 @@ def load_policy(name_or_path: str) -> Policy:
                   patience=int(raw.get("patience", 0)),
                   analyze_folds=int(raw.get("analyze_folds", 0)),
                   pretrain=_pretrain_keys(name, raw.get("pretrain")),
-                  crossfit=_crossfit_keys(name, raw.get("crossfit")))
+                  crossfit=_crossfit_keys(name, raw.get("crossfit")),
+                  ensemble=_ensemble_keys(name, raw.get("ensemble")))
 
 
 def _crossfit_keys(name: str, value) -> dict | tuple[dict, ...] | None:
@@ -137,6 +150,19 @@ def _crossfit_keys(name: str, value) -> dict | tuple[dict, ...] | None:
     if folds < 2 or not isinstance(its, list) or not all(isinstance(i, int) and i >= 1 for i in its):
         raise DataloupeError(f"policy {name}: crossfit needs folds >= 2 and iterations as a list of numbers >= 1")
     return {"folds": folds, "iterations": its, "overrides": dict(value.get("overrides") or {})}
+
+
+def _ensemble_keys(name: str, value) -> dict | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) - {"members", "iterations"}:
+        raise DataloupeError(f"policy {name}: 'ensemble' takes members and iterations")
+    members, its = value.get("members", 2), value.get("iterations")
+    if not isinstance(members, int) or members < 2:
+        raise DataloupeError(f"policy {name}: ensemble members must be a number >= 2, got {members!r}")
+    if its is not None and (not isinstance(its, list) or not all(isinstance(i, int) and i >= 1 for i in its)):
+        raise DataloupeError(f"policy {name}: ensemble iterations must be a list of numbers >= 1")
+    return {"members": members, "iterations": its}
 
 
 def crossfit_judges(policy: Policy) -> tuple[dict, ...]:

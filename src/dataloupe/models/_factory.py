@@ -18,6 +18,7 @@ from torch import nn
 from torchvision import models as tvm
 
 from dataloupe.models._convnet import CONVNETS, ConvNet
+from dataloupe.models._ensemble import ConcatBackbone, parse_ensemble_name
 from dataloupe.models._weights import load_pretrained
 from dataloupe.project import DataloupeError
 
@@ -202,6 +203,8 @@ def supports_small_input(name: str) -> bool:
         >>> supports_small_input("resnet18"), supports_small_input("convnext_atto")
         (True, False)
     """
+    parts = parse_ensemble_name(name)
+    name = parts[1] if parts else name
     entry = _BACKBONES.get(name) or _timm_entry(name)
     return entry is not None and entry.small_input
 
@@ -236,9 +239,18 @@ def create_model(
     """
     if num_classes < 1:
         raise DataloupeError(f"num_classes must be >= 1, got {num_classes}")
-    entry = backbone_entry(name)
-    backbone = entry.build(small_input)
-    nf = entry.num_features if entry.num_features is not None else int(backbone.num_features)
+    parts = parse_ensemble_name(name)
+    entry = backbone_entry(parts[1] if parts else name)
+    if parts:  # K members of one architecture as one model (models/_ensemble.py); their weights come from runs
+        if pretrained is not None:
+            raise DataloupeError(f"model {name!r}: an ensemble is made from trained runs (dataloupe ensemble), "
+                                 "not from pretrained weights")
+        built = [entry.build(small_input) for _ in range(parts[0])]
+        widths = [entry.num_features if entry.num_features is not None else int(b.num_features) for b in built]
+        backbone, nf = ConcatBackbone(built, widths), sum(widths)
+    else:
+        backbone = entry.build(small_input)
+        nf = entry.num_features if entry.num_features is not None else int(backbone.num_features)
     model = Classifier(backbone, nf, num_classes)
     model.model_name, model.small_input = name, bool(small_input)
     model.is_timm = entry.timm

@@ -137,9 +137,11 @@ def write_report(project: Project, run: str, *, out: str | Path | None = None) -
     history = read_history(folder)
     thumbs = _Thumbs(project, run, tables)
     e = html.escape
+    made = (f"ensemble of {', '.join(info.get('members', []))}" if info.get("kind") == "ensemble" else
+            f"seed {info.get('seed')}, epochs {info.get('epochs_done')}/{info.get('epochs')}")
     parts = [f"<h1>dataloupe report: run {e(run)}</h1><p class='sub'>recipe {e(str(info.get('recipe')))}, "
              f"train {e(str(tables.get('train')))}@{info.get('train_revision')}, val {e(str(tables.get('val')))}"
-             f"@{info.get('val_revision')}, seed {info.get('seed')}, epochs {info.get('epochs_done')}/{info.get('epochs')}, "
+             f"@{info.get('val_revision')}, {e(made)}, "
              f"version {e(str(info.get('version')))}, probabilities: {e(str(found.get('probabilities')))}</p>"]
     tax = found.get("taxonomy", {})
     if "top1" in tax:

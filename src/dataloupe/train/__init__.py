@@ -1,9 +1,10 @@
-"""Training engine: recipes, train, self-supervised pretraining, runs, checkpoints, LR finder, distributed."""
+"""Training engine: recipes, train, self-supervised pretraining, ensembles, runs, checkpoints, LR finder, distributed."""
 
 from dataloupe.train._checkpoint import atomic_save, load_checkpoint
 from dataloupe.train._distributed import DistContext, init_distributed, shutdown_distributed
 from dataloupe.train._dynamics import aum, forgetting_events
 from dataloupe.train._engine import train, train_samples
+from dataloupe.train._ensemble import ensemble_runs
 from dataloupe.train._inputs import TrainData, load_train_data
 from dataloupe.train._pretrain import pretrain
 from dataloupe.train._pretrain_config import PretrainConfig, load_pretrain_config
@@ -18,6 +19,7 @@ __all__ = [
     "atomic_save",
     "aum",
     "build_recipe",
+    "ensemble_runs",
     "forgetting_events",
     "init_distributed",
     "list_recipes",
