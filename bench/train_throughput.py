@@ -16,6 +16,9 @@ CPU (the issue's table):
 NHWC against NCHW, model-only, in the same run (the demo's ConvNet at 28 px):
     PYTHONPATH=src python bench/train_throughput.py --model convnet-xs --sizes 28 --batch 320 --skip-seed \
         --nchw --folder ../shared/datasets/chihuahua-muffin/train128 --epochs 1
+bf16 autocast against float32 on the CPU, model-only (amp: native on a CPU with AMX):
+    PYTHONPATH=src python bench/train_throughput.py --sizes 128 64 --batch 64 --skip-seed --bf16 \
+        --folder ../shared/datasets/chihuahua-muffin/test128 --epochs 1
 GPU (ResNet-50 224 px bf16 + channels_last; synthetic and cached-decoded path):
     PYTHONPATH=src python bench/train_throughput.py --device cuda --model resnet50 --sizes 224 \
         --batch 256 --all-rows --skip-seed --steps 50 --epochs 3 [--compile]
@@ -57,8 +60,10 @@ class Clock:
         return n / (time.perf_counter() - self.wall), n / max(time.process_time() - self.cpu, 1e-9)
 
 
-def _amp(device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+def _amp(device, bf16_cpu=False):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16_cpu else torch.autocast("cpu", enabled=False)
 
 
 def _sync(device):
@@ -66,7 +71,7 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def model_only(model_name, size, batch, device, steps, small_input, compile_=False, channels_last=True):
+def model_only(model_name, size, batch, device, steps, small_input, compile_=False, channels_last=True, bf16=False):
     # NHWC on every device, as the engine does (recipe key ``channels_last``, default true)
     torch.manual_seed(0)
     m = create_model(model_name, 2, small_input=small_input).to(device)
@@ -84,7 +89,7 @@ def model_only(model_name, size, batch, device, steps, small_input, compile_=Fal
         if i == 3:
             _sync(device)
             clock = Clock()
-        with _amp(device):
+        with _amp(device, bf16):
             loss = F.cross_entropy(m(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -178,6 +183,8 @@ def main():
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (a) and (b)")
     ap.add_argument("--nchw", action="store_true",
                     help="also time (a) in the NCHW memory format (channels_last off), the ratio in the same run")
+    ap.add_argument("--bf16", action="store_true",
+                    help="also (a) in bf16 autocast on the CPU (recipe key amp: native on a CPU with AMX)")
     ap.add_argument("--rounds", type=int, default=2, help="alternating repeats; the best of each is reported")
     ap.add_argument("--project", default=None, help="project folder (default: a temporary one)")
     ap.add_argument("--folder", default=None,
@@ -206,13 +213,16 @@ def main():
     rows = []
     for size in args.sizes:
         small = size <= 32
-        best = {k: (0.0, 0.0) for k in ("a", "v2", "batched", "c", "nchw")}
+        best = {k: (0.0, 0.0) for k in ("a", "v2", "batched", "c", "nchw", "bf16")}
         for _ in range(args.rounds):  # alternate, keep the best: a shared machine's noise only slows things
             best["a"] = max(best["a"], model_only(args.model, size, args.batch, device, args.steps, small,
                                                   args.compile))
             if args.nchw:
                 best["nchw"] = max(best["nchw"], model_only(args.model, size, args.batch, device, args.steps, small,
                                                             args.compile, channels_last=False))
+            if args.bf16:
+                best["bf16"] = max(best["bf16"], model_only(args.model, size, args.batch, device, args.steps, small,
+                                                            args.compile, bf16=True))
             for aug in ("v2", "batched"):
                 best[aug] = max(best[aug], engine(project, data, args.model, size, args.batch, device, args.epochs,
                                                   small, aug, args.compile))
@@ -233,6 +243,10 @@ def main():
             print(f"{'px':>4} {'(a) NHWC':>10} {'(a) NCHW':>10} {'NHWC/NCHW':>10}")
             for size, r in rows:
                 print(f"{size:>4} {r['a'][j]:10.1f} {r['nchw'][j]:10.1f} {r['a'][j] / r['nchw'][j]:10.2f}")
+        if args.bf16:
+            print(f"{'px':>4} {'(a) fp32':>10} {'(a) bf16':>10} {'bf16/fp32':>10}")
+            for size, r in rows:
+                print(f"{size:>4} {r['a'][j]:10.1f} {r['bf16'][j]:10.1f} {r['bf16'][j] / r['a'][j]:10.2f}")
 
 if __name__ == "__main__":
     main()

@@ -758,8 +758,14 @@ def test_an_ensemble_run_averages_its_members_logits_and_reads_as_any_run(projec
     assert np.mean(np.array(m["label"].to_pylist()) == np.array(m["predicted"].to_pylist())) == \
         pytest.approx(info["best_val_top1"], abs=1e-9)
     assert m.schema.field("embedding").type.list_size == 2 * members[0].num_features
-    bundle = load_bundle("ens", project)  # serving reads it as any run
+    bundle = load_bundle("ens", project)  # serving reads it as any run, and an ONNX export computes the same
     assert bundle.metadata["model_name"] == "ensemble-2:convnet-xxs"
+    from dataloupe.serve import export_model
+
+    export_model(project, "ens", format="onnx", out=project.root / "ens.onnx")
+    batch = np.random.default_rng(0).random((4, 3, 16, 16), dtype=np.float32)
+    np.testing.assert_allclose(load_bundle(project.root / "ens.onnx").predict_proba(batch), bundle.predict_proba(batch),
+                               atol=1e-5)
     # refused before anything is written
     train(project, "dig-train", "dig-val", _recipe("epochs=1", "image_size=12", "collect=false"), run="small", tty=False)
     for members, message in ((["m0"], "two or more"), (["m0", "m0"], "two or more"), (["m0", "nope"], "unknown run"),
