@@ -728,7 +728,7 @@ def test_the_demos_labeled_only_overrides_switch_off_every_use_of_the_pool(proje
     assert "rotation_head" not in last and "unlabeled_used" not in show_run(project, "labeled")["history"][-1]
 
 
-def test_an_ensemble_run_averages_its_members_logits_and_reads_as_any_run(project):
+def test_an_ensemble_run_averages_its_members_logits_and_reads_as_any_run(project, monkeypatch):
     from dataloupe.models import create_model
     from dataloupe.serve import load_bundle
     from dataloupe.train import ensemble_runs
@@ -775,4 +775,7 @@ def test_an_ensemble_run_averages_its_members_logits_and_reads_as_any_run(projec
         assert not (project.runs_dir / "bad").exists()
     with pytest.raises(DataloupeError, match="exists"):
         ensemble_runs(project, "ens", ["m0", "m1"])
+    monkeypatch.setenv("WORLD_SIZE", "2")  # under torchrun every process would write the same run
+    with pytest.raises(DataloupeError, match="without torchrun"):
+        ensemble_runs(project, "bad", ["m0", "m1"])
     assert ensemble_runs(project, "ens", ["m1", "m0"], force=True)["best_val_top1"] == pytest.approx(info["best_val_top1"])

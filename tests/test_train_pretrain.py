@@ -26,7 +26,7 @@ from dataloupe.train import load_checkpoint, load_pretrain_config, load_recipe, 
 from dataloupe.train._pretrain import knn_top1
 
 TINY = {"model": "convnet-xxs", "image_size": 16, "epochs": 2, "batch_size": 32, "log_every": 0.5}
-BEST_KEYS = {"model", "kind", "model_name", "image_size", "small_input", "mean", "std", "method", "epoch"}
+BEST_KEYS = {"model", "kind", "model_name", "image_size", "small_input", "mean", "std", "method", "epoch", "amp"}
 
 
 @pytest.fixture()

@@ -11,6 +11,7 @@ models ensembled scored +0.4 to +1.7 points over either (bench/RESULTS.md).
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 
@@ -51,6 +52,9 @@ def ensemble_runs(project: Project, run: str, members: list[str], *, force: bool
         the run record (``run.json``): ``kind: ensemble``, ``members``, ``best_val_top1``.
     """
     runs.check_run_name(run)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise DataloupeError("dataloupe ensemble runs in one process (it evaluates and collects once): "
+                             "start it without torchrun")
     if len(members) < 2 or len(set(members)) != len(members):
         raise DataloupeError(f"an ensemble needs two or more different member runs, got {members}")
     if run in members:
