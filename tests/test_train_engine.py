@@ -775,7 +775,7 @@ def test_an_ensemble_run_averages_its_members_logits_and_reads_as_any_run(projec
         assert not (project.runs_dir / "bad").exists()
     with pytest.raises(DataloupeError, match="exists"):
         ensemble_runs(project, "ens", ["m0", "m1"])
-    monkeypatch.setenv("WORLD_SIZE", "2")  # under torchrun every process would write the same run
-    with pytest.raises(DataloupeError, match="without torchrun"):
+    with monkeypatch.context() as env, pytest.raises(DataloupeError, match="without torchrun"):
+        env.setenv("WORLD_SIZE", "2")  # under torchrun every process would write the same run
         ensemble_runs(project, "bad", ["m0", "m1"])
     assert ensemble_runs(project, "ens", ["m1", "m0"], force=True)["best_val_top1"] == pytest.approx(info["best_val_top1"])
