@@ -24,7 +24,6 @@ from dataloupe.project import DataloupeError, Project
 from dataloupe.tables import open_ref
 from dataloupe.train import _runs
 from dataloupe.train._checkpoint import atomic_save, load_checkpoint, model_checkpoint
-from dataloupe.train._distributed import init_distributed, shutdown_distributed
 
 # what members must share: the same model on the same data, evaluated the same way
 _SAME_RUN = ("train_table", "train_revision", "val_table", "val_revision", "classes")
@@ -102,31 +101,23 @@ def ensemble_runs(project: Project, run: str, members: list[str], *, force: bool
                                         "num_train", "num_val", "seed", "normalisation") if k in first_info}
     runs.update_run(folder, run=run, kind="ensemble", status="running", members=list(members), model=name,
                     version=runs.package_version(), hardware=_runs.hardware(), created=runs.now(), **keep)
-    top1 = _val_top1(project, model, meta, first_info)
-    ckpt = model_checkpoint(model, val_top1=top1, **meta)
-    atomic_save(ckpt, folder / "checkpoints" / "best.pt")
-    shutil.copy(folder / "checkpoints" / "best.pt", folder / "checkpoints" / "last.pt")
-    runs.update_run(folder, best_val_top1=top1, best_epoch=0, epochs=0, epochs_done=0)
     from dataloupe.train._collect import collect  # noqa: PLC0415 (collect imports the engine's helpers)
 
-    collect(project, run)
-    return runs.update_run(folder, status="completed", finished=runs.now(), seconds=round(time.time() - t0, 1))
+    collect(project, run)  # one pass over the validation rows: its metrics give the top-1 too
+    top1 = _val_top1(project, run, first_info, classes)
+    atomic_save(model_checkpoint(model, val_top1=top1, **meta), folder / "checkpoints" / "best.pt")
+    shutil.copy(folder / "checkpoints" / "best.pt", folder / "checkpoints" / "last.pt")
+    return runs.update_run(folder, best_val_top1=top1, best_epoch=0, epochs=0, epochs_done=0, status="completed",
+                           finished=runs.now(), seconds=round(time.time() - t0, 1))
 
 
-@torch.no_grad()
-def _val_top1(project: Project, model, meta: dict, info: dict) -> float:
-    """Top-1 on the validation rows training measures (labeled, weight > 0), with the same
-    forward pass (mirror-average, autocast) as the engine's evaluation."""
-    from dataloupe.train._collect import _loader, _options  # noqa: PLC0415
-    from dataloupe.train._epoch import evaluate  # noqa: PLC0415
+def _val_top1(project: Project, run: str, info: dict, classes: list[str]) -> float:
+    """Top-1 on the validation rows training measures (labeled, weight > 0), read from the
+    metrics ``collect`` wrote: its forward pass (mirror-average, autocast) is the engine's."""
+    from dataloupe.analysis._runio import load_metrics  # noqa: PLC0415
 
-    ctx = init_distributed("auto")
-    try:
-        samples = sample_set_from_table(open_ref(project, f"{info['val_table']}@{info['val_revision']}"),
-                                        list(meta["classes"]))
-        samples = samples.subset(samples.trainable)
-        opts = _options(model, meta, ctx, tta=bool(meta["tta_hflip"]))
-        sums = evaluate(model, _loader(project, samples, meta, ctx, 256), opts=opts, num_classes=len(meta["classes"]))
-    finally:
-        shutdown_distributed(ctx)
-    return sums["top1"] / max(sums["count"], 1)
+    samples = sample_set_from_table(open_ref(project, f"{info['val_table']}@{info['val_revision']}"), classes)
+    measured = set(samples.ids[samples.trainable].tolist())
+    m = load_metrics(project, run, info["val_table"], columns=["id", "correct"])
+    correct = [bool(c) for i, c in zip(m["id"].to_pylist(), m["correct"].to_pylist()) if i in measured]
+    return sum(correct) / max(len(correct), 1)
