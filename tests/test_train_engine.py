@@ -1,10 +1,11 @@
 import errno
 import json
+import subprocess
 
 import numpy as np
 import pytest
 import torch
-from _train_helpers import CLASSES, FAST, make_digit_tables
+from _train_helpers import CLASSES, FAST, cli, cli_env, make_digit_tables
 
 from dataloupe.project import DataloupeError, Project
 from dataloupe.tables import edit_table
@@ -739,6 +740,14 @@ def test_an_ensemble_run_averages_its_members_logits_and_reads_as_any_run(projec
     info = ensemble_runs(project, "ens", ["m0", "m1"])
     assert (info["kind"], info["status"], info["members"], info["model"]) == \
         ("ensemble", "completed", ["m0", "m1"], "ensemble-2:convnet-xxs")
+    from dataloupe.runs import list_runs
+
+    assert [(r["kind"], r["members"]) for r in list_runs(project) if r["run"] == "ens"] == [("ensemble", ["m0", "m1"])]
+    env = cli_env(project.root)  # the listing says what the run is, not "epochs 0/0"
+    ls = subprocess.run(cli("runs", "ls"), env=env, capture_output=True, text=True, check=True).stdout
+    assert "ensemble of m0, m1" in next(line for line in ls.splitlines() if line.startswith("ens "))
+    show = subprocess.run(cli("runs", "show", "ens"), env=env, capture_output=True, text=True, check=True).stdout
+    assert "members: m0, m1" in show and "kind: ensemble" in show and "epochs_done" not in show
     ck = torch.load(project.runs_dir / "ens" / "checkpoints" / "best.pt", weights_only=True)
     members = []
     for m in ("m0", "m1"):

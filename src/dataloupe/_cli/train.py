@@ -138,8 +138,10 @@ def runs_ls(project: ProjectOpt = None, as_json: JsonOpt = False) -> None:
             continue
         best = r["best_val_top1"]
         best_s = f"{best:.4f}" if isinstance(best, (int, float)) else "-"
+        made = (f"ensemble of {', '.join(r.get('members') or [])}" if r.get("kind") == "ensemble" else
+                f"epochs {r['epochs_done']}/{r['epochs']}")
         typer.echo(f"{r['run']:<24} {r['status']:<9} {r['recipe']:<32} {r['train_table']}@{r['train_revision']}"
-                   f" -> {r['val_table']}@{r['val_revision']} epochs {r['epochs_done']}/{r['epochs']} best {best_s}")
+                   f" -> {r['val_table']}@{r['val_revision']} {made} best {best_s}")
 
 
 @runs_app.command("show")
@@ -156,10 +158,15 @@ def runs_show(run: str, project: ProjectOpt = None, as_json: JsonOpt = False) ->
     if info.get("kind") == "pretrain":
         keys = ("run", "kind", "status", "method", "tables", "epochs", "epochs_done", "knn_top1_start", "knn_top1",
                 "folder")
+    elif info.get("kind") == "ensemble":  # no epochs of its own: what it averages instead
+        keys = ("run", "kind", "status", "recipe", "members", "model", "train_table", "train_revision", "val_table",
+                "val_revision", "best_val_top1", "folder")
     for k in keys:
         v = info.get(k)
         if k == "tables" and isinstance(v, list):
             v = ", ".join(f"{t['table']}@{t['revision']}" for t in v)
+        elif k == "members" and isinstance(v, list):
+            v = ", ".join(v)
         typer.echo(f"{k}: {v}")
     for h in info["history"]:
         typer.echo("  " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in h.items()))
