@@ -168,6 +168,10 @@ def test_rules_become_one_revision(project, digits_dir):
     ("recipe: r\nrules:\n  - {rule: teleport}\n", "unknown rule 'teleport'"),
     ("recipe: r\nrules:\n  - {rule: auto_label, thresh: 1}\n", "no parameter"),
     ("recipe: r\nschedule: 5\n", "schedule"),
+    ("recipe: r\nknn: {neighbours: 5}\n", "'knn' takes"),
+    ("recipe: r\nknn: {k: 0}\n", "k must be"),
+    ("recipe: r\nknn: {pool_fraction: 1.5}\n", "pool_fraction in"),
+    ("recipe: r\nknn: {iterations: 2}\n", "knn iterations"),
 ])
 def test_bad_policies_are_refused(tmp_path, text, match):
     f = tmp_path / "p.yaml"

@@ -179,16 +179,22 @@ def test_an_ensemble_iteration_trains_its_members_from_the_judges_fold_models_an
     pol = _policy(tmp_path)
     pol = replace(pol, schedule=(pol.schedule[0], {**pol.schedule[1], "continue_from": "judge"}), crossfit=judge,
                   ensemble={"members": 2, "iterations": [2]})
-    res = run_loop(project, train="dig-train", val="dig-val", policy=pol, name="en")
+    memory = {"iterations": [2], "k": 5, "temperature": 0.1, "pool_fraction": 0.5, "weight": 1.0}
+    res = run_loop(project, train="dig-train", val="dig-val", policy=replace(pol, knn=memory), name="en")
     runs = {m: json.loads((project.runs_dir / m / "run.json").read_text()) for m in ("en-it1", "en-it2-m1", "en-it2-m2",
-                                                                                     "en-it2")}
+                                                                                     "en-it2", "en-it2-knn")}
     assert not (project.runs_dir / "en-it1-m1").exists() and runs["en-it1"].get("kind") is None  # iteration 1: one model
     assert "en-it1-cf1" in runs["en-it2-m1"]["continue_from"]["source"]  # member i continues the judge's fold model i
     assert "en-it1-cf2" in runs["en-it2-m2"]["continue_from"]["source"]
     assert (runs["en-it2-m1"]["seed"], runs["en-it2-m2"]["seed"]) == (0, 1)
     assert runs["en-it2"]["kind"] == "ensemble" and runs["en-it2"]["members"] == ["en-it2-m1", "en-it2-m2"]
-    assert res.iterations[-1]["run"] == "en-it2" and res.iterations[-1]["val_top1"] == runs["en-it2"]["best_val_top1"]
-    assert (project.runs_dir / "en-it2" / "analysis.json").is_file()  # rules read the ensemble's analysis
+    # policy knn: the ensemble with a memory of its training rows is the iteration's run (iteration 1 keeps its model)
+    assert runs["en-it2-knn"]["kind"] == "memory" and runs["en-it2-knn"]["base"] == "en-it2"
+    assert runs["en-it2-knn"]["memory"]["k"] == 5 and not (project.runs_dir / "en-it1-knn").exists()
+    assert res.iterations[0]["run"] == "en-it1"
+    assert res.iterations[-1]["run"] == "en-it2-knn"
+    assert res.iterations[-1]["val_top1"] == runs["en-it2-knn"]["best_val_top1"]
+    assert (project.runs_dir / "en-it2-knn" / "analysis.json").is_file()  # rules read the shipped run's analysis
     # refused before anything trains: more members than the judge has fold models, and continuing from an ensemble
     three = replace(pol, ensemble={"members": 3, "iterations": [2]})
     prev = replace(pol, schedule=(pol.schedule[0], {**pol.schedule[1], "continue_from": "previous"}),

@@ -788,3 +788,60 @@ def test_an_ensemble_run_averages_its_members_logits_and_reads_as_any_run(projec
         env.setenv("WORLD_SIZE", "2")  # under torchrun every process would write the same run
         ensemble_runs(project, "bad", ["m0", "m1"])
     assert ensemble_runs(project, "ens", ["m1", "m0"], force=True)["best_val_top1"] == pytest.approx(info["best_val_top1"])
+
+
+def test_a_memory_run_adds_a_knn_vote_over_its_training_rows_and_reads_as_any_run(project):
+    import lance
+
+    from dataloupe.models import create_model
+    from dataloupe.serve import export_model, load_bundle
+    from dataloupe.train import memory_run
+
+    train(project, "dig-train", "dig-val", _recipe("epochs=2", "tta_hflip=true", "collect=false"), run="b", tty=False)
+    info = memory_run(project, "mem", "b", k=5, pool_fraction=0.5)  # collects b's training rows first
+    assert (info["kind"], info["status"], info["base"], info["model"]) == ("memory", "completed", "b", "knn:convnet-xxs")
+    assert info["memory"]["labeled"] == 320 and info["memory"]["pool_rows"] == 20 and info["memory"]["pool"] == 10
+    ck = torch.load(project.runs_dir / "mem" / "checkpoints" / "best.pt", weights_only=True)
+    assert ck["model"]["memory.keys"].shape[0] == 330 and ck["model"]["memory.labels"].shape == (330,)
+    # the memory holds the given labels and the base's most confident pool rows with its prediction
+    m = lance.dataset(str(project.runs_dir / "b" / "metrics" / "dig-train.lance")).to_table().to_pydict()
+    pool = [i for i, label in enumerate(m["label"]) if label is None]
+    sure = sorted(pool, key=lambda i: -m["confidence"][i])[:10]
+    want = sorted([CLASSES.index(m["label"][i]) for i in range(len(m["id"])) if m["label"][i] is not None] +
+                  [CLASSES.index(m["predicted"][i]) for i in sure])
+    assert sorted(ck["model"]["memory.labels"].tolist()) == want
+    # rebuilt from its checkpoint (the memory resizes to the saved one), its prediction is the mean of the
+    # head's softmax and the vote of the k nearest memory rows, weighted exp(cosine / T)
+    model = create_model(ck["model_name"], 10, small_input=True).eval()
+    model.load_state_dict(ck["model"])
+    base = create_model("convnet-xxs", 10, small_input=True).eval()
+    base.load_state_dict(torch.load(project.runs_dir / "b" / "checkpoints" / "best.pt", weights_only=True)["model"])
+    x = torch.rand(6, 3, 16, 16)
+    with torch.no_grad():
+        logits, emb = base(x, return_embedding=True)
+        sims = torch.nn.functional.normalize(emb, dim=1) @ ck["model"]["memory.keys"].T
+        top, idx = sims.topk(5, dim=1)
+        votes = torch.zeros(6, 10).index_put_((torch.arange(6).repeat_interleave(5), ck["model"]["memory.labels"][idx]
+                                               .flatten()), torch.exp(top / 0.1).flatten(), accumulate=True)
+        want_p = (torch.softmax(logits, 1) + votes / votes.sum(1, keepdim=True)) / 2
+        torch.testing.assert_close(torch.softmax(model(x), 1), want_p, rtol=1e-4, atol=1e-5)
+    v = lance.dataset(str(project.runs_dir / "mem" / "metrics" / "dig-val.lance")).to_table(columns=["label", "predicted"])
+    assert np.mean(np.array(v["label"].to_pylist()) == np.array(v["predicted"].to_pylist())) == \
+        pytest.approx(info["best_val_top1"], abs=1e-9)
+    bundle = load_bundle("mem", project)  # serving reads it as any run, and an ONNX export computes the same
+    export_model(project, "mem", format="onnx", out=project.root / "mem.onnx")
+    batch = np.random.default_rng(0).random((4, 3, 16, 16), dtype=np.float32)
+    np.testing.assert_allclose(load_bundle(project.root / "mem.onnx").predict_proba(batch), bundle.predict_proba(batch),
+                               atol=1e-5)
+    # refused before anything is written
+    train(project, "dig-train", "dig-val", _recipe("epochs=1", "collect=false"), run="short", tty=False)
+    for base_run, keys, message in (("mem", {}, "memory run"), ("nope", {}, "nope"), ("b", {"k": 0}, "k must be"),
+                                    ("b", {"pool_fraction": 1.5}, "pool_fraction"), ("b", {"temperature": 0}, "temp")):
+        with pytest.raises(DataloupeError, match=message):
+            memory_run(project, "bad", base_run, **keys)
+        assert not (project.runs_dir / "bad").exists()
+    with pytest.raises(DataloupeError, match="exists"):
+        memory_run(project, "mem", "b")
+    assert memory_run(project, "mem", "b", k=5, pool_fraction=0.5, force=True)["best_val_top1"] == \
+        pytest.approx(info["best_val_top1"])
+    assert memory_run(project, "mem0", "b", pool_fraction=0.0)["memory"]["pool"] == 0  # labeled rows only

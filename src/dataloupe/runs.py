@@ -121,6 +121,7 @@ _SUMMARY = ("run", "status", "recipe", "train_table", "train_revision", "val_tab
             "epochs", "epochs_done", "best_val_top1", "best_epoch", "created")
 _PRETRAIN_SUMMARY = ("kind", "method", "tables", "knn_top1")  # added for pretrain runs (no val table, no top-1)
 _ENSEMBLE_SUMMARY = ("kind", "members")  # added for ensemble runs (they train no epochs of their own)
+_MEMORY_SUMMARY = ("kind", "base", "memory")  # added for kNN-memory runs (a trained run plus a memory)
 
 
 def list_runs(project: Project) -> list[dict]:
@@ -128,7 +129,8 @@ def list_runs(project: Project) -> list[dict]:
     out = []
     for name in list_run_names(project):
         info = read_run(project, name)
-        extra = {"pretrain": _PRETRAIN_SUMMARY, "ensemble": _ENSEMBLE_SUMMARY}.get(info.get("kind"), ())
+        extra = {"pretrain": _PRETRAIN_SUMMARY, "ensemble": _ENSEMBLE_SUMMARY,
+                 "memory": _MEMORY_SUMMARY}.get(info.get("kind"), ())
         keys = _SUMMARY + extra
         out.append({k: info.get(k) for k in keys})
     return sorted(out, key=lambda r: r.get("created") or "")

@@ -22,6 +22,7 @@ def register(app: typer.Typer) -> None:
     app.command("lr-find")(lr_find_cmd)
     app.command("collect")(collect_cmd)
     app.command("ensemble")(ensemble_cmd)
+    app.command("knn")(knn_cmd)
     app.add_typer(runs_app, name="runs")
 
 
@@ -120,6 +121,33 @@ def ensemble_cmd(
                f"val top-1 {100 * info['best_val_top1']:.2f}%")
 
 
+def knn_cmd(
+    base: Annotated[str, typer.Argument(help="A completed classifier run (one model or an ensemble).")],
+    run: Annotated[str, typer.Option("--run", help="Name of the run to write.")],
+    k: Annotated[int, typer.Option("--k", help="Neighbours that vote.")] = 20,
+    temperature: Annotated[float, typer.Option("--temperature", help="Vote weight exp(similarity / T).")] = 0.1,
+    pool_fraction: Annotated[float, typer.Option(
+        "--pool-fraction", help="Share of the undefined rows in the memory, the base's most confident first "
+                                "(with its prediction); 0: labeled rows only.")] = 0.5,
+    weight: Annotated[float, typer.Option("--weight", help="The vote's weight against the head's softmax (1: the "
+                                                           "mean of the two).")] = 1.0,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing run of that name.")] = False,
+    project: ProjectOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Add a kNN memory of the training rows to a finished run (evaluated, collected, servable)."""
+    from dataloupe.train import memory_run
+
+    info = memory_run(project_from(project), run, base, k=k, temperature=temperature, pool_fraction=pool_fraction,
+                      weight=weight, force=force)
+    if as_json:
+        print_json(info)
+        return
+    mem = info["memory"]
+    typer.echo(f"run {run}: {base} with a memory of {mem['labeled']} labeled and {mem['pool']} pool rows "
+               f"(k {k}, T {temperature}, weight {weight}); val top-1 {100 * info['best_val_top1']:.2f}%")
+
+
 @runs_app.command("ls")
 def runs_ls(project: ProjectOpt = None, as_json: JsonOpt = False) -> None:
     """List runs."""
@@ -139,6 +167,7 @@ def runs_ls(project: ProjectOpt = None, as_json: JsonOpt = False) -> None:
         best = r["best_val_top1"]
         best_s = f"{best:.4f}" if isinstance(best, (int, float)) else "-"
         made = (f"ensemble of {', '.join(r.get('members') or [])}" if r.get("kind") == "ensemble" else
+                f"{r.get('base')} + kNN memory" if r.get("kind") == "memory" else
                 f"epochs {r['epochs_done']}/{r['epochs']}")
         typer.echo(f"{r['run']:<24} {r['status']:<9} {r['recipe']:<32} {r['train_table']}@{r['train_revision']}"
                    f" -> {r['val_table']}@{r['val_revision']} {made} best {best_s}")
@@ -161,6 +190,9 @@ def runs_show(run: str, project: ProjectOpt = None, as_json: JsonOpt = False) ->
     elif info.get("kind") == "ensemble":  # no epochs of its own: what it averages instead
         keys = ("run", "kind", "status", "recipe", "members", "model", "train_table", "train_revision", "val_table",
                 "val_revision", "best_val_top1", "folder")
+    elif info.get("kind") == "memory":
+        keys = ("run", "kind", "status", "recipe", "base", "memory", "model", "train_table", "train_revision",
+                "val_table", "val_revision", "best_val_top1", "folder")
     for k in keys:
         v = info.get(k)
         if k == "tables" and isinstance(v, list):

@@ -308,8 +308,17 @@ def run_loop(
         else:
             info = _train_ensemble(project, pol, f"{train}@{table.revision}", val, overrides, run, starts, train_fn,
                                    log)
-        log(f"[loop {name}] analysing {run}")
-        findings, metrics = analyze_fn(project, run, folds=pol.analyze_folds or None)
+        memory = pol.knn_for(k)
+        if memory:  # the trained run plus a kNN memory of its training rows becomes the iteration's run
+            from dataloupe.train import memory_run  # noqa: PLC0415 (loop sits above train)
+
+            shipped = f"{run}-knn"
+            log(f"[loop {name}] adding a kNN memory to {run}: {shipped}")
+            info = memory_run(project, shipped, run, force=True, **memory)
+        else:
+            shipped = run
+        log(f"[loop {name}] analysing {shipped}")
+        findings, metrics = analyze_fn(project, shipped, folds=pol.analyze_folds or None)
         latest = open_table(project, train)
         if latest.entry["message"].startswith(_marker(name, k)):
             res_rev, changes = latest.revision, latest.entry["changes"]  # applied before a kill
@@ -322,7 +331,7 @@ def run_loop(
                                                  log), iteration=k)
             ops, _, flagged = plan_edits(pol, ctx)
             shadow = {int(i): c for i, c in state.get("shadow_labels", {}).items()}
-            estimate = estimate_auto_label_precision(pol, ctx, _val_metrics(project, run), shadow)
+            estimate = estimate_auto_label_precision(pol, ctx, _val_metrics(project, shipped), shadow)
             state["shadow_labels"] = {str(i): c for i, c in shadow.items()}
             (folder / f"review-it{k}.json").write_text(json.dumps({"flagged": flagged}))
             if ops:
@@ -337,7 +346,7 @@ def run_loop(
                "undefined": s["undefined"], "excluded": s["excluded"],
                "val_top1": info.get("best_val_top1") if isinstance(info, dict) else None,
                "val_top1_last": history[-1].get("val_top1") if history else None,
-               "run": run, "minutes": round((time.time() - t0) / 60, 2),
+               "run": shipped, "minutes": round((time.time() - t0) / 60, 2),
                "cpu_minutes": round((cpu_seconds() - c0) / 60, 2),
                "next_revision": res_rev, "changes": changes,
                "auto_label_estimate": estimate}

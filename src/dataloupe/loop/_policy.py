@@ -53,6 +53,11 @@ class Policy:
             ``seed + 1``, ...; with ``continue_from: judge`` member ``i`` starts from the judge's
             fold model ``i``), and the iteration's run ``<run>`` is their ensemble (the members'
             logits averaged; ``dataloupe ensemble``): what rules, the report and serving read.
+        knn: ``{iterations, k, temperature, pool_fraction, weight}``: in the listed iterations
+            (1-based; default every one) the iteration's run ``<run>`` (one model or the
+            ensemble) gets a kNN memory of its training rows (``dataloupe knn``: labeled rows and
+            the most confident ``pool_fraction`` of the undefined ones), and ``<run>-knn``
+            becomes the iteration's run: what rules, the report and serving read.
     """
 
     name: str
@@ -67,6 +72,14 @@ class Policy:
     pretrain: dict | None = None
     crossfit: dict | tuple | None = None  # one judge, or several (see crossfit_judges)
     ensemble: dict | None = None  # {members: K, iterations: [..] or None (every iteration)}
+    knn: dict | None = None  # {iterations, k, temperature, pool_fraction, weight}: a kNN memory on the run
+
+    def knn_for(self, k: int) -> dict | None:
+        """The memory settings (``k``, ``temperature``, ``pool_fraction``, ``weight``) of iteration
+        ``k`` (1-based), or None when it keeps its run as trained."""
+        if not self.knn or (self.knn["iterations"] is not None and k not in self.knn["iterations"]):
+            return None
+        return {key: v for key, v in self.knn.items() if key != "iterations"}
 
     def overrides_for(self, iteration: int) -> dict:
         """Recipe overrides of iteration ``iteration`` (0-based)."""
@@ -133,7 +146,26 @@ def load_policy(name_or_path: str) -> Policy:
                   analyze_folds=int(raw.get("analyze_folds", 0)),
                   pretrain=_pretrain_keys(name, raw.get("pretrain")),
                   crossfit=_crossfit_keys(name, raw.get("crossfit")),
-                  ensemble=_ensemble_keys(name, raw.get("ensemble")))
+                  ensemble=_ensemble_keys(name, raw.get("ensemble")),
+                  knn=_knn_keys(name, raw.get("knn")))
+
+
+def _knn_keys(name: str, value) -> dict | None:
+    if value is None:
+        return None
+    from dataloupe.train._memory import DEFAULTS, check_memory_settings  # noqa: PLC0415
+
+    if not isinstance(value, dict) or set(value) - {"iterations", *DEFAULTS}:
+        raise DataloupeError(f"policy {name}: 'knn' takes iterations, {', '.join(DEFAULTS)}")
+    its = value.get("iterations")
+    if its is not None and (not isinstance(its, list) or not all(isinstance(i, int) and i >= 1 for i in its)):
+        raise DataloupeError(f"policy {name}: knn iterations must be a list of numbers >= 1")
+    settings = {**DEFAULTS, **{k: v for k, v in value.items() if k != "iterations"}}
+    try:
+        check_memory_settings(**settings)
+    except DataloupeError as e:
+        raise DataloupeError(f"policy {name}: {e}") from None
+    return {"iterations": its, **settings}
 
 
 def _crossfit_keys(name: str, value) -> dict | tuple[dict, ...] | None:

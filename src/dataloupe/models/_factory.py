@@ -19,6 +19,7 @@ from torchvision import models as tvm
 
 from dataloupe.models._convnet import CONVNETS, ConvNet
 from dataloupe.models._ensemble import ConcatBackbone, parse_ensemble_name
+from dataloupe.models._memory import MemoryVote, parse_memory_name
 from dataloupe.models._weights import load_pretrained
 from dataloupe.project import DataloupeError
 
@@ -120,10 +121,13 @@ class Classifier(nn.Module):
         self.is_timm = False
         self.source_head: tuple[str, ...] = ()
         self.weights_report = None  # the WeightsReport of create_model(pretrained=...)
+        self.memory: nn.Module | None = None  # a MemoryVote for knn:<model> names (models/_memory.py)
 
     def forward(self, x: torch.Tensor, return_embedding: bool = False):
         emb = self.backbone(x)
         logits = self.head(emb)
+        if self.memory is not None:
+            logits = self.memory(logits, emb)
         return (logits, emb) if return_embedding else logits
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -203,6 +207,7 @@ def supports_small_input(name: str) -> bool:
         >>> supports_small_input("resnet18"), supports_small_input("convnext_atto")
         (True, False)
     """
+    name = parse_memory_name(name) or name
     parts = parse_ensemble_name(name)
     name = parts[1] if parts else name
     entry = _BACKBONES.get(name) or _timm_entry(name)
@@ -239,6 +244,15 @@ def create_model(
     """
     if num_classes < 1:
         raise DataloupeError(f"num_classes must be >= 1, got {num_classes}")
+    base = parse_memory_name(name)
+    if base is not None:  # a trained classifier plus a memory of its training rows (models/_memory.py)
+        if pretrained is not None:
+            raise DataloupeError(f"model {name!r}: a memory classifier is made from a trained run (dataloupe knn), "
+                                 "not from pretrained weights")
+        model = create_model(base, num_classes, small_input=small_input)
+        model.memory = MemoryVote(num_classes)
+        model.model_name = name
+        return model
     parts = parse_ensemble_name(name)
     entry = backbone_entry(parts[1] if parts else name)
     if parts:  # K members of one architecture as one model (models/_ensemble.py); their weights come from runs

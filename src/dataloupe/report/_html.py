@@ -138,6 +138,7 @@ def write_report(project: Project, run: str, *, out: str | Path | None = None) -
     thumbs = _Thumbs(project, run, tables)
     e = html.escape
     made = (f"ensemble of {', '.join(info.get('members', []))}" if info.get("kind") == "ensemble" else
+            f"{info.get('base')} with a kNN memory" if info.get("kind") == "memory" else
             f"seed {info.get('seed')}, epochs {info.get('epochs_done')}/{info.get('epochs')}")
     parts = [f"<h1>dataloupe report: run {e(run)}</h1><p class='sub'>recipe {e(str(info.get('recipe')))}, "
              f"train {e(str(tables.get('train')))}@{info.get('train_revision')}, val {e(str(tables.get('val')))}"

@@ -1,4 +1,4 @@
-"""Training engine: recipes, train, self-supervised pretraining, ensembles, runs, checkpoints, LR finder, distributed."""
+"""Training engine: recipes, train, self-supervised pretraining, ensembles, kNN memories, runs, checkpoints, LR finder, distributed."""
 
 from dataloupe.train._checkpoint import atomic_save, load_checkpoint
 from dataloupe.train._distributed import DistContext, init_distributed, shutdown_distributed
@@ -6,6 +6,7 @@ from dataloupe.train._dynamics import aum, forgetting_events
 from dataloupe.train._engine import train, train_samples
 from dataloupe.train._ensemble import ensemble_runs
 from dataloupe.train._inputs import TrainData, load_train_data
+from dataloupe.train._memory import memory_run
 from dataloupe.train._pretrain import pretrain
 from dataloupe.train._pretrain_config import PretrainConfig, load_pretrain_config
 from dataloupe.train._recipe import Recipe, build_recipe, list_recipes, load_recipe, parse_overrides, valid_keys
@@ -28,6 +29,7 @@ __all__ = [
     "load_pretrain_config",
     "load_recipe",
     "load_train_data",
+    "memory_run",
     "parse_overrides",
     "pretrain",
     "read_run",

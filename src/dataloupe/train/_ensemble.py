@@ -32,7 +32,7 @@ _SAME_CKPT = ("model_name", "image_size", "small_input", "mean", "std", "tta_hfl
 
 def _member(project: Project, run: str) -> tuple[dict, dict]:
     info = runs.read_run(project, run)
-    if info.get("kind") in ("pretrain", "ensemble"):
+    if info.get("kind") in ("pretrain", "ensemble", "memory"):
         raise DataloupeError(f"run {run!r} is a {info['kind']} run: an ensemble's members are trained classifiers")
     if info.get("status") != "completed":
         raise DataloupeError(f"run {run!r} is {info.get('status', 'unfinished')}: only completed runs can be members")

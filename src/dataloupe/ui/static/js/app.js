@@ -68,7 +68,7 @@ function runsTable(runs) {
       h("td", {}, (r.metrics_tables || []).length ? h("a", { href: `#/run/${enc(r.run)}` }, r.run) : r.run),
       h("td", {}, r.status), h("td", {}, `${r.train_table ?? "?"}@${r.train_revision ?? "?"}`),
       h("td", {}, typeof r.best_val_top1 === "number" ? (100 * r.best_val_top1).toFixed(2) + "%" : "–"),
-      h("td", {}, r.kind === "ensemble" ? `ensemble of ${(r.members || []).length}` : `${r.epochs_done ?? "?"}/${r.epochs ?? "?"}`),
+      h("td", {}, r.kind === "ensemble" ? `ensemble of ${(r.members || []).length}` : r.kind === "memory" ? `${r.base} + kNN` : `${r.epochs_done ?? "?"}/${r.epochs ?? "?"}`),
       h("td", {}, (r.metrics_tables || []).join(", ") || "–"),
       h("td", {}, (r.metrics_tables || []).includes(r.train_table) ? h("a", { href: `#/review/${enc(r.run)}`, class: "review-link" }, "review queue") : ""))));
 }

@@ -1,0 +1,94 @@
+"""A k-nearest-neighbour vote over the pool, beside a finished run's own predictions.
+
+Measures, without training anything, what a memory of the training table's embeddings would
+add to a run's validation top-1: the labeled rows with their labels plus the undefined rows the
+run itself is most confident about (``--pool-fraction``), each with the run's prediction; a
+validation image is classified by the ``k`` most cosine-similar memory rows, each voting with
+weight ``exp(similarity / temperature)`` (the kNN monitor of self-supervised learning, Wu et al.
+2018). Columns: the run's own top-1 (the baseline, from the same metrics), the vote alone, and
+the vote added to the run's probabilities. Validation labels only score.
+
+Reads what ``collect`` wrote (``runs/<run>/metrics``: embeddings, probabilities, confidence of
+every train and validation row), so any run with metrics on both tables works, e.g. the demo's
+iteration-2 ensemble after ``dataloupe demo --seed 0 --project P``:
+
+    PYTHONPATH=src python bench/knn_memory.py --project P --runs demo-it2
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def knn_vote(query: np.ndarray, memory: np.ndarray, labels: np.ndarray, num_classes: int, k: int,
+             temperature: float) -> np.ndarray:
+    """``(Q, K)`` class shares of the ``k`` nearest memory rows (cosine), weighted ``exp(s / T)``."""
+    q = query / (np.linalg.norm(query, axis=1, keepdims=True) + 1e-12)
+    m = memory / (np.linalg.norm(memory, axis=1, keepdims=True) + 1e-12)
+    sims = q @ m.T
+    k = min(k, len(m))
+    idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    w = np.exp(np.take_along_axis(sims, idx, 1) / temperature)
+    votes = np.zeros((len(q), num_classes))
+    for j in range(k):
+        np.add.at(votes, (np.arange(len(q)), labels[idx[:, j]]), w[:, j])
+    return votes / votes.sum(1, keepdims=True)
+
+
+def measure(project, run: str, fractions: list[float], k: int, temperature: float) -> dict:
+    from dataloupe.analysis._runio import load_metrics
+    from dataloupe.runs import read_run
+
+    info = read_run(project, run)
+    classes = list(info["classes"])
+    index = {c: i for i, c in enumerate(classes)}
+    cols = ["label", "predicted", "confidence", "probs", "embedding"]
+    tr = load_metrics(project, run, info["train_table"], columns=cols).to_pydict()
+    va = load_metrics(project, run, info["val_table"], columns=cols).to_pydict()
+    emb_t = np.asarray(tr["embedding"], np.float32)
+    emb_v = np.asarray(va["embedding"], np.float32)
+    y_val = np.array([index[label] for label in va["label"]])
+    probs_v = np.asarray(va["probs"], np.float64)
+    labeled = np.array([label in index for label in tr["label"]])
+    y_mem = np.array([index[label] if ok else index[p] for label, p, ok in zip(tr["label"], tr["predicted"], labeled)])
+    conf = np.asarray(tr["confidence"], np.float64)
+    out = {"run": run, "network": float((probs_v.argmax(1) == y_val).mean()), "pool": int((~labeled).sum())}
+    for frac in fractions:
+        cut = np.quantile(conf[~labeled], 1.0 - frac) if frac > 0 else np.inf
+        mem = labeled | (conf >= cut)
+        votes = knn_vote(emb_v, emb_t[mem], y_mem[mem], len(classes), k, temperature)
+        out[f"vote@{frac:g}"] = float((votes.argmax(1) == y_val).mean())
+        out[f"net+vote@{frac:g}"] = float(((probs_v + votes).argmax(1) == y_val).mean())
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--project", type=Path, required=True)
+    ap.add_argument("--runs", nargs="+", required=True)
+    ap.add_argument("--pool-fraction", type=float, nargs="+", default=[0.0, 0.5, 1.0],
+                    help="shares of the undefined rows in the memory (most confident first); 0: labeled rows only")
+    ap.add_argument("-k", type=int, default=20)
+    ap.add_argument("--temperature", type=float, default=0.1)
+    args = ap.parse_args()
+    sys.path.insert(0, str(ROOT / "src"))
+    from dataloupe.project import Project
+
+    project = Project.open(args.project)
+    rows = [measure(project, run, args.pool_fraction, args.k, args.temperature) for run in args.runs]
+    keys = [k for k in rows[0] if k not in ("run", "pool")]
+    print(f"{'run':<20}" + "".join(f"{k:>14}" for k in keys))
+    for r in rows:
+        print(f"{r['run']:<20}" + "".join(f"{100 * r[k]:>14.2f}" for k in keys))
+    if len(rows) > 1:
+        print(f"{'mean':<20}" + "".join(f"{100 * np.mean([r[k] for r in rows]):>14.2f}" for k in keys))
+
+
+if __name__ == "__main__":
+    main()
