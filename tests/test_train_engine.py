@@ -829,10 +829,11 @@ def test_a_memory_run_adds_a_knn_vote_over_its_training_rows_and_reads_as_any_ru
     assert np.mean(np.array(v["label"].to_pylist()) == np.array(v["predicted"].to_pylist())) == \
         pytest.approx(info["best_val_top1"], abs=1e-9)
     bundle = load_bundle("mem", project)  # serving reads it as any run, and an ONNX export computes the same
-    export_model(project, "mem", format="onnx", out=project.root / "mem.onnx")
     batch = np.random.default_rng(0).random((4, 3, 16, 16), dtype=np.float32)
-    np.testing.assert_allclose(load_bundle(project.root / "mem.onnx").predict_proba(batch), bundle.predict_proba(batch),
-                               atol=1e-5)
+    for fmt, suffix in (("onnx", "onnx"), ("torchscript", "pt")):
+        export_model(project, "mem", format=fmt, out=project.root / f"mem.{suffix}")
+        np.testing.assert_allclose(load_bundle(project.root / f"mem.{suffix}").predict_proba(batch),
+                                   bundle.predict_proba(batch), atol=1e-5)
     # refused before anything is written
     train(project, "dig-train", "dig-val", _recipe("epochs=1", "collect=false"), run="short", tty=False)
     for base_run, keys, message in (("mem", {}, "memory run"), ("nope", {}, "nope"), ("b", {"k": 0}, "k must be"),
@@ -845,3 +846,9 @@ def test_a_memory_run_adds_a_knn_vote_over_its_training_rows_and_reads_as_any_ru
     assert memory_run(project, "mem", "b", k=5, pool_fraction=0.5, force=True)["best_val_top1"] == \
         pytest.approx(info["best_val_top1"])
     assert memory_run(project, "mem0", "b", pool_fraction=0.0)["memory"]["pool"] == 0  # labeled rows only
+    env = cli_env(project.root)  # the CLI is the same call; the listing says what the run is
+    out = json.loads(subprocess.run(cli("knn", "b", "--run", "memcli", "--k", "5", "--json"), env=env, check=True,
+                                    capture_output=True, text=True).stdout)
+    assert (out["kind"], out["memory"]["k"], out["best_val_top1"]) == ("memory", 5, pytest.approx(info["best_val_top1"]))
+    ls = subprocess.run(cli("runs", "ls"), env=env, capture_output=True, text=True, check=True).stdout
+    assert "b + kNN memory" in next(line for line in ls.splitlines() if line.startswith("memcli "))

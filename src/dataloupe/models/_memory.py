@@ -7,7 +7,7 @@ prediction is the mean of the head's softmax and the vote of the ``k`` memory ro
 cosine similarity, each weighted ``exp(similarity / temperature)`` (the weighted kNN of Wu et
 al. 2018, the self-supervised kNN monitor). The head draws one linear boundary per class; the
 vote follows the shape of the pool's clusters, which a head trained on a few hundred labels
-cannot. Measured on the demo's six scenarios: +0.55 points over the ensemble alone, every one
+cannot. Measured on the demo's six scenarios: +0.54 points over the ensemble alone, every one
 up; on chihuahua-muffin +0.5 to +1.6 (bench/RESULTS.md).
 
 Written by hand (a dozen lines): it must live inside the model so that evaluation, ``collect``,
