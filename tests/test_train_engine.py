@@ -790,7 +790,7 @@ def test_an_ensemble_run_averages_its_members_logits_and_reads_as_any_run(projec
     assert ensemble_runs(project, "ens", ["m1", "m0"], force=True)["best_val_top1"] == pytest.approx(info["best_val_top1"])
 
 
-def test_a_memory_run_adds_a_knn_vote_over_its_training_rows_and_reads_as_any_run(project):
+def test_a_memory_run_adds_a_knn_vote_over_its_training_rows_and_reads_as_any_run(project, monkeypatch):
     import lance
 
     from dataloupe.models import create_model
@@ -843,6 +843,12 @@ def test_a_memory_run_adds_a_knn_vote_over_its_training_rows_and_reads_as_any_ru
         assert not (project.runs_dir / "bad").exists()
     with pytest.raises(DataloupeError, match="exists"):
         memory_run(project, "mem", "b")
+    from dataloupe.train import _memory
+
+    with monkeypatch.context() as env, pytest.raises(DataloupeError, match="GiB"):
+        env.setattr(_memory, "MAX_MEMORY_BYTES", 1000)  # a memory too large to travel in a checkpoint
+        memory_run(project, "bad", "b")
+    assert not (project.runs_dir / "bad").exists()
     assert memory_run(project, "mem", "b", k=5, pool_fraction=0.5, force=True)["best_val_top1"] == \
         pytest.approx(info["best_val_top1"])
     assert memory_run(project, "mem0", "b", pool_fraction=0.0)["memory"]["pool"] == 0  # labeled rows only

@@ -26,6 +26,9 @@ from dataloupe.train import _runs
 from dataloupe.train._checkpoint import atomic_save, load_checkpoint, model_checkpoint
 
 DEFAULTS = {"k": 20, "temperature": 0.1, "pool_fraction": 0.5, "weight": 1.0}
+# The memory lives in the checkpoint and in memory at serving: 1 GiB of float32 embeddings is
+# ~130,000 rows of ResNet-50's 2,048 (ImageNet's 1.28M labeled rows would be 10 GiB).
+MAX_MEMORY_BYTES = 1 << 30
 
 
 def check_memory_settings(k: int, temperature: float, pool_fraction: float, weight: float) -> None:
@@ -112,6 +115,10 @@ def memory_run(project: Project, run: str, base: str, *, k: int = 20, temperatur
 
         collect(project, base, table=f"{info['train_table']}@{info['train_revision']}")
     keys, labels, counts = memory_rows(project, base, info, classes, pool_fraction)
+    if keys.nbytes > MAX_MEMORY_BYTES:
+        raise DataloupeError(f"a memory of {len(keys):,} rows x {keys.shape[1]} floats is "
+                             f"{keys.nbytes / 2**30:.1f} GiB (limit {MAX_MEMORY_BYTES / 2**30:.1f} GiB, it travels "
+                             "in the checkpoint): lower pool_fraction, or keep the run without a memory")
     name = memory_name(ckpt["model_name"])
     model = create_model(name, len(classes), small_input=bool(ckpt["small_input"]))
     missing = model.load_state_dict(ckpt["model"], strict=False)
