@@ -89,22 +89,38 @@ def ensemble_runs(project: Project, run: str, members: list[str], *, force: bool
         heads.append(head)
     state["head.weight"], state["head.bias"] = combine_heads(heads)
     model.load_state_dict(state)  # strict: every tensor of every member is in the ensemble
+    record = {"kind": "ensemble", "members": list(members)}
+    return write_derived_run(project, run, model, name, first, members[0], first_info, record, t0)
+
+
+# What a run made from finished runs keeps of its source run's record (tables, inputs, seed).
+_KEPT = ("recipe", *_SAME_RUN, "train_content_key", "val_content_key", "image_size", "num_train", "num_val", "seed",
+         "normalisation", "members")
+
+
+def write_derived_run(project: Project, run: str, model, name: str, ckpt: dict, source: str, source_info: dict,
+                      record: dict, t0: float) -> dict:
+    """Write run ``run`` for ``model`` (named ``name``) made from finished runs (an ensemble, a
+    memory): the checkpoint with ``ckpt``'s input pipeline, ``source``'s recipe and table record,
+    then ``collect`` and the validation top-1 measured as training measures it. ``record`` adds
+    the run's own keys (``kind``, ...). The run's folder must not exist."""
+    folder = runs.run_dir(project, run)
+    classes = list(ckpt["classes"])
     (folder / "checkpoints").mkdir(parents=True)
-    meta = dict(model_name=name, classes=classes, image_size=first["image_size"], small_input=first["small_input"],
-                mean=first["mean"], std=first["std"], epoch=0, tta_hflip=bool(first.get("tta_hflip")),
-                amp=first.get("amp", "auto"))
+    meta = dict(model_name=name, classes=classes, image_size=ckpt["image_size"], small_input=ckpt["small_input"],
+                mean=ckpt["mean"], std=ckpt["std"], epoch=0, tta_hflip=bool(ckpt.get("tta_hflip")),
+                amp=ckpt.get("amp", "auto"))
     atomic_save(model_checkpoint(model, val_top1=None, **meta), folder / "checkpoints" / "best.pt")
-    src = runs.run_dir(project, members[0]) / "recipe.yaml"
+    src = runs.run_dir(project, source) / "recipe.yaml"
     if src.is_file():
-        shutil.copy(src, folder / "recipe.yaml")  # the members' recipe (the first member's seed)
-    keep = {k: first_info[k] for k in ("recipe", *_SAME_RUN, "train_content_key", "val_content_key", "image_size",
-                                        "num_train", "num_val", "seed", "normalisation") if k in first_info}
-    runs.update_run(folder, run=run, kind="ensemble", status="running", members=list(members), model=name,
-                    version=runs.package_version(), hardware=_runs.hardware(), created=runs.now(), **keep)
+        shutil.copy(src, folder / "recipe.yaml")  # the source's recipe (an ensemble's: its first member's seed)
+    keep = {k: source_info[k] for k in _KEPT if k in source_info}
+    runs.update_run(folder, **{**keep, **record}, run=run, status="running", model=name,
+                    version=runs.package_version(), hardware=_runs.hardware(), created=runs.now())
     from dataloupe.train._collect import collect  # noqa: PLC0415 (collect imports the engine's helpers)
 
     collect(project, run)  # one pass over the validation rows: its metrics give the top-1 too
-    top1 = _val_top1(project, run, first_info, classes)
+    top1 = _val_top1(project, run, source_info, classes)
     atomic_save(model_checkpoint(model, val_top1=top1, **meta), folder / "checkpoints" / "best.pt")
     shutil.copy(folder / "checkpoints" / "best.pt", folder / "checkpoints" / "last.pt")
     return runs.update_run(folder, best_val_top1=top1, best_epoch=0, epochs=0, epochs_done=0, status="completed",

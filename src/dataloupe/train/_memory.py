@@ -22,8 +22,8 @@ from dataloupe.data import sample_set_from_table
 from dataloupe.models import create_model, memory_name, parse_memory_name
 from dataloupe.project import DataloupeError, Project
 from dataloupe.tables import open_ref
-from dataloupe.train import _runs
-from dataloupe.train._checkpoint import atomic_save, load_checkpoint, model_checkpoint
+from dataloupe.train._checkpoint import load_checkpoint
+from dataloupe.train._ensemble import write_derived_run
 
 DEFAULTS = {"k": 20, "temperature": 0.1, "pool_fraction": 0.5, "weight": 1.0}
 # The memory lives in the checkpoint and in memory at serving: 1 GiB of float32 embeddings is
@@ -127,26 +127,6 @@ def memory_run(project: Project, run: str, base: str, *, k: int = 20, temperatur
     model.memory.fill(torch.from_numpy(keys), torch.from_numpy(labels), k=k, temperature=temperature, weight=weight)
     if folder.exists():
         shutil.rmtree(folder)
-    (folder / "checkpoints").mkdir(parents=True)
-    meta = dict(model_name=name, classes=classes, image_size=ckpt["image_size"], small_input=ckpt["small_input"],
-                mean=ckpt["mean"], std=ckpt["std"], epoch=0, tta_hflip=bool(ckpt.get("tta_hflip")),
-                amp=ckpt.get("amp", "auto"))
-    atomic_save(model_checkpoint(model, val_top1=None, **meta), folder / "checkpoints" / "best.pt")
-    src = runs.run_dir(project, base) / "recipe.yaml"
-    if src.is_file():
-        shutil.copy(src, folder / "recipe.yaml")
-    keep = {key: info[key] for key in ("recipe", "train_table", "train_revision", "val_table", "val_revision",
-                                        "classes", "train_content_key", "val_content_key", "image_size", "num_train",
-                                        "num_val", "seed", "normalisation", "members") if key in info}
     settings = {"k": k, "temperature": temperature, "pool_fraction": pool_fraction, "weight": weight, **counts}
-    runs.update_run(folder, run=run, kind="memory", status="running", base=base, memory=settings, model=name,
-                    version=runs.package_version(), hardware=_runs.hardware(), created=runs.now(), **keep)
-    from dataloupe.train._collect import collect  # noqa: PLC0415 (collect imports the engine's helpers)
-    from dataloupe.train._ensemble import _val_top1  # noqa: PLC0415
-
-    collect(project, run)  # one pass over the validation rows: its metrics give the top-1 too
-    top1 = _val_top1(project, run, info, classes)
-    atomic_save(model_checkpoint(model, val_top1=top1, **meta), folder / "checkpoints" / "best.pt")
-    shutil.copy(folder / "checkpoints" / "best.pt", folder / "checkpoints" / "last.pt")
-    return runs.update_run(folder, best_val_top1=top1, best_epoch=0, epochs=0, epochs_done=0, status="completed",
-                           finished=runs.now(), seconds=round(time.time() - t0, 1))
+    return write_derived_run(project, run, model, name, ckpt, base, info,
+                             {"kind": "memory", "base": base, "memory": settings}, t0)
