@@ -26,19 +26,18 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def knn_vote(query: np.ndarray, memory: np.ndarray, labels: np.ndarray, num_classes: int, k: int,
-             temperature: float) -> np.ndarray:
-    """``(Q, K)`` class shares of the ``k`` nearest memory rows (cosine), weighted ``exp(s / T)``."""
-    q = query / (np.linalg.norm(query, axis=1, keepdims=True) + 1e-12)
-    m = memory / (np.linalg.norm(memory, axis=1, keepdims=True) + 1e-12)
-    sims = q @ m.T
-    k = min(k, len(m))
-    idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-    w = np.exp(np.take_along_axis(sims, idx, 1) / temperature)
-    votes = np.zeros((len(q), num_classes))
-    for j in range(k):
-        np.add.at(votes, (np.arange(len(q)), labels[idx[:, j]]), w[:, j])
-    return votes / votes.sum(1, keepdims=True)
+def memory_predict(probs: np.ndarray, query: np.ndarray, memory: np.ndarray, labels: np.ndarray, k: int,
+                   temperature: float, weight: float) -> np.ndarray:
+    """The shipped memory classifier's prediction (``models/_memory.py``: the head's probabilities
+    ``probs`` blended with the vote of the ``k`` nearest memory rows); a huge ``weight`` is the vote alone."""
+    import torch
+
+    from dataloupe.models import MemoryVote
+
+    vote = MemoryVote(probs.shape[1])
+    vote.fill(torch.from_numpy(memory), torch.from_numpy(labels), k=k, temperature=temperature, weight=weight)
+    with torch.no_grad():
+        return vote(torch.from_numpy(np.log(np.maximum(probs, 1e-12))), torch.from_numpy(query)).numpy()
 
 
 def measure(project, run: str, fractions: list[float], k: int, temperature: float) -> dict:
@@ -62,9 +61,9 @@ def measure(project, run: str, fractions: list[float], k: int, temperature: floa
     for frac in fractions:
         cut = np.quantile(conf[~labeled], 1.0 - frac) if frac > 0 else np.inf
         mem = labeled | (conf >= cut)
-        votes = knn_vote(emb_v, emb_t[mem], y_mem[mem], len(classes), k, temperature)
-        out[f"vote@{frac:g}"] = float((votes.argmax(1) == y_val).mean())
-        out[f"net+vote@{frac:g}"] = float(((probs_v + votes).argmax(1) == y_val).mean())
+        for key, weight in ((f"vote@{frac:g}", 1e9), (f"net+vote@{frac:g}", 1.0)):
+            pred = memory_predict(probs_v, emb_v, emb_t[mem], y_mem[mem], k, temperature, weight)
+            out[key] = float((pred.argmax(1) == y_val).mean())
     return out
 
 
