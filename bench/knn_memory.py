@@ -6,7 +6,8 @@ run itself is most confident about (``--pool-fraction``), each with the run's pr
 validation image is classified by the ``k`` most cosine-similar memory rows, each voting with
 weight ``exp(similarity / temperature)`` (the kNN monitor of self-supervised learning, Wu et al.
 2018). Columns: the run's own top-1 (the baseline, from the same metrics), the vote alone, and
-the vote added to the run's probabilities. Validation labels only score.
+the vote blended with the run's probabilities (``net+vote`` at equal shares, ``wW`` at weight W
+against 1, ``--weight``). Validation labels only score.
 
 Reads what ``collect`` wrote (``runs/<run>/metrics``: embeddings, probabilities, confidence of
 every train and validation row), so any run with metrics on both tables works, e.g. the demo's
@@ -40,7 +41,8 @@ def memory_predict(probs: np.ndarray, query: np.ndarray, memory: np.ndarray, lab
         return vote(torch.from_numpy(np.log(np.maximum(probs, 1e-12))), torch.from_numpy(query)).numpy()
 
 
-def measure(project, run: str, fractions: list[float], k: int, temperature: float) -> dict:
+def measure(project, run: str, fractions: list[float], k: int, temperature: float,
+            weights: tuple[float, ...] = (1.0,)) -> dict:
     from dataloupe.analysis._runio import load_metrics
     from dataloupe.runs import read_run
 
@@ -61,7 +63,8 @@ def measure(project, run: str, fractions: list[float], k: int, temperature: floa
     for frac in fractions:
         cut = np.quantile(conf[~labeled], 1.0 - frac) if frac > 0 else np.inf
         mem = labeled | (conf >= cut)
-        for key, weight in ((f"vote@{frac:g}", 1e9), (f"net+vote@{frac:g}", 1.0)):
+        blends = [(f"net+vote@{frac:g}" if w == 1.0 else f"w{w:g}@{frac:g}", w) for w in weights]
+        for key, weight in [(f"vote@{frac:g}", 1e9), *blends]:
             pred = memory_predict(probs_v, emb_v, emb_t[mem], y_mem[mem], k, temperature, weight)
             out[key] = float((pred.argmax(1) == y_val).mean())
     return out
@@ -75,12 +78,14 @@ def main() -> None:
                     help="shares of the undefined rows in the memory (most confident first); 0: labeled rows only")
     ap.add_argument("-k", type=int, default=20)
     ap.add_argument("--temperature", type=float, default=0.1)
+    ap.add_argument("--weight", type=float, nargs="+", default=[1.0],
+                    help="the vote's weight against the head's softmax (share weight / (1 + weight)); 1: equal")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
     from dataloupe.project import Project
 
     project = Project.open(args.project)
-    rows = [measure(project, run, args.pool_fraction, args.k, args.temperature) for run in args.runs]
+    rows = [measure(project, run, args.pool_fraction, args.k, args.temperature, tuple(args.weight)) for run in args.runs]
     keys = [k for k in rows[0] if k not in ("run", "pool")]
     print(f"{'run':<20}" + "".join(f"{k:>14}" for k in keys))
     for r in rows:
