@@ -325,3 +325,30 @@ def test_policy_parameters_are_read_from_the_rule_signature(tmp_path):
             load_policy(str(f))
     finally:
         _RULES.pop("test_signature_rule")
+
+
+def test_default_policy_labels_the_whole_pool_then_relabels_what_the_next_model_disputes():
+    """`default`: iteration 1's vote labels every undefined row, however unsure (the next network
+    learns from all of them); iteration 2 returns the automatic labels its model confidently
+    contradicts and labels them again with its own class. Given labels are never touched."""
+    from dataloupe.loop._loop import plan_edits
+    from dataloupe.tables import rows_after_ops
+
+    pol = load_policy("default")
+    assert [pol.overrides_for(i).get("mixup_alpha") for i in (0, 1)] == [0.2, 0.2]  # 0-based
+    given = {0: "a", 1: "a", 2: "b", 3: "b", 4: None, 5: None, 6: None, 7: None}
+    ctx = _emb_ctx(origin=given)  # ids 4-7 undefined, predicted a / a / b / b at 0.96-0.99
+    metrics = ctx.metrics.set_column(2, "confidence", pa.array(np.array([.9, .95, .95, .99, .97, .51, .96, .93],
+                                                                        np.float32)))
+    ctx = RuleContext(ctx.classes, ctx.rows, metrics, {}, origin_labels=given)
+    ops, _, _ = plan_edits(pol, ctx)
+    after = rows_after_ops(ctx.rows, ops, ["a", "b"])
+    assert after["label"].to_pylist() == ["a", "a", "b", "b", "a", "a", "b", "b"]  # 0.51 labeled too
+
+    # iteration 2: its model says row 5 is b (0.99), row 0 (a given label) b as well
+    metrics2 = metrics.set_column(1, "predicted", pa.array(["b", "b", "b", "b", "a", "b", "b", "b"]))
+    metrics2 = metrics2.set_column(2, "confidence", pa.array(np.full(8, .99, np.float32)))
+    ctx2 = RuleContext(ctx.classes, after, metrics2, {}, origin_labels=given, iteration=2)
+    ops2, _, _ = plan_edits(pol, ctx2)
+    after2 = rows_after_ops(after, ops2, ["a", "b"])
+    assert after2["label"].to_pylist() == ["a", "a", "b", "b", "a", "b", "b", "b"]
