@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -349,6 +351,74 @@ def test_default_policy_labels_the_whole_pool_then_relabels_what_the_next_model_
     metrics2 = metrics.set_column(1, "predicted", pa.array(["b", "b", "b", "b", "a", "b", "b", "b"]))
     metrics2 = metrics2.set_column(2, "confidence", pa.array(np.full(8, .99, np.float32)))
     ctx2 = RuleContext(ctx.classes, after, metrics2, {}, origin_labels=given, iteration=2)
-    ops2, _, _ = plan_edits(pol, ctx2)
+    ops2, per_rule, _ = plan_edits(pol, ctx2)
     after2 = rows_after_ops(after, ops2, ["a", "b"])
-    assert after2["label"].to_pylist() == ["a", "a", "b", "b", "a", "b", "b", "b"]
+    # then every automatic label is propagated anew from the given rows over its embedding:
+    # row 7, near the given a's, goes back to a although the network (and its old label) say b
+    assert after2["label"].to_pylist() == ["a", "a", "b", "b", "a", "b", "b", "a"]
+    assert dict(per_rule)["relabel_propagated"] == 1
+    assert [pol.overrides_for(i).get("mixup_alpha") for i in (0, 1, 2)] == [0.2, 0.2, 0.2] and pol.max_iterations == 3
+    # not after iteration 1: there, the vote's labels stand
+    assert dict(plan_edits(pol, ctx)[1])["relabel_propagated"] == 0
+
+
+def _pool_ctx(labels, origin, weight=None, seed=0):
+    """Two blobs (a around +x, b around +y), 40 rows each; rows 0/1 and 40/41 carry given labels."""
+    rng = np.random.default_rng(seed)
+    e = np.concatenate([rng.normal([1, 0], 0.15, (40, 2)), rng.normal([0, 1], 0.15, (40, 2))]).astype(np.float32)
+    rows = pa.table({"id": pa.array(np.arange(80, dtype=np.int64)), "label": pa.array(labels, pa.string()),
+                     "weight": pa.array(np.ones(80, np.float32) if weight is None else weight)})
+    metrics = pa.table({"id": np.arange(80, dtype=np.int64), "predicted": ["b"] * 80,
+                        "confidence": np.full(80, .99, np.float32),
+                        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(e.ravel()), 2)})
+    return RuleContext(["a", "b"], rows, metrics, {}, origin_labels=origin, iteration=2)
+
+
+def test_relabel_propagated_is_seeded_by_the_given_labels_only():
+    given = {i: ("a" if i in (0, 1) else "b" if i in (40, 41) else None) for i in range(80)}
+    # the loop's earlier automatic labels call half the a-blob "b" (a confident mistake)
+    labels = [given[i] or ("b" if 2 <= i < 22 or i >= 40 else "a") for i in range(80)]
+    ctx = _pool_ctx(labels, given)
+    from dataloupe.loop._rules import propagated_labels
+
+    names, score = propagated_labels(ctx, k=5, temperature=0.1, seeds="labeled")
+    assert (names[2:22] == "b").sum() > 10  # seeded by every label, the mistakes spread and stay
+    names, score = propagated_labels(ctx, k=5, temperature=0.1, seeds="given")
+    assert (names[:40] == "a").all() and (names[40:] == "b").all() and np.all(score > 0.5)
+
+    out = get_rule("relabel_propagated")(ctx, k=5)
+    assert [(op.label, op.ids.tolist()) for op in out.ops] == [("a", list(range(2, 22)))]
+    # undefined rows get a label too; a given label is never changed, an excluded row keeps its own
+    labels2 = [None if i in (30, 50) else lab for i, lab in enumerate(labels)]
+    w = np.ones(80, np.float32)
+    w[5] = 0
+    out = get_rule("relabel_propagated")(_pool_ctx(labels2, given, w), k=5)
+    got = {op.label: op.ids.tolist() for op in out.ops}
+    assert got == {"a": [i for i in range(2, 22) if i != 5] + [30], "b": [50]}
+    given_b = {**given, 0: "b"}  # a given label the embedding disputes stays as given
+    out = get_rule("relabel_propagated")(_pool_ctx(["b"] + labels[1:], given_b), k=5)
+    assert all(0 not in op.ids.tolist() for op in out.ops)
+    assert get_rule("relabel_propagated")(_pool_ctx(labels, None)).ops == []  # origin unknown: no-op
+    # one given class only: nothing to propagate
+    assert get_rule("relabel_propagated")(_pool_ctx(labels, {i: ("a" if i < 2 else None) for i in range(80)})).ops == []
+
+
+def test_the_estimate_scores_relabel_propagated_on_every_hidden_validation_row():
+    from dataloupe.loop._loop import estimate_auto_label_precision
+    from dataloupe.loop._policy import Policy, RuleSpec
+
+    given = {i: ("a" if i in (0, 1) else "b" if i in (40, 41) else None) for i in range(80)}
+    ctx = _pool_ctx([given[i] or "b" for i in range(80)], given)
+    e = np.array([[1, 0.05], [0.95, 0], [0, 1], [0.05, 1.0]], np.float32)
+    val = pa.table({"id": np.arange(4, dtype=np.int64), "label": ["a", "b", "b", "b"],  # val row 1 is an "a" image
+                    "predicted": ["b"] * 4, "confidence": np.full(4, .99, np.float32),
+                    "embedding": pa.FixedSizeListArray.from_arrays(pa.array(e.ravel()), 2)})
+    pol = Policy("p", "r", rules=(RuleSpec("auto_label", {"threshold": 0.9}),
+                                  RuleSpec("relabel_propagated", {"k": 5}, from_iteration=2)))
+    shadow = {0: "b", 1: "b"}  # earlier picks are replaced: the rule relabels them all
+    est = estimate_auto_label_precision(pol, ctx, val, shadow)
+    assert shadow == {0: "a", 1: "a", 2: "b", 3: "b"}
+    assert est["coverage"] == 1.0 and est["cumulative_precision"] == 0.75
+    # before from_iteration, only auto_label's picks count (the network says b everywhere)
+    est = estimate_auto_label_precision(pol, replace(ctx, iteration=1), val, {})
+    assert est["cumulative_precision"] == 0.75 and est["coverage"] == 1.0

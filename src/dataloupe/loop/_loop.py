@@ -10,6 +10,7 @@ and never applies an iteration's edits twice (the revision message carries the m
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import resource
 import time
@@ -22,7 +23,7 @@ import pyarrow as pa
 
 from dataloupe._fileio import atomic_path, write_bytes_atomic, write_json_atomic
 from dataloupe.loop._policy import Policy, crossfit_judges, load_policy
-from dataloupe.loop._rules import RuleContext, get_rule
+from dataloupe.loop._rules import RuleContext, get_rule, propagated_labels
 from dataloupe.project import DataloupeError, Project
 from dataloupe.runs import read_history, read_run_at, run_dir
 from dataloupe.tables import TableRef, apply_edits, open_table, rows_after_ops
@@ -192,7 +193,8 @@ def estimate_auto_label_precision(policy: Policy, ctx: RuleContext, val_metrics:
     trained on nor returned to the pool.
     """
     specs = [r for r in policy.rules if r.rule == "auto_label" and ctx.iteration >= r.from_iteration]
-    if not specs or val_metrics is None or not val_metrics.num_rows:
+    relabel = [r for r in policy.rules if r.rule == "relabel_propagated" and ctx.iteration >= r.from_iteration]
+    if not (specs or relabel) or val_metrics is None or not val_metrics.num_rows:
         return None
     shadow = {} if shadow is None else shadow
     truth = dict(zip(val_metrics["id"].to_pylist(), val_metrics["label"].to_pylist()))
@@ -215,6 +217,11 @@ def estimate_auto_label_precision(policy: Policy, ctx: RuleContext, val_metrics:
             for i in op.ids.tolist():
                 if i >= _SHADOW_OFFSET:
                     picked.setdefault(i - _SHADOW_OFFSET, op.label)
+    if relabel and ctx.origin_labels is not None:
+        # relabel_propagated gives every automatic label anew, so the latest revision's automatic
+        # labels are its picks on the whole hidden part (validation rows join the graph unlabeled)
+        picked = _propagated_picks(ctx, val_metrics, cols, truth, relabel[-1].params)
+        shadow.clear()
     shadow.update(picked)
     labeled = sum(v is not None for v in truth.values())
     hits = sum(picked[i] == truth[i] for i in picked)
@@ -222,6 +229,29 @@ def estimate_auto_label_precision(policy: Policy, ctx: RuleContext, val_metrics:
     return {"precision": round(hits / len(picked), 4) if picked else None, "labeled": len(picked),
             "cumulative_precision": round(all_hits / len(shadow), 4) if shadow else None,
             "coverage": round(len(shadow) / max(1, labeled), 4), "rows": labeled}
+
+
+def _propagated_picks(ctx: RuleContext, val_metrics: pa.Table, cols: list[str], truth: dict, params: dict) -> dict:
+    """``relabel_propagated``'s classes for every labeled validation row, the rows added to the
+    graph as undefined training rows (id -> class)."""
+    vm = val_metrics.select(cols).filter(pa.array([truth[i] is not None for i in val_metrics["id"].to_pylist()]))
+    vid = pa.array(vm["id"].to_numpy() + _SHADOW_OFFSET, pa.int64())
+    vm = vm.set_column(0, "id", vid)
+    metrics = pa.concat_tables([ctx.metrics.select(cols).cast(vm.schema), vm])
+    rows = pa.table({"id": pa.concat_arrays([ctx.rows["id"].combine_chunks().cast(pa.int64()), vid]),
+                     "label": pa.concat_arrays([ctx.rows["label"].combine_chunks().cast(pa.string()),
+                                                pa.nulls(len(vid), pa.string())]),
+                     "weight": pa.concat_arrays([ctx.rows["weight"].combine_chunks().cast(pa.float32()),
+                                                 pa.array(np.ones(len(vid), np.float32))])})
+    combined = RuleContext(ctx.classes, rows, metrics, ctx.findings, origin_labels=ctx.origin_labels,
+                           iteration=ctx.iteration)
+    sig = list(inspect.signature(get_rule("relabel_propagated")).parameters.values())[1:]
+    names, _ = propagated_labels(combined, seeds="given", **{**{p.name: p.default for p in sig}, **params})
+    out = {}
+    for i, c in zip(rows["id"].to_numpy()[-len(vid):].tolist(), names[-len(vid):].tolist()):
+        if c is not None:
+            out[i - _SHADOW_OFFSET] = c
+    return out
 
 
 def _edit_message(name: str, k: int, per_op: tuple, flagged: int) -> str:

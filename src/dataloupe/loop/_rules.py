@@ -163,40 +163,79 @@ def neighbour_agreement(ctx: RuleContext, query: np.ndarray, predicted: np.ndarr
     return out
 
 
-def propagated_labels(ctx: RuleContext, *, k: int = 10, alpha: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
-    """Label propagation on the run's embeddings (Zhou et al., 2004, scikit-learn's
-    ``LabelSpreading`` on a cosine k-NN graph), seeded by the training rows that are labeled
-    with weight > 0 — never by validation rows.
+def propagated_labels(ctx: RuleContext, *, k: int = 10, alpha: float = 0.9, temperature: float | None = None,
+                      seeds: str = "labeled", steps: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """Label propagation on the run's embeddings (Zhou et al., 2004: scikit-learn's
+    ``LabelSpreading``, ``F <- alpha S F + (1 - alpha) Y`` for ``steps`` steps) on a cosine k-NN
+    graph of the training rows — never validation rows.
+
+    Args:
+        k: neighbours per row in the graph.
+        alpha: how much of each step's mass comes from the neighbours (the rest from the seeds).
+        temperature: None: scikit-learn's unweighted k-NN graph; a number ``T``: edges weighted
+            ``exp((cos - 1) / T)`` (the kNN memory's own weighting) and made symmetric.
+        seeds: ``labeled``: every labeled row with weight > 0 seeds its class; ``given``: only the
+            rows whose label is still the one they had when the loop started (``origin_labels``;
+            no automatic label seeds, so the network's mistakes do not propagate).
+        steps: propagation steps.
 
     Returns:
         ``(class names (N,) object, score (N,))`` aligned with ``rows``: the propagated class
-        and its share of the propagated mass. A second, different teacher: it reads the data's
-        neighbourhood structure, not the network's head, so where both agree and the
-        propagated mass is concentrated the label is far more often right than the network's
-        confidence alone says (on rows it trained on, that confidence is inflated).
+        and its share of the propagated mass (None / NaN where no mass arrives). A second,
+        different teacher: it reads the data's neighbourhood structure, not the network's head.
     """
     from sklearn.semi_supervised import LabelSpreading  # noqa: PLC0415
 
+    if seeds not in ("labeled", "given"):
+        raise DataloupeError(f"propagation seeds must be labeled or given, not {seeds!r}")
     emb = ctx.embeddings()
     have = ~np.isnan(emb[:, 0])
     labels, w = ctx.labels(), ctx.weights()
+    if seeds == "given":
+        origin = ctx.origin_labels or {}
+        ids = ctx.rows["id"].to_pylist()
+        labels = np.array([lab if lab is not None and origin.get(int(i)) == lab else None
+                           for i, lab in zip(ids, labels)], dtype=object)
     index = {c: i for i, c in enumerate(ctx.classes)}
     y = np.array([index.get(lab, -1) if lab is not None and wt > 0 else -1 for lab, wt in zip(labels, w)])
     names = np.full(len(labels), None, dtype=object)
     score = np.full(len(labels), np.nan)
-    seeds = have & (y >= 0)
-    if len(np.unique(y[seeds])) < 2:
+    seeded = have & (y >= 0)
+    if len(np.unique(y[seeded])) < 2:
         return names, score
     x = emb[have] / np.maximum(np.linalg.norm(emb[have], axis=1, keepdims=True), 1e-12)
-    ls = LabelSpreading(kernel="knn", n_neighbors=min(k, int(have.sum()) - 1), alpha=alpha, max_iter=100, tol=1e-3)
+    kk = min(k, int(have.sum()) - 1)
+    kernel = "knn" if temperature is None else _weighted_knn_graph(kk, float(temperature))
+    ls = LabelSpreading(kernel=kernel, n_neighbors=kk, alpha=alpha, max_iter=steps, tol=1e-9)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # max_iter reached: the ranking is settled long before convergence
+        warnings.simplefilter("ignore")  # max_iter reached: a fixed number of steps, as in the papers
         ls.fit(x, y[have])
     dist = np.nan_to_num(ls.label_distributions_)
     classes = np.array([ctx.classes[c] for c in ls.classes_], dtype=object)
-    names[have] = classes[dist.argmax(1)]
-    score[have] = dist.max(1)
+    reached = dist.sum(1) > 0
+    sel = np.flatnonzero(have)[reached]
+    names[sel] = classes[dist[reached].argmax(1)]
+    score[sel] = dist[reached].max(1)
     return names, score
+
+
+def _weighted_knn_graph(k: int, temperature: float) -> Callable[[np.ndarray, np.ndarray], object]:
+    """A ``LabelSpreading`` kernel: the symmetric k-NN affinity ``W + W^T`` with
+    ``W_ij = exp((cos_ij - 1) / T)`` for the ``k`` nearest ``j`` of ``i`` (itself excluded).
+    scikit-learn's own ``knn`` kernel has unweighted, one-way edges; no library builds this one."""
+    from scipy import sparse  # noqa: PLC0415
+
+    from dataloupe.analysis import knn  # noqa: PLC0415 (loop sits above analysis)
+
+    def kernel(x: np.ndarray, _y: np.ndarray):
+        sims, idx = knn(x, k=k)
+        ok = idx >= 0
+        rows = np.repeat(np.arange(len(x)), k).reshape(len(x), k)[ok]
+        w = sparse.coo_matrix((np.exp((sims[ok].astype(np.float64) - 1.0) / temperature), (rows, idx[ok])),
+                              shape=(len(x), len(x)))
+        return (w + w.T).tocoo()
+
+    return kernel
 
 
 @rule("auto_label")
@@ -290,6 +329,32 @@ def undefine_disputed(ctx: RuleContext, *, min_confidence: float = 0.9, label_is
         flagged = {r.id for r in ctx.train_rows("label_issues")}
         bad |= auto & np.isin(ids, np.fromiter(flagged, np.int64, len(flagged)))
     return RuleOutput([EditOp("undefine", ids=ids[bad], name="undefine disputed auto-labels")] if bad.any() else [])
+
+
+@rule("relabel_propagated")
+def relabel_propagated(ctx: RuleContext, *, k: int = 20, temperature: float = 0.1, alpha: float = 0.9,
+                       steps: int = 60) -> RuleOutput:
+    """Give every row that had no label when the loop started — labeled by the loop since, or
+    still undefined — the class propagated from the labels given at the start over the newest
+    model's embedding (:func:`propagated_labels` with ``seeds: given``, edges weighted like the
+    kNN vote). The earlier automatic labels taught the network its embedding, but none of
+    them seeds the propagation, so a wrong automatic label is not passed on: only the given
+    labels and the data's neighbourhoods decide. Given labels are never touched; excluded rows
+    (weight 0) keep theirs.
+
+    Measured (bench/RESULTS.md, twenty-second session, chihuahua-muffin): after the student
+    (iteration 2 of ``default``) this changes ~200 of 4,533 pool labels, and a third network
+    trained on them reaches 89.86% / 88.09% with the vote (seeds 0 / 1) from 88.77% / 88.09%.
+    """
+    if ctx.origin_labels is None:
+        return RuleOutput()
+    prop, _ = propagated_labels(ctx, k=k, alpha=alpha, temperature=temperature, seeds="given", steps=steps)
+    labels, w = ctx.labels(), ctx.weights()
+    ids = ctx.rows["id"].to_numpy()
+    auto = np.array([ctx.origin_labels.get(int(i)) is None for i in ids])
+    change = auto & (w > 0) & (prop != None) & (prop != labels)  # noqa: E711
+    return RuleOutput(_by_class(ids[change].astype(np.int64), prop[change], "relabel by propagation")
+                      if change.any() else [])
 
 
 @rule("exclude_label_issues")
