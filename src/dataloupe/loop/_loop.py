@@ -200,16 +200,9 @@ def estimate_auto_label_precision(policy: Policy, ctx: RuleContext, val_metrics:
     truth = dict(zip(val_metrics["id"].to_pylist(), val_metrics["label"].to_pylist()))
     cols = [c for c in ("id", "predicted", "confidence", "embedding") if c in ctx.metrics.column_names
             and c in val_metrics.column_names]
-    vid = pa.array(val_metrics["id"].to_numpy() + _SHADOW_OFFSET, pa.int64())
-    vm = val_metrics.select(cols).set_column(0, "id", vid)
-    vm = vm.filter(pa.array([i not in shadow and truth[i] is not None for i in val_metrics["id"].to_pylist()]))
-    vid = vm["id"].combine_chunks()
-    metrics = pa.concat_tables([ctx.metrics.select(cols).cast(vm.schema), vm])
-    rows = pa.table({"id": pa.concat_arrays([ctx.rows["id"].combine_chunks().cast(pa.int64()), vid]),
-                     "label": pa.concat_arrays([ctx.rows["label"].combine_chunks().cast(pa.string()),
-                                                pa.nulls(len(vid), pa.string())]),
-                     "weight": pa.concat_arrays([ctx.rows["weight"].combine_chunks().cast(pa.float32()),
-                                                 pa.array(np.zeros(len(vid), np.float32))])})
+    hidden = val_metrics.filter(pa.array([i not in shadow and truth[i] is not None
+                                          for i in val_metrics["id"].to_pylist()]))
+    rows, metrics = _with_hidden_rows(ctx, hidden, cols, weight=0.0)
     combined = RuleContext(ctx.classes, rows, metrics, ctx.findings, iteration=ctx.iteration)
     picked: dict[int, str] = {}
     for spec in specs:
@@ -231,24 +224,34 @@ def estimate_auto_label_precision(policy: Policy, ctx: RuleContext, val_metrics:
             "coverage": round(len(shadow) / max(1, labeled), 4), "rows": labeled}
 
 
-def _propagated_picks(ctx: RuleContext, val_metrics: pa.Table, cols: list[str], truth: dict, params: dict) -> dict:
-    """``relabel_propagated``'s classes for every labeled validation row, the rows added to the
-    graph as undefined training rows (id -> class)."""
-    vm = val_metrics.select(cols).filter(pa.array([truth[i] is not None for i in val_metrics["id"].to_pylist()]))
-    vid = pa.array(vm["id"].to_numpy() + _SHADOW_OFFSET, pa.int64())
-    vm = vm.set_column(0, "id", vid)
+def _with_hidden_rows(ctx: RuleContext, hidden: pa.Table, cols: list[str], *, weight: float
+                      ) -> tuple[pa.Table, pa.Table]:
+    """``(rows, metrics)``: the training rows plus validation rows ``hidden`` as undefined rows
+    of weight ``weight`` (ids shifted by ``_SHADOW_OFFSET``; their labels are not copied)."""
+    vid = pa.array(hidden["id"].to_numpy() + _SHADOW_OFFSET, pa.int64())
+    vm = hidden.select(cols).set_column(0, "id", vid)
     metrics = pa.concat_tables([ctx.metrics.select(cols).cast(vm.schema), vm])
     rows = pa.table({"id": pa.concat_arrays([ctx.rows["id"].combine_chunks().cast(pa.int64()), vid]),
                      "label": pa.concat_arrays([ctx.rows["label"].combine_chunks().cast(pa.string()),
                                                 pa.nulls(len(vid), pa.string())]),
                      "weight": pa.concat_arrays([ctx.rows["weight"].combine_chunks().cast(pa.float32()),
-                                                 pa.array(np.ones(len(vid), np.float32))])})
+                                                 pa.array(np.full(len(vid), weight, np.float32))])})
+    return rows, metrics
+
+
+def _propagated_picks(ctx: RuleContext, val_metrics: pa.Table, cols: list[str], truth: dict, params: dict) -> dict:
+    """``relabel_propagated``'s classes for every labeled validation row, the rows added to the
+    graph as undefined training rows (id -> class)."""
+    hidden = val_metrics.filter(pa.array([truth[i] is not None for i in val_metrics["id"].to_pylist()]))
+    if not hidden.num_rows:
+        return {}
+    rows, metrics = _with_hidden_rows(ctx, hidden, cols, weight=1.0)
     combined = RuleContext(ctx.classes, rows, metrics, ctx.findings, origin_labels=ctx.origin_labels,
                            iteration=ctx.iteration)
     sig = list(inspect.signature(get_rule("relabel_propagated")).parameters.values())[1:]
     names, _ = propagated_labels(combined, seeds="given", **{**{p.name: p.default for p in sig}, **params})
-    out = {}
-    for i, c in zip(rows["id"].to_numpy()[-len(vid):].tolist(), names[-len(vid):].tolist()):
+    out, n = {}, hidden.num_rows
+    for i, c in zip(rows["id"].to_numpy()[-n:].tolist(), names[-n:].tolist()):
         if c is not None:
             out[i - _SHADOW_OFFSET] = c
     return out
