@@ -10,7 +10,6 @@ and never applies an iteration's edits twice (the revision message carries the m
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import resource
 import time
@@ -23,7 +22,7 @@ import pyarrow as pa
 
 from dataloupe._fileio import atomic_path, write_bytes_atomic, write_json_atomic
 from dataloupe.loop._policy import Policy, crossfit_judges, load_policy
-from dataloupe.loop._rules import RuleContext, get_rule, propagated_labels
+from dataloupe.loop._rules import RuleContext, get_rule
 from dataloupe.project import DataloupeError, Project
 from dataloupe.runs import read_history, read_run_at, run_dir
 from dataloupe.tables import TableRef, apply_edits, open_table, rows_after_ops
@@ -248,13 +247,8 @@ def _propagated_picks(ctx: RuleContext, val_metrics: pa.Table, cols: list[str], 
     rows, metrics = _with_hidden_rows(ctx, hidden, cols, weight=1.0)
     combined = RuleContext(ctx.classes, rows, metrics, ctx.findings, origin_labels=ctx.origin_labels,
                            iteration=ctx.iteration)
-    sig = list(inspect.signature(get_rule("relabel_propagated")).parameters.values())[1:]
-    names, _ = propagated_labels(combined, seeds="given", **{**{p.name: p.default for p in sig}, **params})
-    out, n = {}, hidden.num_rows
-    for i, c in zip(rows["id"].to_numpy()[-n:].tolist(), names[-n:].tolist()):
-        if c is not None:
-            out[i - _SHADOW_OFFSET] = c
-    return out
+    return {i - _SHADOW_OFFSET: op.label for op in get_rule("relabel_propagated")(combined, **params).ops
+            for i in op.ids.tolist() if i >= _SHADOW_OFFSET}
 
 
 def _edit_message(name: str, k: int, per_op: tuple, flagged: int) -> str:

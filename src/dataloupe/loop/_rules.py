@@ -230,7 +230,7 @@ def _weighted_knn_graph(k: int, temperature: float) -> Callable[[np.ndarray, np.
     def kernel(x: np.ndarray, _y: np.ndarray):
         sims, idx = knn(x, k=k)
         ok = idx >= 0
-        rows = np.repeat(np.arange(len(x)), k).reshape(len(x), k)[ok]
+        rows = np.broadcast_to(np.arange(len(x))[:, None], idx.shape)[ok]
         w = sparse.coo_matrix((np.exp((sims[ok].astype(np.float64) - 1.0) / temperature), (rows, idx[ok])),
                               shape=(len(x), len(x)))
         return (w + w.T).tocoo()
