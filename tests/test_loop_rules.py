@@ -401,6 +401,12 @@ def test_relabel_propagated_is_seeded_by_the_given_labels_only():
     assert get_rule("relabel_propagated")(_pool_ctx(labels, None)).ops == []  # origin unknown: no-op
     # one given class only: nothing to propagate
     assert get_rule("relabel_propagated")(_pool_ctx(labels, {i: ("a" if i < 2 else None) for i in range(80)})).ops == []
+    # bad settings are refused with the valid ranges, before anything is computed
+    for bad in ({"temperature": 0.0}, {"alpha": 1.0}, {"k": 0}, {"steps": 0}):
+        with pytest.raises(DataloupeError, match="relabel_propagated needs"):
+            get_rule("relabel_propagated")(ctx, **bad)
+    with pytest.raises(DataloupeError, match="seeds must be labeled or given"):
+        propagated_labels(ctx, seeds="all")
 
 
 def test_the_estimate_scores_relabel_propagated_on_every_hidden_validation_row():

@@ -346,6 +346,10 @@ def relabel_propagated(ctx: RuleContext, *, k: int = 20, temperature: float = 0.
     (iteration 2 of ``default``) this changes ~200 of 4,533 pool labels, and a third network
     trained on them reaches 89.86% / 88.09% with the vote (seeds 0 / 1) from 88.77% / 88.09%.
     """
+    if not (isinstance(k, int) and k >= 1 and isinstance(steps, int) and steps >= 1 and temperature > 0
+            and 0 < alpha < 1):
+        raise DataloupeError(f"relabel_propagated needs k >= 1, steps >= 1, temperature > 0 and 0 < alpha < 1; got "
+                             f"k={k!r}, steps={steps!r}, temperature={temperature!r}, alpha={alpha!r}")
     if ctx.origin_labels is None:
         return RuleOutput()
     prop, _ = propagated_labels(ctx, k=k, alpha=alpha, temperature=temperature, seeds="given", steps=steps)
