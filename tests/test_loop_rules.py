@@ -409,6 +409,31 @@ def test_relabel_propagated_is_seeded_by_the_given_labels_only():
         propagated_labels(ctx, seeds="all")
 
 
+def test_relabel_propagated_can_weigh_rows_by_the_propagations_certainty():
+    given = {i: ("a" if i in (0, 1) else "b" if i in (40, 41) else None) for i in range(80)}
+    labels = [given[i] or ("a" if i < 40 else "b") for i in range(80)]
+    w = np.ones(80, np.float32)
+    w[60] = 0  # excluded: keeps weight 0
+    ctx = _pool_ctx(labels, given, w)
+    e = np.asarray(ctx.metrics["embedding"].combine_chunks().flatten()).reshape(80, 2).copy()
+    bridge = [38, 39, 78, 79]  # four rows half-way between the blobs: the propagation is unsure of them
+    angle = np.deg2rad(45 + np.linspace(-1, 1, 4))
+    e[bridge] = np.c_[np.cos(angle), np.sin(angle)]
+    metrics = ctx.metrics.set_column(3, "embedding", pa.FixedSizeListArray.from_arrays(pa.array(e.ravel()), 2))
+    ctx = RuleContext(["a", "b"], ctx.rows, metrics, {}, origin_labels=given, iteration=2)
+    plain = [(op.action, op.label, op.ids.tolist()) for op in get_rule("relabel_propagated")(ctx, k=8).ops]
+    assert all(action == "set_label" for action, _, _ in plain)  # weights untouched by default
+    ops = get_rule("relabel_propagated")(ctx, k=8, weigh=True, min_weight=0.1).ops
+    assert [(op.action, op.label, op.ids.tolist()) for op in ops if op.action == "set_label"] == plain
+    weight = {i: op.weight for op in ops if op.action == "set_weight" for i in op.ids.tolist()}
+    assert not set(weight) & {0, 1, 40, 41, 60}  # given and excluded rows keep their weights
+    assert all(weight[i] <= 0.15 for i in bridge) and all(0.1 <= v <= 1 for v in weight.values())
+    assert np.mean([weight.get(i, 1.0) for i in set(range(80)) - set(bridge)]) > 0.9  # the blobs stay near 1
+    assert all(round(v / 0.05) * 0.05 == pytest.approx(v) for v in weight.values())
+    with pytest.raises(DataloupeError, match="min_weight"):
+        get_rule("relabel_propagated")(ctx, weigh=True, min_weight=0)
+
+
 def test_the_estimate_scores_relabel_propagated_on_every_hidden_validation_row():
     from dataloupe.loop._loop import estimate_auto_label_precision
     from dataloupe.loop._policy import Policy, RuleSpec

@@ -248,7 +248,7 @@ def _propagated_picks(ctx: RuleContext, val_metrics: pa.Table, cols: list[str], 
     combined = RuleContext(ctx.classes, rows, metrics, ctx.findings, origin_labels=ctx.origin_labels,
                            iteration=ctx.iteration)
     return {i - _SHADOW_OFFSET: op.label for op in get_rule("relabel_propagated")(combined, **params).ops
-            for i in op.ids.tolist() if i >= _SHADOW_OFFSET}
+            if op.action == "set_label" for i in op.ids.tolist() if i >= _SHADOW_OFFSET}
 
 
 def _edit_message(name: str, k: int, per_op: tuple, flagged: int) -> str:
