@@ -381,8 +381,7 @@ def relabel_propagated(ctx: RuleContext, *, k: int = 20, temperature: float = 0.
     ops = _by_class(ids[change], prop[change], "relabel by propagation") if change.any() else []
     if weigh:
         # one edit per weight step (0.05), not one per row
-        new_w = np.round(np.maximum(min_weight, np.nan_to_num(certainty, nan=1.0)) / 0.05) * 0.05
-        new_w = np.clip(np.maximum(new_w, min_weight), 0.0, 1.0)
+        new_w = np.clip(np.round(np.nan_to_num(certainty, nan=1.0) / 0.05) * 0.05, min_weight, 1.0)
         moved = auto & (w > 0) & (prop != None) & ~np.isclose(new_w, w)  # noqa: E711
         for v in sorted(set(np.round(new_w[moved], 4).tolist())):
             ops.append(EditOp("set_weight", ids=ids[moved & np.isclose(new_w, v)], weight=float(v),
