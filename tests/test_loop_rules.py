@@ -356,7 +356,12 @@ def test_default_policy_labels_the_whole_pool_then_relabels_what_the_next_model_
     # then every automatic label is propagated anew from the given rows over its embedding:
     # row 7, near the given a's, goes back to a although the network (and its old label) say b
     assert after2["label"].to_pylist() == ["a", "a", "b", "b", "a", "b", "b", "a"]
-    assert dict(per_rule)["relabel_propagated"] == 1
+    assert dict(per_rule)["relabel_propagated"] >= 1
+    # and weighs every automatic label by the propagation's certainty (here all sure: weight 1;
+    # the weighing itself: test_relabel_propagated_can_weigh_rows_by_the_propagations_certainty)
+    assert [r.params.get("weigh") for r in pol.rules if r.rule == "relabel_propagated"] == [True]
+    w2 = after2["weight"].to_numpy()
+    assert np.all(w2[:4] == 1) and np.all((w2[4:] >= 0.05) & (w2[4:] <= 1))
     assert [pol.overrides_for(i).get("mixup_alpha") for i in (0, 1, 2)] == [0.2, 0.2, 0.2] and pol.max_iterations == 3
     # not after iteration 1: there, the vote's labels stand
     assert dict(plan_edits(pol, ctx)[1])["relabel_propagated"] == 0
