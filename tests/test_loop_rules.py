@@ -356,7 +356,7 @@ def test_default_policy_labels_the_whole_pool_then_relabels_what_the_next_model_
     # then every automatic label is propagated anew from the given rows over its embedding:
     # row 7, near the given a's, goes back to a although the network (and its old label) say b
     assert after2["label"].to_pylist() == ["a", "a", "b", "b", "a", "b", "b", "a"]
-    assert dict(per_rule)["relabel_propagated"] >= 1
+    assert dict(per_rule)["relabel_propagated"] == 1  # one set_label edit; every weight stays 1 here
     # and weighs every automatic label by the propagation's certainty (here all sure: weight 1;
     # the weighing itself: test_relabel_propagated_can_weigh_rows_by_the_propagations_certainty)
     assert [r.params.get("weigh") for r in pol.rules if r.rule == "relabel_propagated"] == [True]
@@ -455,6 +455,19 @@ def test_the_estimate_scores_relabel_propagated_on_every_hidden_validation_row()
     est = estimate_auto_label_precision(pol, ctx, val, shadow)
     assert shadow == {0: "a", 1: "a", 2: "b", 3: "b"}
     assert est["coverage"] == 1.0 and est["cumulative_precision"] == 0.75
+    # weighing adds set_weight edits (a validation row half-way between the blobs gets one); the
+    # estimate still scores only the classes the rule gives
+    e5 = np.vstack([e, [[0.7, 0.7]]]).astype(np.float32)
+    val5 = pa.table({"id": np.arange(5, dtype=np.int64), "label": ["a", "b", "b", "b", "a"],
+                     "predicted": ["b"] * 5, "confidence": np.full(5, .99, np.float32),
+                     "embedding": pa.FixedSizeListArray.from_arrays(pa.array(e5.ravel()), 2)})
+    plain, weighed = (Policy("p", "r", rules=(pol.rules[0], RuleSpec("relabel_propagated", {"k": 40, **extra},
+                                                                     from_iteration=2)))
+                      for extra in ({}, {"weigh": True}))
+    plain_shadow, weighed_shadow = {}, {}
+    plain_est = estimate_auto_label_precision(plain, ctx, val5, plain_shadow)
+    assert estimate_auto_label_precision(weighed, ctx, val5, weighed_shadow) == plain_est
+    assert weighed_shadow == plain_shadow and None not in plain_shadow.values() and len(plain_shadow) == 5
     # before from_iteration, only auto_label's picks count (the network says b everywhere)
     est = estimate_auto_label_precision(pol, replace(ctx, iteration=1), val, {})
     assert est["cumulative_precision"] == 0.75 and est["coverage"] == 1.0
