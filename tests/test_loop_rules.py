@@ -356,8 +356,9 @@ def test_default_policy_labels_the_whole_pool_then_relabels_what_the_next_model_
     ctx2 = RuleContext(ctx.classes, after, metrics2, {}, origin_labels=given, iteration=2)
     ops2, per_rule, _ = plan_edits(pol, ctx2)
     after2 = rows_after_ops(after, ops2, ["a", "b"])
-    # then every automatic label is propagated anew from the given rows over its embedding:
-    # row 7, near the given a's, goes back to a although the network (and its old label) say b
+    # the network contradicts row 7's automatic a (b at 0.99), so it returns to the pool and gets the
+    # vote's b; then every automatic label is propagated anew from the given rows over its embedding:
+    # row 7, near the given a's, is a again although the network says b
     assert after2["label"].to_pylist() == ["a", "a", "b", "b", "a", "b", "b", "a"]
     assert dict(per_rule)["relabel_propagated"] == 1  # one set_label edit; every weight stays 1 here
     # and weighs every automatic label by the propagation's certainty (here all sure: weight 1;
