@@ -15,10 +15,11 @@ prints per iteration, on the validation rows (their labels only score):
 - ``votes avg``: this and the previous iteration's memory classifiers averaged (an ensemble across
   iterations); ``labels+vote``: the propagated class distribution averaged with this vote.
 
-Reads what ``collect`` wrote (``runs/<run>/metrics``). Example, a three-iteration ``default`` loop:
+Reads what ``collect`` wrote (``runs/<run>/metrics``). Example, after ``dataloupe loop --train
+cm-train --val cm-test --policy default`` (loop ``cm-train-default``, runs ``cm-train-default-itN``):
 
-    PYTHONPATH=src python bench/loop_rounds.py --project P --table cm-train-default \\
-        --runs cm-train-default-default-it1 cm-train-default-default-it2 cm-train-default-default-it3
+    PYTHONPATH=src python bench/loop_rounds.py --project dataloupe-project --table cm-train \\
+        --runs cm-train-default-it1 cm-train-default-it2 cm-train-default-it3
 """
 
 from __future__ import annotations
