@@ -366,7 +366,21 @@ def test_default_policy_labels_the_whole_pool_then_relabels_what_the_next_model_
     assert [r.params.get("weigh") for r in pol.rules if r.rule == "relabel_propagated"] == [True]
     w2 = after2["weight"].to_numpy()
     assert np.all(w2[:4] == 1) and np.all((w2[4:] >= 0.05) & (w2[4:] <= 1))
-    assert [pol.overrides_for(i).get("mixup_alpha") for i in (0, 1, 2)] == [0.2, 0.2, 0.2] and pol.max_iterations == 3
+    assert [pol.overrides_for(i).get("mixup_alpha") for i in (0, 1, 2)] == [0.2, 0.2, 0.2] and pol.max_iterations == 4
+
+
+def test_default_policy_continues_the_previous_network_after_iteration_2():
+    """`default`: iterations 1 and 2 train from scratch; iterations 3 and 4 (and every later round
+    with --iterations N, the last step repeating) continue the previous iteration's network for 3
+    epochs at a lower LR instead of 8 from scratch (about half a round's time each)."""
+    from dataloupe.loop._loop import check_starts, resolve_start
+
+    pol = load_policy("default")
+    check_starts(pol, 5)  # no iteration asks for a start it cannot have
+    assert [resolve_start(pol, "L", k) for k in range(1, 6)] == [None, None, "L-it2", "L-it3", "L-it4"]
+    third = pol.overrides_for(2)
+    assert (third["epochs"], third["lr"], third["scheduler"]) == (3, 0.0003, "cosine")
+    assert pol.overrides_for(4) == third and pol.overrides_for(1)["epochs"] == 8
 
 
 def _pool_ctx(labels, origin, weight=None, seed=0):
