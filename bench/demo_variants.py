@@ -34,13 +34,10 @@ def iteration_keys(policy_name: str, iteration: int, loop: str = "demo") -> tupl
     named ``loop`` (``continue_from: previous`` / ``judge`` name that loop's runs, as the loop does)."""
     sys.path.insert(0, str(ROOT / "src"))
     from dataloupe.loop import load_policy
-    from dataloupe.loop._loop import resolve_start
+    from dataloupe.loop._loop import iteration_overrides
 
     policy = load_policy(policy_name)
-    keys = policy.overrides_for(iteration - 1)
-    start = resolve_start(policy, loop, iteration)  # continue_from: previous / judge, as the loop resolves it
-    if start:
-        keys = {**keys, "continue_from": start}
+    keys = iteration_overrides(policy, loop, iteration)  # continue_from: previous / judge, as the loop resolves it
     return policy.recipe, [f"{k}={json.dumps(v) if isinstance(v, (list, bool)) else v}" for k, v in keys.items()]
 
 

@@ -84,7 +84,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from dataloupe.loop import load_policy
-    from dataloupe.loop._loop import resolve_start
+    from dataloupe.loop._loop import iteration_overrides
     from dataloupe.project import Project
 
     project = Project.open(args.project)
@@ -93,10 +93,8 @@ def main() -> None:
         sys.exit(f"loop {args.loop!r} has {len(state['iterations'])} iteration(s); iteration 2's embedding is needed")
     policy = load_policy(args.policy or state["policy"])
     unweighted, weighted = weighted_revision(project, state, policy)
-    overrides = policy.overrides_for(2)
-    if overrides.get("continue_from"):  # a loop-level value (previous, judge): the run it names in this loop
-        overrides = {**overrides, "continue_from": resolve_start(policy, args.loop, 3) or overrides["continue_from"]}
-    keys = [f"{k}={json.dumps(v) if isinstance(v, (list, bool)) else v}" for k, v in overrides.items()
+    keys = [f"{k}={json.dumps(v) if isinstance(v, (list, bool)) else v}"
+            for k, v in iteration_overrides(policy, args.loop, 3).items()
             if k != "seed"]
     keys += args.set
     knn = policy.knn or {"k": 20, "temperature": 0.1, "pool_fraction": 0.0, "weight": 10.0}

@@ -373,7 +373,7 @@ def test_default_policy_continues_the_previous_network_after_iteration_2():
     """`default`: iterations 1 and 2 train from scratch; iterations 3 and 4 (and every later round
     with --iterations N, the last step repeating) continue the previous iteration's network for 3
     epochs at a lower LR instead of 8 from scratch (about half a round's time each)."""
-    from dataloupe.loop._loop import check_starts, resolve_start
+    from dataloupe.loop._loop import check_starts, iteration_overrides, resolve_start
 
     pol = load_policy("default")
     check_starts(pol, 5)  # no iteration asks for a start it cannot have
@@ -381,6 +381,9 @@ def test_default_policy_continues_the_previous_network_after_iteration_2():
     third = pol.overrides_for(2)
     assert (third["epochs"], third["lr"], third["scheduler"]) == (3, 0.0003, "cosine")
     assert pol.overrides_for(4) == third and pol.overrides_for(1)["epochs"] == 8
+    # what the loop (and bench/weigh_pair.py) trains with: the loop-level value resolved to the run
+    assert iteration_overrides(pol, "L", 3) == {**third, "continue_from": "L-it2"}
+    assert "continue_from" not in iteration_overrides(pol, "L", 2)
 
 
 def _pool_ctx(labels, origin, weight=None, seed=0):

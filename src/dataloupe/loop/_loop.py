@@ -115,6 +115,15 @@ def member_starts(policy: Policy, name: str, k: int) -> list[str | None]:
     return [f"{start.removesuffix('-cf1')}-cf{i}" for i in range(1, n + 1)]
 
 
+def iteration_overrides(policy: Policy, name: str, k: int) -> dict:
+    """The recipe overrides iteration ``k`` of loop ``name`` trains with: the policy's, with a
+    loop-level ``continue_from`` (``previous``, ``judge``) resolved to the run it names (an
+    ensemble's first member's)."""
+    overrides = policy.overrides_for(k - 1)
+    start = member_starts(policy, name, k)[0]
+    return {**overrides, "continue_from": start} if start else overrides
+
+
 def resolve_start(policy: Policy, name: str, k: int) -> str | None:
     """The run iteration ``k`` of loop ``name`` starts from, for the loop-level ``continue_from``
     values: ``previous`` (iteration ``k - 1``'s model) and ``judge`` / ``judge:J`` (the first fold
@@ -320,10 +329,8 @@ def run_loop(
         table = open_table(project, train)
         run = f"{name}-it{k}"
         state.setdefault("start_revision", int(table.revision))
-        overrides = pol.overrides_for(k - 1)
+        overrides = iteration_overrides(pol, name, k)
         starts = member_starts(pol, name, k)  # continue_from: previous / judge -> the run's name, per member
-        if starts[0]:
-            overrides = {**overrides, "continue_from": starts[0]}
         if ssl:
             overrides = {"pretrained": f"run:{ssl}", **overrides}
         log(f"[loop {name}] iteration {k}/{n_iter}: training {run} on {train}@{table.revision} "
