@@ -858,3 +858,38 @@ def test_a_memory_run_adds_a_knn_vote_over_its_training_rows_and_reads_as_any_ru
     assert (out["kind"], out["memory"]["k"], out["best_val_top1"]) == ("memory", 5, pytest.approx(info["best_val_top1"]))
     ls = subprocess.run(cli("runs", "ls"), env=env, capture_output=True, text=True, check=True).stdout
     assert "b + kNN memory" in next(line for line in ls.splitlines() if line.startswith("memcli "))
+
+
+def test_a_memory_run_writes_its_metrics_from_the_views_its_base_kept_as_a_forward_pass_would(project, monkeypatch):
+    import os
+
+    import lance
+
+    from dataloupe.train import _collect, memory_run
+
+    base = train(project, "dig-train", "dig-val", _recipe("epochs=2", "tta_hflip=true", "collect=true"), run="b",
+                 tty=False)
+    ref = f"dig-train@{base['train_revision']}"
+    folder = project.runs_dir / "b" / "metrics"
+    views = np.load(folder / "dig-train.views.npz")  # the image and its mirror, unmerged
+    assert views["logits"].shape == (340, 2, 10) and views["embeddings"].shape[:2] == (340, 2)
+    forward = []
+    real = _collect.predict_batches
+    monkeypatch.setattr(_collect, "predict_batches", lambda *a, **k: forward.append(1) or real(*a, **k))
+    info = memory_run(project, "fast", "b", k=5)
+    assert forward == []  # no forward pass: the memory's vote on base's kept views
+    with monkeypatch.context() as m:  # as without views: collect's forward pass
+        m.setattr(_collect, "kept_views", lambda *a: None)
+        slow = memory_run(project, "slow", "b", k=5)
+    assert forward and slow["best_val_top1"] == info["best_val_top1"]
+    for table in ("dig-train", "dig-val"):
+        a, b = (lance.dataset(str(project.runs_dir / r / "metrics" / f"{table}.lance")).to_table().sort_by("id")
+                for r in ("fast", "slow"))
+        assert a.column_names == b.column_names and a["predicted"].equals(b["predicted"])
+        for col in ("probs", "embedding"):
+            np.testing.assert_allclose(np.array(a[col].to_pylist()), np.array(b[col].to_pylist()), atol=1e-6)
+    # views of another checkpoint or revision are not used
+    assert _collect.kept_views(project, "b", ref) is not None
+    ckpt = project.runs_dir / "b" / "checkpoints" / "best.pt"
+    os.utime(ckpt, ns=(ckpt.stat().st_atime_ns, ckpt.stat().st_mtime_ns + 1))
+    assert _collect.kept_views(project, "b", ref) is None

@@ -42,20 +42,36 @@ def infer(model: Callable, batches: Iterable, *, tta: bool = False, embedding: b
         >>> [np.exp(l).round(3).tolist() for l in infer(f, [x], tta=True)]
         [[[0.5, 0.5]]]
     """
-    for item in batches:
-        x, extra = (item[0], tuple(item[1:])) if isinstance(item, tuple) else (item, ())
-        out = _one(model, x, tta=tta, embedding=embedding)
+    for outs, *extra in infer_views(model, batches, tta=tta):
+        out = merge_views(outs, embedding=embedding)
         if extra:
             yield (*out, *extra) if embedding else (out, *extra)
         else:
             yield out
 
 
-def _one(model: Callable, x: Any, *, tta: bool, embedding: bool):
-    out = model(x)
-    if not tta:
-        return out
-    out2 = model(_mirror(x))
+def infer_views(model: Callable, batches: Iterable, *, tta: bool = False) -> Iterator[tuple]:
+    """The views :func:`infer` averages, unmerged: yields ``(outs, *extra)`` per batch, ``outs`` the
+    model's raw output on the image (and, with ``tta``, on its mirror), in that order.
+
+    ``merge_views(outs, ...)`` turns them into :func:`infer`'s prediction; a caller that keeps the
+    views (``collect``) can later put a head on top of them (a memory's vote,
+    :func:`dataloupe.train.memory_run`) and merge that the same way, without another forward pass.
+    """
+    for item in batches:
+        x, extra = (item[0], tuple(item[1:])) if isinstance(item, tuple) else (item, ())
+        outs = [model(x), model(_mirror(x))] if tta else [model(x)]
+        yield (outs, *extra)
+
+
+def merge_views(outs: list, *, embedding: bool):
+    """One prediction from the views of :func:`infer_views`: a single view as it is; two views as the
+    log of their mean softmax (float32) and, with ``embedding``, their mean embedding."""
+    if len(outs) == 1:
+        return outs[0]
+    if len(outs) != 2:
+        raise ValueError(f"merge_views takes the image and its mirror, got {len(outs)} views")
+    out, out2 = outs
     (l1, e1), (l2, e2) = (out, out2) if embedding else ((out, None), (out2, None))
     if _is_torch(l1):
         import torch  # noqa: PLC0415 (numpy callers need no torch)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from typing import Callable
 
 import torch
 
@@ -99,11 +100,13 @@ _KEPT = ("recipe", *_SAME_RUN, "train_content_key", "val_content_key", "image_si
 
 
 def write_derived_run(project: Project, run: str, model, name: str, ckpt: dict, source: str, source_info: dict,
-                      record: dict, t0: float) -> dict:
+                      record: dict, t0: float, write_metrics: Callable[[], object] | None = None) -> dict:
     """Write run ``run`` for ``model`` (named ``name``) made from finished runs (an ensemble, a
     memory): the checkpoint with ``ckpt``'s input pipeline, ``source``'s recipe and table record,
     then ``collect`` and the validation top-1 measured as training measures it. ``record`` adds
-    the run's own keys (``kind``, ...). The run's folder must not exist."""
+    the run's own keys (``kind``, ...). The run's folder must not exist. ``write_metrics``, when
+    given, writes the metrics instead of ``collect`` (a memory's: from its base's kept views); when
+    it returns None, ``collect`` runs after all."""
     folder = runs.run_dir(project, run)
     classes = list(ckpt["classes"])
     (folder / "checkpoints").mkdir(parents=True)
@@ -119,7 +122,8 @@ def write_derived_run(project: Project, run: str, model, name: str, ckpt: dict, 
                     version=runs.package_version(), hardware=_runs.hardware(), created=runs.now())
     from dataloupe.train._collect import collect  # noqa: PLC0415 (collect imports the engine's helpers)
 
-    collect(project, run)  # one pass over the validation rows: its metrics give the top-1 too
+    if write_metrics is None or write_metrics() is None:
+        collect(project, run)  # one pass over the validation rows: its metrics give the top-1 too
     top1 = _val_top1(project, run, source_info, classes)
     atomic_save(model_checkpoint(model, val_top1=top1, **meta), folder / "checkpoints" / "best.pt")
     shutil.copy(folder / "checkpoints" / "best.pt", folder / "checkpoints" / "last.pt")

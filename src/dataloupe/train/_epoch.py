@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dataloupe.data import AugmentConfig, EncodedBatch, batch_augment, normalize_batch
-from dataloupe.models import infer
+from dataloupe.models import infer, infer_views, merge_views
 from dataloupe.train._progress import Progress
 
 
@@ -62,6 +62,13 @@ class StepOptions:
         return infer(self._forward(model, embedding),
                      ((self.inputs(images), labels, positions) for images, labels, positions in loader),
                      tta=self.tta_hflip, embedding=embedding)
+
+    def infer_views_loader(self, model: nn.Module, loader):
+        """:func:`dataloupe.models.infer_views` over a loader: yields ``(views, labels, positions)``,
+        each view a ``(logits, embeddings)`` pair (the image, then its mirror with ``tta_hflip``)."""
+        return infer_views(self._forward(model, True),
+                           ((self.inputs(images), labels, positions) for images, labels, positions in loader),
+                           tta=self.tta_hflip)
 
     def _forward(self, model: nn.Module, embedding: bool):
         def forward(x):
@@ -490,14 +497,21 @@ def recompute_batchnorm(model: nn.Module, loader, *, opts: StepOptions,
 
 
 @torch.no_grad()
-def predict_batches(model: nn.Module, loader, *, opts: StepOptions):
+def predict_batches(model: nn.Module, loader, *, opts: StepOptions, views: bool = False):
     """Yield ``(positions (B,) int64, probs (B, K) float32, embeddings (B, D) float32)`` numpy per batch.
 
     The streaming form of :func:`predict`: memory holds one batch, whatever the number of rows.
+    With ``views`` each item also holds the views the prediction merged, unmerged:
+    ``view_logits (B, V, K)`` and ``view_embeddings (B, V, D)`` float32 (V = 2 with mirror-averaging).
     """
     model.eval()
-    for logits, emb, _, positions in opts.infer_loader(model, loader, embedding=True):
-        yield positions.numpy(), torch.softmax(logits.float(), 1).cpu().numpy(), emb.float().cpu().numpy()
+    for outs, _, positions in opts.infer_views_loader(model, loader):
+        logits, emb = merge_views(outs, embedding=True)
+        item = (positions.numpy(), torch.softmax(logits.float(), 1).cpu().numpy(), emb.float().cpu().numpy())
+        if views:
+            item += (np.stack([o[0].float().cpu().numpy() for o in outs], 1),
+                     np.stack([o[1].float().cpu().numpy() for o in outs], 1))
+        yield item
 
 
 def predict(model: nn.Module, loader, *, opts: StepOptions, num_rows: int, num_classes: int,

@@ -4,7 +4,8 @@
 classifier (:mod:`dataloupe.models._memory`) whose memory holds the embeddings of the training
 table's labeled rows, with their labels, and of the ``pool_fraction`` of its undefined rows that
 ``base`` predicts most confidently, with that prediction; its validation top-1 measured the way
-training measures it, and its per-sample metrics (``collect``). Analysis, the loop's rules,
+training measures it, and its per-sample metrics (from the views ``base``'s collect kept: no
+second forward pass; ``collect`` when there are none). Analysis, the loop's rules,
 serving and export then read it as any run. Validation rows never enter the memory.
 """
 
@@ -128,5 +129,10 @@ def memory_run(project: Project, run: str, base: str, *, k: int = 20, temperatur
     if folder.exists():
         shutil.rmtree(folder)
     settings = {"k": k, "temperature": temperature, "pool_fraction": pool_fraction, "weight": weight, **counts}
+    from dataloupe.train._collect import collect_from_views  # noqa: PLC0415
+
+    # The network is base's, so its per-view outputs, kept by base's collect, give the memory's
+    # prediction without a second forward pass over the rows (falls back to collect without them).
     return write_derived_run(project, run, model, name, ckpt, base, info,
-                             {"kind": "memory", "base": base, "memory": settings}, t0)
+                             {"kind": "memory", "base": base, "memory": settings}, t0,
+                             write_metrics=lambda: collect_from_views(project, run, base, model.memory))
