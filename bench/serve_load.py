@@ -169,7 +169,7 @@ def main() -> None:
     ap.add_argument("--image", help="image to post (default: a chihuahua-muffin test JPEG, else a digit PNG)")
     ap.add_argument("--image-size", type=int, default=128, help="input size of the default model, px")
     ap.add_argument("--amp", default="none", choices=("none", "native", "bf16"),
-                    help="the default model's recipe key amp (native: bf16 on a CPU with AMX)")
+                    help="the default model's recipe key amp (native: bf16 on a CPU with AMX or AVX512-BF16)")
     ap.add_argument("--clients", type=int, default=16, help="concurrent clients")
     ap.add_argument("--duration", type=float, default=30.0, help="seconds per mode")
     ap.add_argument("--max-requests", type=int, default=100_000, help="stop a mode after this many requests")

@@ -16,7 +16,7 @@ CPU (the issue's table):
 NHWC against NCHW, model-only, in the same run (the demo's ConvNet at 28 px):
     PYTHONPATH=src python bench/train_throughput.py --model convnet-xs --sizes 28 --batch 320 --skip-seed \
         --nchw --folder ../shared/datasets/chihuahua-muffin/train128 --epochs 1
-bf16 autocast against float32 on the CPU, model-only (amp: native on a CPU with AMX):
+bf16 autocast against float32 on the CPU, model-only (amp: native on a CPU with AMX or AVX512-BF16):
     PYTHONPATH=src python bench/train_throughput.py --sizes 128 64 --batch 64 --skip-seed --bf16 \
         --folder ../shared/datasets/chihuahua-muffin/test128 --epochs 1
 GPU (ResNet-50 224 px bf16 + channels_last; synthetic and cached-decoded path):
@@ -184,7 +184,8 @@ def main():
     ap.add_argument("--nchw", action="store_true",
                     help="also time (a) in the NCHW memory format (channels_last off), the ratio in the same run")
     ap.add_argument("--bf16", action="store_true",
-                    help="also (a) in bf16 autocast on the CPU (recipe key amp: native on a CPU with AMX)")
+                    help="also (a) in bf16 autocast on the CPU (recipe key amp: native on a CPU with AMX or "
+                         "AVX512-BF16)")
     ap.add_argument("--rounds", type=int, default=2, help="alternating repeats; the best of each is reported")
     ap.add_argument("--project", default=None, help="project folder (default: a temporary one)")
     ap.add_argument("--folder", default=None,

@@ -527,8 +527,10 @@ def test_amp_native_is_bf16_where_the_hardware_computes_it_and_collect_evaluates
     cpu = torch.device("cpu")
     assert (amp_dtype("none", cpu), amp_dtype("auto", cpu), amp_dtype("bf16", cpu)) == (None, None, torch.bfloat16)
     assert amp_dtype("native", cpu) == (torch.bfloat16 if native_bf16(cpu) else None)
-    for amx, want in ((False, None), (True, torch.bfloat16)):  # a CPU without AMX emulates bf16: stays float32
-        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx, raising=False)
+    for amx, avx512_bf16, want in ((False, False, None), (True, False, torch.bfloat16), (False, True, torch.bfloat16)):
+        # a CPU with neither AMX nor AVX512-BF16 emulates bf16: stays float32
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)
         assert amp_dtype("native", cpu) is want
     monkeypatch.undo()
     with pytest.raises(DataloupeError, match="amp"):

@@ -165,7 +165,7 @@ def metadata_from_checkpoint(ckpt: dict, run: str | None = None) -> dict[str, An
 def _torch_forward(model: torch.nn.Module, amp: str = "none") -> Callable[[np.ndarray], np.ndarray]:
     """``model`` as a numpy forward on the CPU. A checkpoint's network runs as its run evaluated:
     NHWC (oneDNN's convolutions are faster in it: ~19% for ResNet-18) and the run's autocast
-    setting ``amp`` (``native``: bf16 on a CPU with AMX, ~2.5x; bench/RESULTS.md)."""
+    setting ``amp`` (``native``: bf16 on a CPU with AMX or AVX512-BF16, 1.7-2.5x; bench/RESULTS.md)."""
     dtype = amp_dtype(amp, torch.device("cpu"))
     if isinstance(model, torch.nn.Module) and not isinstance(model, torch.jit.ScriptModule):
         model = model.to(memory_format=torch.channels_last)

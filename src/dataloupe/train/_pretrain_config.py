@@ -80,7 +80,7 @@ class PretrainConfig:
     knn_max_rows: int = 10000  # labeled rows embedded each epoch (a fixed random subset above this); 0: off
     # --- hardware
     device: str = "auto"  # auto | cpu | cuda
-    amp: str = "auto"  # as a recipe's amp (auto: bf16 on CUDA; native: also on CPUs with AMX)
+    amp: str = "auto"  # as a recipe's amp (auto: bf16 on CUDA; native: also on CPUs with AMX or AVX512-BF16)
     channels_last: bool = True  # NHWC memory format, CPU and CUDA
     # --- run
     seed: int = 0  # seeds model init, sampling and augmentation

@@ -25,7 +25,7 @@ import yaml
 from dataloupe.project import DataloupeError
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
-# autocast: auto = bf16 on CUDA; native = bf16 where the hardware computes it (CUDA, CPUs with AMX)
+# autocast: auto = bf16 on CUDA; native = bf16 where the hardware computes it (CUDA, CPUs with AMX or AVX512-BF16)
 AMP_SETTINGS = ("auto", "native", "bf16", "none")
 
 _CHOICES: dict[str, tuple] = {
