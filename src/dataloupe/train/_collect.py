@@ -239,18 +239,18 @@ def collect_from_views(project: Project, run: str, base: str, head: Callable, *,
     folder = runs.run_dir(project, run)
     _, ckpt = _load_model(folder, run)
     classes = list(ckpt["classes"])
+    tables = [open_ref(project, ref) for ref in refs]
+    sample_sets = [sample_set_from_table(t, classes) for t in tables]
+    if any(not np.array_equal(v["ids"], s.ids) for v, s in zip(kept, sample_sets)):
+        return None  # checked before anything is written
+    dyn = _Dynamics(folder)
     ctx = init_distributed("cpu")
     try:
         out = []
-        for ref, views in zip(refs, kept):
-            t = open_ref(project, ref)
-            samples = sample_set_from_table(t, classes)
-            if not np.array_equal(views["ids"], samples.ids):
-                return None
+        for t, samples, views in zip(tables, sample_sets, kept):
             rows = _rows(t, samples, classes)
             dtype = _emb_dtype("auto", len(samples), views["embeddings"].shape[2])
             trained = t.name == info["train_table"]
-            dyn = _Dynamics(folder)
 
             def batches(views=views):
                 with torch.no_grad():
@@ -264,7 +264,7 @@ def collect_from_views(project: Project, run: str, base: str, head: Callable, *,
                         yield (np.arange(sl.start, sl.start + len(emb)), torch.softmax(logits.float(), 1).numpy(),
                                emb.float().numpy())
 
-            def chunk(pos, probs, emb, rows=rows, samples=samples, trained=trained, dtype=dtype, dyn=dyn):
+            def chunk(pos, probs, emb, rows=rows, samples=samples, trained=trained, dtype=dtype):
                 return _metric_batch(rows, pos, probs, emb, classes, samples.labels[pos], dyn if trained else None,
                                      dtype)
 
